@@ -1,0 +1,178 @@
+"""``/agents``: create, list, read, replace, patch and delete Agent records. Nothing here calls Docker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from api.errors import ApiError, read_json
+from api.state import SETTINGS, STORE
+from controller.admission import admit
+from controller.model import PHASES, REDACTED, TYPES, Agent
+from controller.schema import flat_to_manifest, is_manifest
+from controller.selector import parse_selector
+from controller.store import Change
+
+routes = web.RouteTableDef()
+
+SETTLED_PHASES = {"Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended"}
+DEFAULT_WAIT_SECONDS = 60.0
+MAX_WAIT_SECONDS = 600.0
+
+
+def agent_json(agent: Agent) -> dict[str, Any]:
+    return agent.to_manifest(redact=True)
+
+
+def _wait_timeout(request: web.Request) -> float | None:
+    if request.query.get("wait", "false").lower() not in ("true", "1", "yes"):
+        return None
+    raw = request.query.get("timeout", str(DEFAULT_WAIT_SECONDS))
+    try:
+        seconds = float(raw.rstrip("s"))
+    except ValueError as exc:
+        raise ApiError(400, "BAD_REQUEST", f"timeout {raw!r} is not a number of seconds") from exc
+    if not 0 < seconds <= MAX_WAIT_SECONDS:
+        raise ApiError(400, "BAD_REQUEST", f"timeout must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
+    return seconds
+
+
+async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: float) -> Agent:
+    """The agent as soon as it is running or has failed; its latest state when the timeout passes."""
+    latest = agent
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not (latest.phase in SETTLED_PHASES or latest.status.get("error")):
+                change = await changes.get()
+                if change.agent.name == agent.name and change.agent.metadata.uid == agent.metadata.uid:
+                    latest = change.agent
+                    if change.type == "DELETED":
+                        break
+    return latest
+
+
+def _keep_redacted_secrets(agent: Agent, current: Agent) -> Agent:
+    """A client that read an agent and sends it back unchanged keeps the secrets it never saw."""
+    env = {
+        key: (current.spec.env[key] if value == REDACTED and key in current.spec.env else value)
+        for key, value in agent.spec.env.items()
+    }
+    if env == agent.spec.env:
+        return agent
+    return Agent(agent.metadata, replace(agent.spec, env=env), agent.status)
+
+
+@routes.post("/agents")
+async def create_agent(request: web.Request) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    wait = _wait_timeout(request)
+    agent, _ = admit(await read_json(request), settings)
+    changes = store.subscribe() if wait is not None else None
+    try:
+        created = await store.create(agent)
+        if changes is not None and wait is not None:
+            created = await _wait_settled(changes, created, wait)
+    finally:
+        if changes is not None:
+            store.unsubscribe(changes)
+    return web.json_response(agent_json(created), status=201, headers={"Location": f"/agents/{created.name}"})
+
+
+@routes.get("/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
+    type_filter = request.query.get("type")
+    phase_filter = request.query.get("phase")
+    if type_filter and type_filter not in TYPES:
+        raise ApiError(400, "BAD_REQUEST", f"type must be one of {', '.join(TYPES)}", [{"field": "type"}])
+    if phase_filter and phase_filter not in PHASES:
+        raise ApiError(400, "BAD_REQUEST", f"phase must be one of {', '.join(PHASES)}", [{"field": "phase"}])
+    items = [
+        agent_json(agent)
+        for agent in await store.list()
+        if selector(agent.metadata.labels)
+        and (not type_filter or agent.spec.type == type_filter)
+        and (not phase_filter or agent.phase == phase_filter)
+    ]
+    return web.json_response({"apiVersion": "parallax.ai/v1", "kind": "AgentList", "items": items})
+
+
+@routes.get("/agents/{name}")
+async def get_agent(request: web.Request) -> web.Response:
+    agent = await request.app[STORE].get(request.match_info["name"])
+    return web.json_response(agent_json(agent))
+
+
+@routes.put("/agents/{name}")
+async def replace_agent(request: web.Request) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    name = request.match_info["name"]
+    agent, rv = admit(await read_json(request), settings, name=name)
+    current = await store.get(name)
+    updated = await store.replace(_keep_redacted_secrets(agent, current), expected_rv=rv)
+    return web.json_response(agent_json(updated))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+@routes.patch("/agents/{name}")
+async def patch_agent(request: web.Request) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    name = request.match_info["name"]
+    patch = await read_json(request)
+    if not isinstance(patch, dict):
+        raise ApiError(400, "BAD_REQUEST", "a merge patch must be a JSON object")
+    if not is_manifest(patch):
+        flat = flat_to_manifest(patch)
+        patch = {key: flat[key] for key in ("metadata", "spec") if flat[key]}
+    current = await store.get(name)
+    base = current.to_manifest(redact=False)
+    base.pop("status", None)
+    base["metadata"] = {
+        k: v for k, v in base["metadata"].items() if k in ("name", "labels", "annotations") and v is not None
+    }
+    rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
+    merged = merge_patch(base, patch)
+    agent, _ = admit(merged, settings, name=name)
+    updated = await store.replace(
+        _keep_redacted_secrets(agent, current), expected_rv=str(rv) if rv is not None else None
+    )
+    return web.json_response(agent_json(updated))
+
+
+@routes.delete("/agents/{name}")
+async def delete_agent(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    name = request.match_info["name"]
+    rv = request.query.get("resourceVersion")
+    wait = _wait_timeout(request)
+    changes = store.subscribe() if wait is not None else None
+    try:
+        agent = await store.mark_deleted(name, expected_rv=rv)
+        if changes is not None and wait is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while True:
+                        change = await changes.get()
+                        if change.type == "DELETED" and change.agent.metadata.uid == agent.metadata.uid:
+                            return web.json_response(agent_json(change.agent), status=200)
+    finally:
+        if changes is not None:
+            store.unsubscribe(changes)
+    return web.json_response(agent_json(agent), status=202)

@@ -1,0 +1,107 @@
+"""Settings from the environment: the seed's names (PORT, DOCKER_*, DEFAULT_*) plus PARALLAX_*.
+
+Every setting has a safe default so ``parallax serve`` needs none; a value that cannot be used stops
+the start with the variable's name instead of being replaced by a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.quantity import QuantityError, parse_cpu, parse_memory
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used."""
+
+
+def default_store_path() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "parallax" / "agents.db")
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 3200
+    host: str = "127.0.0.1"
+    docker_socket: str = "/var/run/docker.sock"
+    network: str = "parallax-agents"
+    default_memory: str = "512m"
+    default_cpu: float = 0.5
+    default_pids: int = 512
+    store_path: str = field(default_factory=default_store_path)
+    image_prefix: str = "parallax/agent-"
+    resync_seconds: float = 30.0
+    workers: int = 4
+    instance: str = "default"
+    api_token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    docker_timeout_seconds: float = 30.0
+
+    @property
+    def docker_url(self) -> str:
+        return f"unix://{self.docker_socket}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        base = cls()
+        memory = env.get("DEFAULT_MEMORY", base.default_memory)
+        cpu_text = env.get("DEFAULT_CPU", str(base.default_cpu))
+        try:
+            parse_memory(memory)
+        except QuantityError as exc:
+            raise ConfigError(f"DEFAULT_MEMORY: {exc}") from exc
+        try:
+            cpu = parse_cpu(cpu_text)
+        except QuantityError as exc:
+            raise ConfigError(f"DEFAULT_CPU: {exc}") from exc
+        settings = cls(
+            port=_int(env, "PORT", base.port, 1, 65535),
+            host=env.get("PARALLAX_HOST", base.host),
+            docker_socket=env.get("DOCKER_SOCKET", base.docker_socket),
+            network=env.get("DOCKER_NETWORK", base.network),
+            default_memory=memory,
+            default_cpu=cpu,
+            default_pids=_int(env, "PARALLAX_DEFAULT_PIDS", base.default_pids, 16, 1 << 20),
+            store_path=env.get("PARALLAX_STORE", base.store_path),
+            image_prefix=env.get("PARALLAX_IMAGE_PREFIX", base.image_prefix),
+            resync_seconds=_float(env, "PARALLAX_RESYNC_SECONDS", base.resync_seconds, 0.1),
+            workers=_int(env, "PARALLAX_WORKERS", base.workers, 1, 256),
+            instance=env.get("PARALLAX_INSTANCE", base.instance),
+            api_token=env.get("PARALLAX_API_TOKEN") or None,
+            max_body_bytes=_int(env, "PARALLAX_MAX_BODY_BYTES", base.max_body_bytes, 1024, 1 << 30),
+            docker_timeout_seconds=_float(env, "PARALLAX_DOCKER_TIMEOUT", base.docker_timeout_seconds, 0.1),
+        )
+        if not settings.network or not settings.image_prefix or not settings.instance:
+            raise ConfigError("DOCKER_NETWORK, PARALLAX_IMAGE_PREFIX and PARALLAX_INSTANCE may not be empty")
+        return settings
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {raw!r} is not an integer") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from exc
+    if not value >= low:
+        raise ConfigError(f"{name}: {value} must be at least {low}")
+    return value

@@ -1,0 +1,318 @@
+"""All Docker Engine I/O of the controller, through aiodocker, with failures mapped to error codes.
+
+Nothing here decides anything: the reconciler asks, this module performs and reports. Every call has
+a timeout, and a daemon that cannot be reached is always ``SOCKET_ERROR``, never "no containers".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.events import DockerEvents
+
+from controller.config import Settings
+from controller.errors import (
+    CONTAINER_ERROR,
+    IMAGE_NOT_FOUND,
+    NETWORK_ERROR,
+    RESOURCE_LIMIT,
+    SOCKET_ERROR,
+    AgentError,
+)
+from controller.model import parse_iso
+from controller.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
+
+_UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, asyncio.TimeoutError)
+_NEVER = "0001-01-01T00:00:00Z"
+
+
+def parse_docker_time(value: str | None) -> datetime | None:
+    """Docker's RFC 3339 times carry nanoseconds; Python wants at most microseconds."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    head, _, rest = value.partition(".")
+    if rest:
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits) :]
+        value = f"{head}.{digits[:6]}{zone}"
+    return parse_iso(value)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    labels: dict[str, str]
+    status: str  # created | running | paused | restarting | removing | exited | dead
+    exit_code: int = 0
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str = ""
+
+    @property
+    def agent(self) -> str:
+        return self.labels.get(LABEL_AGENT, "")
+
+    @property
+    def uid(self) -> str:
+        return self.labels.get(LABEL_UID, "")
+
+    @property
+    def config_hash(self) -> str:
+        return self.labels.get(LABEL_HASH, "")
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting", "paused")
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> ContainerInfo:
+        state = data.get("State") or {}
+        return cls(
+            id=data["Id"],
+            name=str(data.get("Name", "")).lstrip("/"),
+            labels=dict((data.get("Config") or {}).get("Labels") or {}),
+            status=str(state.get("Status", "")),
+            exit_code=int(state.get("ExitCode") or 0),
+            oom_killed=bool(state.get("OOMKilled")),
+            started_at=state.get("StartedAt") if state.get("StartedAt") != _NEVER else None,
+            finished_at=state.get("FinishedAt") if state.get("FinishedAt") != _NEVER else None,
+            error=str(state.get("Error") or ""),
+        )
+
+
+def _unreachable(exc: BaseException) -> AgentError:
+    return AgentError(SOCKET_ERROR, f"cannot reach the Docker daemon: {type(exc).__name__}: {exc}".rstrip(": "))
+
+
+def _resource_refusal(message: str) -> bool:
+    lowered = message.lower()
+    return any(
+        phrase in lowered for phrase in ("range of cpus", "nanocpus", "minimum memory", "memory limit", "cpu", "pids")
+    )
+
+
+class DockerDriver:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._docker: aiodocker.Docker | None = None
+
+    async def open(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.docker_timeout_seconds, connect=5)
+        self._docker = aiodocker.Docker(url=self.settings.docker_url, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise AgentError(SOCKET_ERROR, "the Docker client is not open")
+        return self._docker
+
+    def _filters(self, **labels: str) -> str:
+        wanted = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.settings.instance}"]
+        wanted += [f"{k}={v}" for k, v in labels.items()]
+        return json.dumps({"label": wanted})
+
+    async def ping(self) -> None:
+        try:
+            await self.docker.version()
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(SOCKET_ERROR, f"Docker daemon answered ping with {exc.status}") from exc
+
+    async def list_containers(self, agent: str | None = None) -> list[ContainerInfo]:
+        """Containers of this controller instance (all states), optionally of one agent, inspected."""
+        filters = self._filters(**({LABEL_AGENT: agent} if agent else {}))
+        try:
+            found = await self.docker.containers.list(all=True, filters=filters)
+            infos = []
+            for container in found:
+                try:
+                    infos.append(ContainerInfo.from_inspect(await container.show()))
+                except aiodocker.DockerError as exc:
+                    if exc.status != 404:  # removed between list and inspect
+                        raise
+            return infos
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(SOCKET_ERROR, f"listing containers failed: {exc.message}") from exc
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            return ContainerInfo.from_inspect(await self.docker.containers.container(container_id).show())
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise AgentError(CONTAINER_ERROR, f"inspecting {container_id[:12]} failed: {exc.message}") from exc
+
+    async def image_exists(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+            return True
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise AgentError(IMAGE_NOT_FOUND, f"inspecting image {image} failed: {exc.message}") from exc
+
+    async def ensure_network(self, name: str) -> bool:
+        """Make sure a usable network ``name`` exists; True when this call created it (labelled ours)."""
+        try:
+            try:
+                info = await self.docker.networks.get(name)
+                data = await info.show()
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                scope_ok = data.get("Driver") in ("bridge", "overlay", "macvlan", "ipvlan")
+                if not scope_ok:
+                    raise AgentError(
+                        NETWORK_ERROR,
+                        f"network {name!r} exists with driver {data.get('Driver')!r}, which agents cannot join",
+                    )
+                return False
+            await self.docker.networks.create(
+                {
+                    "Name": name,
+                    "Driver": "bridge",
+                    "CheckDuplicate": True,
+                    "Labels": {LABEL_MANAGED: "true", LABEL_INSTANCE: self.settings.instance},
+                }
+            )
+            return True
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:  # created concurrently by someone else: fine
+                return False
+            raise AgentError(NETWORK_ERROR, f"network {name!r} could not be created: {exc.message}") from exc
+
+    async def create_container(self, name: str, config: dict[str, Any]) -> str:
+        try:
+            container = await self.docker.containers.create(config, name=name)
+            return str(container.id)
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise self._classify(exc, f"creating container {name}") from exc
+
+    async def start(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).start()
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise self._classify(exc, f"starting container {container_id[:12]}") from exc
+
+    async def stop(self, container_id: str, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace_seconds`` (Docker's own stop does exactly this)."""
+        try:
+            await self.docker.containers.container(container_id).stop(
+                t=grace_seconds,
+                timeout=aiohttp.ClientTimeout(total=grace_seconds + self.settings.docker_timeout_seconds),
+            )
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status in (304, 404):
+                return
+            raise AgentError(CONTAINER_ERROR, f"stopping {container_id[:12]} failed: {exc.message}") from exc
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).delete(force=True, v=False)
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == 404 or "already in progress" in exc.message:
+                return
+            raise AgentError(CONTAINER_ERROR, f"removing {container_id[:12]} failed: {exc.message}") from exc
+
+    async def managed_networks(self) -> list[dict[str, Any]]:
+        try:
+            networks = await self.docker.networks.list(
+                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.settings.instance}"]}
+            )
+            return [dict(n) for n in networks]
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(NETWORK_ERROR, f"listing networks failed: {exc.message}") from exc
+
+    async def network_in_use(self, network_id: str) -> bool:
+        try:
+            data = await self.docker.networks.get(network_id)
+            return bool((await data.show()).get("Containers"))
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise AgentError(NETWORK_ERROR, f"inspecting network failed: {exc.message}") from exc
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+
+    async def remove_network(self, network_id: str) -> None:
+        try:
+            network = await self.docker.networks.get(network_id)
+            await network.delete()
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return
+            raise AgentError(NETWORK_ERROR, f"removing network failed: {exc.message}") from exc
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """One connection to Docker's event stream; it ends when the connection does (no retry here)."""
+        filters = json.dumps({"type": ["container", "network", "image"]})
+        events = DockerEvents(self.docker)  # type: ignore[no-untyped-call]
+        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+        task = asyncio.ensure_future(events.run(filters=filters))
+        try:
+            while True:
+                getter = asyncio.ensure_future(subscriber.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event = getter.result()
+                    if event is None:
+                        break
+                    yield event
+                else:
+                    getter.cancel()
+                    break
+            if task.done() and task.exception() is not None:
+                exc = task.exception()
+                assert exc is not None
+                if isinstance(exc, _UNREACHABLE):
+                    raise _unreachable(exc)
+                raise AgentError(SOCKET_ERROR, f"event stream failed: {exc}")
+        finally:
+            await events.stop()  # type: ignore[no-untyped-call]
+
+    def _classify(self, exc: aiodocker.DockerError, doing: str) -> AgentError:
+        message = exc.message or str(exc)
+        lowered = message.lower()
+        if exc.status == 404 and ("image" in lowered or "no such image" in lowered):
+            return AgentError(IMAGE_NOT_FOUND, f"{doing}: image not found locally: {message}")
+        if "network" in lowered or "endpoint" in lowered or "address pool" in lowered:
+            return AgentError(NETWORK_ERROR, f"{doing}: {message}")
+        if _resource_refusal(message):
+            return AgentError(RESOURCE_LIMIT, f"{doing}: Docker refused the limits: {message}")
+        return AgentError(CONTAINER_ERROR, f"{doing}: {message}")

@@ -1,0 +1,190 @@
+"""Wires the sources of work (store changes, Docker events, periodic resync, start-up) to the work
+queue, and the queue to ``workers`` that call ``reconcile``. Also runs network garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from controller.config import Settings
+from controller.docker_driver import DockerDriver
+from controller.errors import SOCKET_ERROR, AgentError
+from controller.reconciler import Reconciler
+from controller.render import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED
+from controller.store import Store, StoreError
+from controller.workqueue import ItemExponentialFailureRateLimiter, RateLimitingQueue, ShutDown
+
+log = logging.getLogger("parallax.controller")
+
+CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
+NETWORK_ACTIONS = {"destroy", "disconnect"}
+IMAGE_ACTIONS = {"tag", "load", "pull", "import", "delete", "untag"}
+EVENT_RECONNECT_MAX = 10.0
+
+
+class Controller:
+    def __init__(self, settings: Settings, store: Store, driver: DockerDriver) -> None:
+        self.settings = settings
+        self.store = store
+        self.driver = driver
+        self.queue = RateLimitingQueue(ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0))
+        self.reconciler = Reconciler(store, driver, settings)
+        self.docker_up = False
+        self.docker_error: str | None = "not connected yet"
+        self.last_resync = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for i in range(self.settings.workers):
+            self._spawn(self._worker(i), f"worker-{i}")
+        self._spawn(self._watch_store(), "watch-store")
+        self._spawn(self._watch_docker(), "watch-docker")
+        self._spawn(self._resync_loop(), "resync")
+        await self.enqueue_all()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def stop(self) -> None:
+        self.queue.shut_down()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    @property
+    def alive(self) -> bool:
+        """All loops still running (a crashed loop makes the controller not ready)."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
+    async def enqueue_all(self) -> None:
+        """The start-up and resync trigger: every record, and every container that claims to be ours."""
+        names: set[str] = set()
+        try:
+            names.update(agent.name for agent in await self.store.list())
+        except StoreError as exc:
+            log.warning("resync: cannot list the store: %s", exc)
+        try:
+            names.update(c.agent for c in await self.driver.list_containers() if c.agent)
+            self._docker_ok()
+        except AgentError as exc:
+            self._docker_failed(exc)
+        for name in sorted(names):
+            self.queue.add(name)
+
+    def _docker_ok(self) -> None:
+        if not self.docker_up:
+            log.info("Docker daemon reachable")
+        self.docker_up, self.docker_error = True, None
+
+    def _docker_failed(self, exc: AgentError) -> None:
+        if exc.code == SOCKET_ERROR:
+            if self.docker_up:
+                log.warning("Docker daemon unreachable: %s", exc.message)
+            self.docker_up, self.docker_error = False, exc.message
+
+    async def _worker(self, number: int) -> None:
+        while True:
+            try:
+                name = await self.queue.get()
+            except ShutDown:
+                return
+            try:
+                result = await self.reconciler.reconcile(name)
+            except AgentError as exc:
+                self._docker_failed(exc)
+                self.queue.add_rate_limited(name)
+            except StoreError as exc:
+                log.warning("reconcile %s: store error: %s", name, exc)
+                self.queue.add_rate_limited(name)
+            except Exception:
+                log.exception("reconcile %s failed unexpectedly", name)
+                self.queue.add_rate_limited(name)
+            else:
+                self.queue.forget(name)
+                if result.requeue_after is not None:
+                    self.queue.add_after(name, result.requeue_after)
+            finally:
+                self.queue.done(name)
+
+    async def _watch_store(self) -> None:
+        changes = self.store.subscribe()
+        try:
+            while True:
+                change = await changes.get()
+                if change.spec_changed:
+                    self.queue.add(change.agent.name)
+        finally:
+            self.store.unsubscribe(changes)
+
+    async def _watch_docker(self) -> None:
+        """Docker's event stream, reconnected and followed by a full re-list whenever it breaks."""
+        delay = 0.5
+        while True:
+            try:
+                await self.driver.ping()
+                self._docker_ok()
+                relist = asyncio.create_task(self.enqueue_all())
+                async for event in self.driver.events():
+                    delay = 0.5
+                    await self._on_event(event)
+                await relist
+                log.info("Docker event stream ended; reconnecting")
+            except AgentError as exc:
+                self._docker_failed(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Docker event stream failed")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, EVENT_RECONNECT_MAX)
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        kind, action = event.get("Type"), str(event.get("Action", "")).split(":")[0]
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        if kind == "container" and action in CONTAINER_ACTIONS:
+            if attributes.get(LABEL_MANAGED) == "true" and attributes.get(LABEL_INSTANCE) == self.settings.instance:
+                agent = attributes.get(LABEL_AGENT)
+                if agent:
+                    self.queue.add(agent)
+        elif kind == "network" and action in NETWORK_ACTIONS:
+            network = attributes.get("name")
+            with contextlib.suppress(StoreError):
+                for agent in await self.store.list():
+                    if agent.spec.network == network:
+                        self.queue.add(agent.name)
+        elif kind == "image" and action in IMAGE_ACTIONS:
+            with contextlib.suppress(StoreError):
+                for agent in await self.store.list():
+                    if agent.phase in ("Pending", "Failed") or agent.status.get("error"):
+                        self.queue.add(agent.name)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self.last_resync = time.monotonic()
+            await self.enqueue_all()
+            try:
+                await self.collect_networks()
+            except (AgentError, StoreError) as exc:
+                log.warning("network garbage collection skipped: %s", exc)
+
+    async def collect_networks(self) -> list[str]:
+        """Remove networks we created that no agent asks for and no container uses."""
+        wanted = {agent.spec.network for agent in await self.store.list()}
+        wanted.add(self.settings.network)
+        removed = []
+        for network in await self.driver.managed_networks():
+            name = network.get("Name", "")
+            if name in wanted or await self.driver.network_in_use(network["Id"]):
+                continue
+            await self.driver.remove_network(network["Id"])
+            log.info("removed unused network %s", name)
+            removed.append(name)
+        return removed

@@ -1,0 +1,184 @@
+"""The Agent resource as plain data: metadata, spec (desired) and status (observed).
+
+Pure data: no I/O here. ``to_manifest`` is the one place that decides how an Agent looks on the
+wire, and it redacts secrets unless told not to (the store is the only caller that keeps them).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+API_VERSION = "parallax.ai/v1"
+KIND = "Agent"
+REDACTED = "<redacted>"
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended", "Terminating")
+TYPES = ("claude", "codex", "gemini", "aider", "custom")
+CONTAINER_PREFIX = "parallax-agent-"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def container_name(agent_name: str) -> str:
+    """``parallax-agent-<name>``; a name already starting with ``agent-`` is not prefixed twice.
+
+    This keeps the seed's pairing of ``/agents/agent-123`` with ``docker logs parallax-agent-123``.
+    The store refuses two agents that would share a container name.
+    """
+    if agent_name.startswith("agent-") and len(agent_name) > len("agent-"):
+        agent_name = agent_name[len("agent-") :]
+    return CONTAINER_PREFIX + agent_name
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory: str | int
+    cpu: float | str
+    pids: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory, "cpu": self.cpu, "pids": self.pids}
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    type: str
+    resources: Resources
+    network: str
+    image: str | None = None
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()
+    restart_policy: str = "Always"
+    suspend: bool = False
+    stop_grace_period_seconds: int = 10
+
+    def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "image": self.image,
+            "command": list(self.command) if self.command is not None else None,
+            "args": list(self.args) if self.args is not None else None,
+            "env": {k: (REDACTED if redact else v) for k, v in sorted(self.env.items())},
+            "resources": self.resources.to_dict(),
+            "volumes": list(self.volumes),
+            "network": self.network,
+            "restartPolicy": self.restart_policy,
+            "suspend": self.suspend,
+            "stopGracePeriodSeconds": self.stop_grace_period_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], defaults: SpecDefaults) -> AgentSpec:
+        """Build a spec from schema-valid data, filling what the user left out."""
+        res = data.get("resources") or {}
+        command = data.get("command")
+        args = data.get("args")
+        return cls(
+            type=data["type"],
+            image=data.get("image"),
+            command=tuple(command) if command is not None else None,
+            args=tuple(args) if args is not None else None,
+            env=dict(data.get("env") or {}),
+            resources=Resources(
+                memory=res.get("memory", defaults.memory),
+                cpu=res.get("cpu", defaults.cpu),
+                pids=res.get("pids", defaults.pids),
+            ),
+            volumes=tuple(data.get("volumes") or ()),
+            network=data.get("network") or defaults.network,
+            restart_policy=data.get("restartPolicy", "Always"),
+            suspend=bool(data.get("suspend", False)),
+            stop_grace_period_seconds=data.get("stopGracePeriodSeconds", 10),
+        )
+
+
+@dataclass(frozen=True)
+class SpecDefaults:
+    memory: str | int
+    cpu: float | str
+    pids: int
+    network: str
+
+
+@dataclass
+class Metadata:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    uid: str = ""
+    generation: int = 0
+    resource_version: int = 0
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "uid": self.uid,
+            "generation": self.generation,
+            "resourceVersion": str(self.resource_version),
+            "creationTimestamp": self.creation_timestamp,
+            "deletionTimestamp": self.deletion_timestamp,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metadata:
+        return cls(
+            name=data["name"],
+            labels=dict(data.get("labels") or {}),
+            annotations=dict(data.get("annotations") or {}),
+            uid=data.get("uid", ""),
+            generation=int(data.get("generation", 0)),
+            resource_version=int(data.get("resourceVersion", 0)),
+            creation_timestamp=data.get("creationTimestamp"),
+            deletion_timestamp=data.get("deletionTimestamp"),
+        )
+
+
+@dataclass
+class Agent:
+    metadata: Metadata
+    spec: AgentSpec
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase", "Pending"))
+
+    def copy(self) -> Agent:
+        return Agent(replace(self.metadata), self.spec, copy.deepcopy(self.status))
+
+    def to_manifest(self, *, redact: bool = True) -> dict[str, Any]:
+        status = copy.deepcopy(self.status) or {"phase": "Pending"}
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": self.metadata.to_dict(),
+            "spec": self.spec.to_dict(redact=redact),
+            "status": status,
+        }
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any], defaults: SpecDefaults) -> Agent:
+        return cls(
+            metadata=Metadata.from_dict(data["metadata"]),
+            spec=AgentSpec.from_dict(data["spec"], defaults),
+            status=copy.deepcopy(data.get("status") or {}),
+        )

@@ -1,0 +1,237 @@
+"""``reconcile(name)``: bring one agent's container in line with its record, level-triggered.
+
+Like controller-runtime's ``Reconcile``, it receives only a key, reads the record and Docker's view
+itself, acts, writes status and returns a ``Result`` (done, or requeue after N seconds). Errors are
+written to the agent's status and raised so the work queue retries the key with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from controller.config import Settings
+from controller.docker_driver import ContainerInfo, DockerDriver, parse_docker_time
+from controller.errors import IMAGE_NOT_FOUND, RESOURCE_LIMIT, AgentError
+from controller.model import Agent, container_name, parse_iso
+from controller.quantity import parse_memory
+from controller.render import desired_container
+from controller.restarts import decide_exit, should_restart
+from controller.status import clear_error, set_error, with_phase
+from controller.store import NotFound, Store
+
+log = logging.getLogger("parallax.reconciler")
+
+ORPHAN_GRACE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        driver: DockerDriver,
+        settings: Settings,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.driver = driver
+        self.settings = settings
+        self.now = now
+
+    async def reconcile(self, name: str) -> Result:
+        try:
+            agent: Agent | None = await self.store.get(name)
+        except NotFound:
+            agent = None
+        try:
+            containers = await self.driver.list_containers(name)
+        except AgentError as err:
+            if agent is not None:
+                await self._fail(agent, err)
+            raise
+        if agent is None:
+            for orphan in containers:
+                log.info("removing container %s: agent %s has no record", orphan.name, name)
+                await self._stop_and_remove(orphan, ORPHAN_GRACE_SECONDS)
+            return Result()
+        mine = [c for c in containers if c.uid == agent.metadata.uid]
+        for stranger in (c for c in containers if c.uid != agent.metadata.uid):
+            log.warning("removing container %s: its uid label does not match agent %s", stranger.name, name)
+            await self._stop_and_remove(stranger, 0)
+        if agent.metadata.deletion_timestamp is not None:
+            for container in mine:
+                await self._stop_and_remove(container, agent.spec.stop_grace_period_seconds)
+            await self.store.purge(name, agent.metadata.uid)
+            log.info("agent %s deleted", name)
+            return Result()
+        mine.sort(key=lambda c: (c.name != container_name(name), not c.running))
+        for extra in mine[1:]:
+            log.warning("removing duplicate container %s of agent %s", extra.name, name)
+            await self._stop_and_remove(extra, 0)
+        try:
+            return await self._converge(agent, mine[0] if mine else None)
+        except AgentError as err:
+            await self._fail(agent, err)
+            raise
+
+    async def _fail(self, agent: Agent, err: AgentError) -> None:
+        log.warning("agent %s: %s", agent.name, err)
+        status = set_error(agent.status, err.code, err.message, _iso(self.now()))
+        status["observedGeneration"] = agent.metadata.generation
+        await self._write(agent, status)
+
+    async def _write(self, agent: Agent, status: dict[str, Any]) -> None:
+        updated = await self.store.update_status(agent.name, agent.metadata.uid, status)
+        if updated is not None:
+            agent.status = updated.status
+
+    async def _stop_and_remove(self, container: ContainerInfo, grace: int) -> None:
+        if container.running and grace > 0:
+            await self.driver.stop(container.id, grace)
+        await self.driver.remove(container.id)
+
+    async def _converge(self, agent: Agent, current: ContainerInfo | None) -> Result:
+        spec = agent.spec
+        now = self.now()
+        stamp = _iso(now)
+        status = dict(agent.status)
+        status["observedGeneration"] = agent.metadata.generation
+        if spec.suspend:
+            if current is not None and current.running:
+                await self.driver.stop(current.id, spec.stop_grace_period_seconds)
+            status = clear_error(status)
+            status["containerId"] = current.id if current else None
+            status = with_phase(
+                status, "Suspended", ready=False, reason="Suspended", message="spec.suspend is true", now=stamp
+            )
+            await self._write(agent, status)
+            return Result()
+
+        config, digest = desired_container(agent, self.settings)
+        await self.driver.ensure_network(spec.network)
+        if current is not None and current.config_hash != digest:
+            log.info("agent %s: spec changed, recreating container %s", agent.name, current.id[:12])
+            await self._stop_and_remove(current, spec.stop_grace_period_seconds)
+            current = None
+            status["restartCount"] = 0
+            status.pop("backoff", None)
+            status.pop("lastState", None)
+
+        if current is None:
+            image = config["Image"]
+            if not await self.driver.image_exists(image):
+                raise AgentError(IMAGE_NOT_FOUND, f"image {image} is not present locally (nothing is pulled)")
+            container_id = await self.driver.create_container(container_name(agent.name), config)
+            status["containerId"] = container_id
+            await self._write(agent, status)
+            await self.driver.start(container_id)
+            log.info("agent %s: started container %s", agent.name, container_id[:12])
+            info = await self.driver.inspect(container_id)
+            return await self._observe(agent, status, info, stamp)
+
+        if current.status == "created":
+            await self.driver.start(current.id)
+            info = await self.driver.inspect(current.id)
+            return await self._observe(agent, status, info, stamp)
+        if current.running:
+            return await self._observe(agent, status, current, stamp)
+        return await self._exited(agent, status, current, now)
+
+    async def _observe(self, agent: Agent, status: dict[str, Any], info: ContainerInfo | None, stamp: str) -> Result:
+        """Status for a container that should be running now."""
+        if info is None or not info.running:
+            return Result(requeue_after=0.5)
+        status["containerId"] = info.id
+        status["startedAt"] = info.started_at
+        if (
+            status.get("error", {}).get("code") != RESOURCE_LIMIT
+            or (status.get("lastState") or {}).get("reason") != "OOMKilled"
+        ):
+            status = clear_error(status)
+        status = with_phase(status, "Running", ready=True, reason="Running", message="container is running", now=stamp)
+        await self._write(agent, status)
+        return Result()
+
+    async def _exited(self, agent: Agent, status: dict[str, Any], current: ContainerInfo, now: datetime) -> Result:
+        spec = agent.spec
+        stamp = _iso(now)
+        status["containerId"] = current.id
+        finished = parse_docker_time(current.finished_at) or now
+        started = parse_docker_time(current.started_at) or finished
+        last = status.get("lastState") or {}
+        if last.get("finishedAt") != current.finished_at:
+            previous = (status.get("backoff") or {}).get("delaySeconds")
+            decision = decide_exit(
+                spec.restart_policy, current.exit_code, previous, (finished - started).total_seconds()
+            )
+            reason = "OOMKilled" if current.oom_killed else ("Completed" if current.exit_code == 0 else "Error")
+            status["lastState"] = {
+                "exitCode": current.exit_code,
+                "reason": reason,
+                "startedAt": current.started_at,
+                "finishedAt": current.finished_at,
+            }
+            if decision.restart:
+                status["backoff"] = {
+                    "delaySeconds": decision.delay,
+                    "restartAt": _iso(finished + timedelta(seconds=decision.delay)),
+                }
+            else:
+                status.pop("backoff", None)
+            log.info("agent %s: container exited with code %s (%s)", agent.name, current.exit_code, reason.lower())
+            if current.oom_killed:
+                limit = parse_memory(spec.resources.memory)
+                status = set_error(
+                    status,
+                    RESOURCE_LIMIT,
+                    f"the container was OOM-killed at its memory limit of {spec.resources.memory} ({limit} bytes)",
+                    stamp,
+                )
+
+        if not should_restart(spec.restart_policy, current.exit_code):
+            phase = "Succeeded" if current.exit_code == 0 else "Failed"
+            status = with_phase(
+                status,
+                phase,
+                ready=False,
+                reason=status["lastState"]["reason"],
+                message=f"container exited with code {current.exit_code}; restartPolicy is {spec.restart_policy}",
+                now=stamp,
+            )
+            await self._write(agent, status)
+            return Result()
+
+        restart_at = parse_iso(status["backoff"]["restartAt"])
+        if now < restart_at:
+            wait = (restart_at - now).total_seconds()
+            status = with_phase(
+                status,
+                "CrashLoopBackOff",
+                ready=False,
+                reason="CrashLoopBackOff",
+                message=f"back-off {status['backoff']['delaySeconds']:g}s restarting the exited container",
+                now=stamp,
+            )
+            await self._write(agent, status)
+            return Result(requeue_after=wait)
+        await self.driver.start(current.id)
+        status["restartCount"] = int(status.get("restartCount", 0)) + 1
+        log.info("agent %s: restarted container (restart %d)", agent.name, status["restartCount"])
+        info = await self.driver.inspect(current.id)
+        if info is not None and not info.running:
+            # Exited again already: let the next pass record that exit.
+            await self._write(agent, status)
+            return Result(requeue_after=0)
+        return await self._observe(agent, status, info, stamp)

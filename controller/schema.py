@@ -1,0 +1,119 @@
+"""Validation against ``specs/agent.schema.json``, the single source of truth for an Agent's shape.
+
+Formats the schema names (``memory-quantity``, ``cpu-quantity``, ``bind-mount``) are checked by the
+same parsers the renderer uses, so the API and the containers can never disagree about a value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+from controller.mounts import MountError, parse_volume
+from controller.quantity import QuantityError, parse_cpu, parse_memory
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "specs" / "agent.schema.json"
+
+# Keys of the seed's flat POST body that belong in metadata; every other key is spec.
+FLAT_METADATA_KEYS = ("name", "labels", "annotations", "resourceVersion")
+MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as f:
+        schema: dict[str, Any] = json.load(f)
+    return schema
+
+
+def _format_checker() -> FormatChecker:
+    checker = FormatChecker(formats=())
+    checker.checks("memory-quantity", raises=QuantityError)(
+        lambda v: not isinstance(v, str | int) or bool(parse_memory(v))
+    )
+    checker.checks("cpu-quantity", raises=QuantityError)(
+        lambda v: not isinstance(v, str | int | float) or bool(parse_cpu(v))
+    )
+    checker.checks("bind-mount", raises=MountError)(lambda v: not isinstance(v, str) or bool(parse_volume(v)))
+    return checker
+
+
+@cache
+def validator() -> Draft202012Validator:
+    return Draft202012Validator(load_schema(), format_checker=_format_checker())
+
+
+def is_manifest(body: dict[str, Any]) -> bool:
+    return any(key in body for key in MANIFEST_KEYS)
+
+
+def flat_to_manifest(body: dict[str, Any]) -> dict[str, Any]:
+    """The seed's ``{"name", "type", "resources", ...}`` as the Agent manifest it stands for."""
+    metadata = {k: body[k] for k in FLAT_METADATA_KEYS if k in body}
+    spec = {k: v for k, v in body.items() if k not in FLAT_METADATA_KEYS}
+    return {"apiVersion": "parallax.ai/v1", "kind": "Agent", "metadata": metadata, "spec": spec}
+
+
+def _path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _user_path(path: str, flat: bool) -> str:
+    """Report a path the way the user wrote the body."""
+    if not flat:
+        return path
+    for prefix in ("spec.", "metadata."):
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    return path
+
+
+def _errors_for(error: ValidationError, flat: bool) -> list[FieldError]:
+    base = _path(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        allowed = set(schema.get("properties", {}))
+        extras = sorted(k for k in error.instance if k not in allowed)
+        return [FieldError(_user_path(f"{base}.{k}" if base else k, flat), "unknown field") for k in extras]
+    if error.validator == "required" and isinstance(error.validator_value, list):
+        missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
+        return [
+            FieldError(_user_path(f"{base}.{k}" if base else k, flat), "required field is missing") for k in missing
+        ]
+    message = str(error.cause) if error.cause is not None else error.message
+    if error.validator == "pattern" and base.endswith("name"):
+        message = (
+            f"{error.instance!r} is not a valid name: use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit (DNS-1123 label, at most 63 characters)"
+        )
+    elif error.validator == "propertyNames":
+        message = f"invalid key: {message}"
+    return [FieldError(_user_path(base, flat) or "(body)", message)]
+
+
+def validate_manifest(manifest: Any, *, flat: bool = False) -> list[FieldError]:
+    """Every violation, each with the JSON path of the offending field, in a stable order."""
+    errors: list[FieldError] = []
+    for error in validator().iter_errors(manifest):
+        errors.extend(_errors_for(error, flat))
+    unique = {(e.field, e.message): e for e in errors}
+    return sorted(unique.values(), key=lambda e: (e.field, e.message))

@@ -1,0 +1,303 @@
+"""Desired-state store: Agent records with generation, resourceVersion and compare-and-set writes.
+
+``Store`` is the interface the API and the reconciler use; ``SqliteStore`` is the embedded default
+(WAL journal, one file, no setup). Every write bumps one store-wide resourceVersion counter, like
+etcd's revision, so a change feed can be resumed from a version later on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import aiosqlite
+
+from controller.model import Agent, SpecDefaults, container_name, now_iso
+
+
+class StoreError(Exception):
+    """Base of the store's errors; the API maps each to an HTTP status."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be read or written (disk full, file unwritable, locked by another controller)."""
+
+
+ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True)
+class Change:
+    type: ChangeType
+    agent: Agent
+    spec_changed: bool
+    """False for status-only writes, which the reconciler itself made."""
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+    async def get(self, name: str) -> Agent: ...
+    async def list(self) -> list[Agent]: ...
+    async def create(self, agent: Agent) -> Agent: ...
+    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent: ...
+    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent: ...
+    async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None: ...
+    async def purge(self, name: str, uid: str) -> bool: ...
+    def subscribe(self) -> asyncio.Queue[Change]: ...
+    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    container_name TEXT NOT NULL UNIQUE,
+    manifest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (key, value) VALUES ('resourceVersion', 0);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str, defaults: SpecDefaults) -> None:
+        self.path = path
+        self._defaults = defaults
+        self._db: aiosqlite.Connection | None = None
+        self._lock_fd: int | None = None
+        self._write_lock = asyncio.Lock()
+        self._subscribers: set[asyncio.Queue[Change]] = set()
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreUnavailable(f"store {self.path} is in use by another controller") from exc
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._db.executescript(_SCHEMA)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable("store is not open")
+        return self._db
+
+    async def ping(self) -> None:
+        try:
+            await self.db.execute("SELECT 1")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+
+    def _load(self, manifest: str) -> Agent:
+        return Agent.from_manifest(json.loads(manifest), self._defaults)
+
+    async def get(self, name: str) -> Agent:
+        try:
+            async with self.db.execute("SELECT manifest FROM agents WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        if row is None:
+            raise NotFound(f"agent {name!r} not found")
+        return self._load(row[0])
+
+    async def list(self) -> list[Agent]:
+        try:
+            async with self.db.execute("SELECT manifest FROM agents ORDER BY name") as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        return [self._load(row[0]) for row in rows]
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            db = self.db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"store unwritable: {exc}") from exc
+            try:
+                yield db
+                await db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailable(f"store unwritable: {exc}") from exc
+                raise
+
+    async def _next_rv(self, db: aiosqlite.Connection) -> int:
+        await db.execute("UPDATE counters SET value = value + 1 WHERE key = 'resourceVersion'")
+        async with db.execute("SELECT value FROM counters WHERE key = 'resourceVersion'") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def _read(self, db: aiosqlite.Connection, name: str) -> Agent | None:
+        async with db.execute("SELECT manifest FROM agents WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else self._load(row[0])
+
+    async def _write(self, db: aiosqlite.Connection, agent: Agent) -> None:
+        manifest = json.dumps(agent.to_manifest(redact=False), sort_keys=True)
+        await db.execute(
+            "INSERT INTO agents (name, uid, container_name, manifest) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, manifest = excluded.manifest",
+            (agent.name, agent.metadata.uid, container_name(agent.name), manifest),
+        )
+
+    async def create(self, agent: Agent) -> Agent:
+        async with self._transaction() as db:
+            if await self._read(db, agent.name) is not None:
+                raise AlreadyExists(f"agent {agent.name!r} already exists")
+            async with db.execute(
+                "SELECT name FROM agents WHERE container_name = ?", (container_name(agent.name),)
+            ) as cur:
+                clash = await cur.fetchone()
+            if clash is not None:
+                raise AlreadyExists(f"agent {clash[0]!r} already uses container name {container_name(agent.name)!r}")
+            new = agent.copy()
+            new.metadata.uid = str(uuid.uuid4())
+            new.metadata.generation = 1
+            new.metadata.resource_version = await self._next_rv(db)
+            new.metadata.creation_timestamp = now_iso()
+            new.metadata.deletion_timestamp = None
+            new.status = {"phase": "Pending", "observedGeneration": 0, "restartCount": 0}
+            await self._write(db, new)
+        self._notify(Change("ADDED", new, True))
+        return new
+
+    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
+        """Replace spec, labels and annotations; generation moves only when the spec changes."""
+        async with self._transaction() as db:
+            current = await self._read(db, agent.name)
+            if current is None:
+                raise NotFound(f"agent {agent.name!r} not found")
+            _check_rv(current, expected_rv)
+            if current.metadata.deletion_timestamp is not None:
+                raise Conflict(f"agent {agent.name!r} is being deleted")
+            spec_changed = current.spec != agent.spec
+            if (
+                not spec_changed
+                and current.metadata.labels == agent.metadata.labels
+                and current.metadata.annotations == agent.metadata.annotations
+            ):
+                return current
+            new = current.copy()
+            new.spec = agent.spec
+            new.metadata.labels = dict(agent.metadata.labels)
+            new.metadata.annotations = dict(agent.metadata.annotations)
+            if spec_changed:
+                new.metadata.generation += 1
+            new.metadata.resource_version = await self._next_rv(db)
+            await self._write(db, new)
+        self._notify(Change("MODIFIED", new, spec_changed))
+        return new
+
+    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
+        async with self._transaction() as db:
+            current = await self._read(db, name)
+            if current is None:
+                raise NotFound(f"agent {name!r} not found")
+            _check_rv(current, expected_rv)
+            if current.metadata.deletion_timestamp is not None:
+                return current
+            new = current.copy()
+            new.metadata.deletion_timestamp = now_iso()
+            new.metadata.resource_version = await self._next_rv(db)
+            new.status["phase"] = "Terminating"
+            await self._write(db, new)
+        self._notify(Change("MODIFIED", new, True))
+        return new
+
+    async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
+        """Write status (the controller's only write); None when the record is gone or was replaced."""
+        async with self._transaction() as db:
+            current = await self._read(db, name)
+            if current is None or current.metadata.uid != uid:
+                return None
+            if current.status == status:
+                return current
+            new = current.copy()
+            new.status = dict(status)
+            new.metadata.resource_version = await self._next_rv(db)
+            await self._write(db, new)
+        self._notify(Change("MODIFIED", new, False))
+        return new
+
+    async def purge(self, name: str, uid: str) -> bool:
+        async with self._transaction() as db:
+            current = await self._read(db, name)
+            if current is None or current.metadata.uid != uid:
+                return False
+            rv = await self._next_rv(db)
+            await db.execute("DELETE FROM agents WHERE name = ?", (name,))
+        gone = current.copy()
+        gone.metadata.resource_version = rv
+        self._notify(Change("DELETED", gone, True))
+        return True
+
+    def subscribe(self) -> asyncio.Queue[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
+        self._subscribers.discard(queue)
+
+    def _notify(self, change: Change) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(change)
+
+
+def _check_rv(current: Agent, expected_rv: str | None) -> None:
+    if expected_rv is not None and str(current.metadata.resource_version) != str(expected_rv):
+        raise Conflict(
+            f"agent {current.name!r} was modified: resourceVersion {expected_rv} is stale "
+            f"(current {current.metadata.resource_version}); re-read it and try again"
+        )
