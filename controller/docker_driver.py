@@ -104,6 +104,7 @@ class DockerDriver:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._docker: aiodocker.Docker | None = None
+        self._network_locks: dict[str, asyncio.Lock] = {}
 
     async def open(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.docker_timeout_seconds, connect=5)
@@ -173,7 +174,32 @@ class DockerDriver:
             raise AgentError(IMAGE_NOT_FOUND, f"inspecting image {image} failed: {exc.message}") from exc
 
     async def ensure_network(self, name: str) -> bool:
-        """Make sure a usable network ``name`` exists; True when this call created it (labelled ours)."""
+        """Make sure a usable network ``name`` exists; True when this call created it (labelled ours).
+
+        Docker does not make network names unique atomically, so creation is serialised per name here
+        and duplicates that we made anyway (another controller racing us) are removed.
+        """
+        lock = self._network_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            await self._dedupe_network(name)
+            return await self._ensure_network(name)
+
+    async def _dedupe_network(self, name: str) -> None:
+        try:
+            found = [n for n in await self.docker.networks.list(filters={"name": [name]}) if n.get("Name") == name]
+            if len(found) < 2:
+                return
+            found.sort(key=lambda n: str(n.get("Created", "")))
+            for extra in found[1:]:
+                labels = extra.get("Labels") or {}
+                if labels.get(LABEL_MANAGED) == "true" and not await self.network_in_use(extra["Id"]):
+                    await self.remove_network(extra["Id"])
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(NETWORK_ERROR, f"listing networks named {name!r} failed: {exc.message}") from exc
+
+    async def _ensure_network(self, name: str) -> bool:
         try:
             try:
                 info = await self.docker.networks.get(name)

@@ -1,0 +1,150 @@
+"""``parallax serve`` as a real process: SIGTERM leaves agents running; a restart adopts them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+import pytest
+
+from tests.harness import REPO, TEST_IMAGE_PREFIX, cleanup_instance, inspect, make_settings
+
+pytestmark = [pytest.mark.docker, pytest.mark.e2e]
+
+PARALLAX = str(Path(sys.executable).parent / "parallax")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [PARALLAX, "serve"], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, self.output()
+                try:
+                    async with session.get(self.url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("server did not become ready:\n" + self.output())
+
+    def output(self) -> str:
+        if self.proc is None or self.proc.stdout is None:
+            return ""
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stdout.read().decode(errors="replace")
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    async def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, self.url + path, json=body) as resp:
+                return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def server_env(tmp_path: Path, docker: aiodocker.Docker) -> AsyncIterator[dict[str, str]]:
+    settings = make_settings(tmp_path)
+    env = {
+        **os.environ,
+        "PORT": str(free_port()),
+        "PARALLAX_STORE": settings.store_path,
+        "DOCKER_NETWORK": settings.network,
+        "PARALLAX_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
+        "PARALLAX_INSTANCE": settings.instance,
+        "DEFAULT_MEMORY": "64m",
+        "PARALLAX_RESYNC_SECONDS": "1",
+    }
+    yield env
+    await cleanup_instance(docker, settings)
+
+
+async def wait_running(server: Server, name: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body = await server.call("GET", f"/agents/{name}")
+        if status == 200 and body["status"].get("phase") == "Running":
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not running: {body}")
+
+
+async def test_restarted_controller_adopts_running_agents_without_restarting_them(
+    server_env: dict[str, str], docker: aiodocker.Docker
+):
+    server = Server(server_env)
+    await server.start()
+    names = [f"adopt-{uuid.uuid4().hex[:6]}", f"adopt-{uuid.uuid4().hex[:6]}"]
+    for name in names:
+        status, body = await server.call("POST", "/agents", {"name": name, "type": "claude"})
+        assert status == 201, body
+    before = {name: await wait_running(server, name) for name in names}
+    started = {name: (await inspect(docker, f"parallax-agent-{name}"))["State"]["StartedAt"] for name in names}
+
+    assert server.terminate() == 0, server.output()
+    for name in names:
+        info = await inspect(docker, f"parallax-agent-{name}")
+        assert info is not None and info["State"]["Running"], "stopping the controller must not stop agents"
+
+    second = Server(server_env)
+    await second.start()
+    try:
+        for name in names:
+            agent = await wait_running(second, name)
+            assert agent["status"]["containerId"] == before[name]["status"]["containerId"]
+            assert agent["status"]["restartCount"] == 0
+            info = await inspect(docker, f"parallax-agent-{name}")
+            assert info is not None and info["State"]["StartedAt"] == started[name]
+        await asyncio.sleep(2.5)  # one resync period: still nothing restarted
+        for name in names:
+            info = await inspect(docker, f"parallax-agent-{name}")
+            assert info is not None and info["State"]["StartedAt"] == started[name]
+
+        third = subprocess.run([PARALLAX, "serve"], env={**server_env, "PORT": str(free_port())},
+                               capture_output=True, text=True, timeout=20)
+        assert third.returncode != 0
+        assert "in use by another controller" in third.stderr
+
+        for name in names:
+            status, _ = await second.call("DELETE", f"/agents/{name}")
+            assert status == 202
+    finally:
+        assert second.terminate() == 0
+
+
+async def test_invalid_setting_stops_the_start_with_the_variable_name(server_env: dict[str, str]):
+    result = subprocess.run(
+        [PARALLAX, "serve"], env={**server_env, "DEFAULT_MEMORY": "lots"}, capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode != 0
+    assert "DEFAULT_MEMORY" in result.stderr

@@ -1,0 +1,103 @@
+"""The seed document's POST examples, sent as written, against a real Docker daemon."""
+
+from __future__ import annotations
+
+import aiodocker
+import pytest
+
+from tests.harness import Controller, docker_exec, inspect, running, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+async def test_spawn_with_resources_gets_memory_and_cpu_limits(controller: Controller, docker: aiodocker.Docker):
+    status, body = await controller.request(
+        "POST",
+        "/agents",
+        raw='{\n"name": "heavy-analyzer",\n"type": "claude",\n"resources": {\n"memory": "1g",\n"cpu": 1.0\n}\n}',
+    )
+    assert status == 201, body
+    agent = await controller.wait_agent("heavy-analyzer", running)
+    info = await inspect(docker, "parallax-agent-heavy-analyzer")
+    assert info is not None and info["State"]["Running"]
+    assert info["Id"] == agent["status"]["containerId"]
+    assert info["HostConfig"]["Memory"] == 1024**3
+    assert info["HostConfig"]["NanoCpus"] == 1_000_000_000
+    assert info["Config"]["Labels"]["parallax.agent"] == "heavy-analyzer"
+    assert info["Config"]["Labels"]["parallax.agent.type"] == "claude"
+
+
+async def test_spawn_with_volume_mounts_it_read_only(controller: Controller, docker: aiodocker.Docker):
+    status, body = await controller.request(
+        "POST",
+        "/agents",
+        raw='{\n"name": "file-processor",\n"type": "claude",\n"volumes": [\n"/host/data:/data:ro"\n]\n}',
+    )
+    assert status == 201, body
+    await controller.wait_agent("file-processor", running)
+    info = await inspect(docker, "parallax-agent-file-processor")
+    assert info is not None
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert mounts["/data"]["Source"] == "/host/data"
+    assert mounts["/data"]["RW"] is False
+    code, out = await docker_exec("parallax-agent-file-processor", "touch", "/data/x")
+    assert code != 0 and "Read-only file system" in out
+
+
+async def test_spawn_with_secret_passes_env_and_never_echoes_it(controller: Controller, docker: aiodocker.Docker):
+    status, body = await controller.request(
+        "POST",
+        "/agents",
+        raw='{\n"name": "secure-agent",\n"type": "claude",\n"env": {\n"API_KEY": "sk-..."\n}\n}',
+    )
+    assert status == 201, body
+    assert "sk-..." not in str(body)
+    assert body["spec"]["env"] == {"API_KEY": "<redacted>"}
+    agent = await controller.wait_agent("secure-agent", running)
+    assert "sk-..." not in str(agent)
+    info = await inspect(docker, "parallax-agent-secure-agent")
+    assert info is not None and "API_KEY=sk-..." in info["Config"]["Env"]
+    code, out = await docker_exec("parallax-agent-secure-agent", "sh", "-c", "echo \"$API_KEY\"")
+    assert code == 0 and out.strip() == "sk-..."
+    _, listing = await controller.request("GET", "/agents")
+    assert "sk-..." not in str(listing)
+
+
+async def test_custom_network_is_created_and_joined(controller: Controller, docker: aiodocker.Docker):
+    status, body = await controller.request(
+        "POST",
+        "/agents",
+        raw='{\n"name": "isolated-agent",\n"type": "claude",\n"network": "custom-network"\n}',
+    )
+    assert status == 201, body
+    await controller.wait_agent("isolated-agent", running)
+    info = await inspect(docker, "parallax-agent-isolated-agent")
+    assert info is not None
+    assert list(info["NetworkSettings"]["Networks"]) == ["custom-network"]
+    assert "isolated-agent" in info["NetworkSettings"]["Networks"]["custom-network"]["Aliases"]
+    network = await (await docker.networks.get("custom-network")).show()
+    assert network["Labels"]["parallax.managed"] == "true"
+
+    status, _ = await controller.request("DELETE", "/agents/isolated-agent")
+    assert status == 202
+    await controller.wait_gone("isolated-agent")
+
+    async def network_gone() -> bool:
+        try:
+            await docker.networks.get("custom-network")
+        except aiodocker.DockerError as exc:
+            return exc.status == 404
+        return False
+
+    await wait_for(network_gone, timeout=30, what="the unused managed network to be collected")
+
+
+async def test_agents_on_one_network_reach_each_other_by_name(controller: Controller):
+    for name in ("agent-1", "agent-2"):
+        status, body = await controller.request("POST", "/agents", {"name": name, "type": "claude"})
+        assert status == 201, body
+    for name in ("agent-1", "agent-2"):
+        await controller.wait_agent(name, running)
+    code, out = await docker_exec("parallax-agent-1", "ping", "-c", "1", "-W", "3", "agent-2")
+    assert code == 0, out
+    assert "1 packets received" in out
