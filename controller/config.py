@@ -76,6 +76,10 @@ class Settings:
             max_body_bytes=_int(env, "PARALLAX_MAX_BODY_BYTES", base.max_body_bytes, 1024, 1 << 30),
             docker_timeout_seconds=_float(env, "PARALLAX_DOCKER_TIMEOUT", base.docker_timeout_seconds, 0.1),
         )
+        if settings.network in ("host", "none", "bridge", "default"):
+            raise ConfigError(
+                f"DOCKER_NETWORK: {settings.network!r} cannot be used; agents need a user-defined network"
+            )
         if not settings.network or not settings.image_prefix or not settings.instance:
             raise ConfigError("DOCKER_NETWORK, PARALLAX_IMAGE_PREFIX and PARALLAX_INSTANCE may not be empty")
         return settings

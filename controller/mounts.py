@@ -58,7 +58,10 @@ def check_host_path(mount: BindMount, *, docker_socket: str, protected: tuple[st
         if (
             candidate == "/"
             or candidate == socket
-            or any(candidate == path or candidate.startswith(path + "/") for path in FORBIDDEN_HOST_PATHS[1:])
+            or any(
+                candidate == path or candidate.startswith(path + "/") or path.startswith(candidate.rstrip("/") + "/")
+                for path in FORBIDDEN_HOST_PATHS[1:]
+            )
         ):
             raise MountError(f"host path {mount.host_path!r} may not be mounted (it exposes the host)")
         if socket.startswith(candidate.rstrip("/") + "/"):

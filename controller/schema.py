@@ -99,15 +99,30 @@ def _errors_for(error: ValidationError, flat: bool) -> list[FieldError]:
         return [
             FieldError(_user_path(f"{base}.{k}" if base else k, flat), "required field is missing") for k in missing
         ]
+    path = list(error.absolute_path)
+    in_env = path[:2] == ["spec", "env"]
     message = str(error.cause) if error.cause is not None else error.message
-    if error.validator == "pattern" and base.endswith("name"):
+    if "propertyNames" in error.absolute_schema_path:
+        message = f"invalid key {error.instance!r}: {message}"
+    elif in_env:
+        message = _env_message(error, len(path) == 2)
+    elif error.validator in ("pattern", "minLength", "maxLength") and path == ["metadata", "name"]:
         message = (
             f"{error.instance!r} is not a valid name: use lower-case letters, digits and '-', "
             "starting and ending with a letter or digit (DNS-1123 label, at most 63 characters)"
         )
-    elif error.validator == "propertyNames":
-        message = f"invalid key: {message}"
     return [FieldError(_user_path(base, flat) or "(body)", message)]
+
+
+def _env_message(error: ValidationError, whole: bool) -> str:
+    """A message about an env value that never quotes it: env values are secrets."""
+    if error.validator == "type":
+        return "must be an object of NAME: string" if whole else "must be a string"
+    if error.validator == "maxLength":
+        return f"is longer than {error.validator_value} characters"
+    if error.validator == "maxProperties":
+        return f"has more than {error.validator_value} variables"
+    return f"is invalid ({error.validator})"
 
 
 def validate_manifest(manifest: Any, *, flat: bool = False) -> list[FieldError]:

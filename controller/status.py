@@ -33,7 +33,7 @@ def with_phase(
 def set_error(status: dict[str, Any], code: str, message: str, now: str) -> dict[str, Any]:
     new = copy.deepcopy(status)
     resolution = RESOLUTION.get(code, "")
-    new["error"] = {"code": code, "message": f"{message}. {resolution}".strip() if resolution else message}
+    new["error"] = {"code": code, "message": f"{message.rstrip('.')}. {resolution}" if resolution else message}
     set_condition(new, "Ready", False, code, new["error"]["message"], now)
     return new
 

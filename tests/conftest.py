@@ -36,9 +36,7 @@ StartController = Callable[..., Coroutine[Any, Any, Controller]]
 
 
 @pytest.fixture
-async def start_controller(
-    docker: aiodocker.Docker, tmp_path: Path
-) -> AsyncIterator[StartController]:
+async def start_controller(docker: aiodocker.Docker, tmp_path: Path) -> AsyncIterator[StartController]:
     """Starts controllers (same settings by default, so a restart reuses the store); cleans up after."""
     started: list[Controller] = []
     base = make_settings(tmp_path)

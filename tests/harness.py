@@ -5,6 +5,7 @@ and helpers to look at the real Docker daemon. Nothing here mocks Docker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -157,15 +158,11 @@ async def cleanup_instance(docker: aiodocker.Docker, settings: Settings) -> None
     """Remove whatever a test controller left behind: its containers and its networks."""
     label = f"parallax.instance={settings.instance}"
     for container in await docker.containers.list(all=True, filters=json.dumps({"label": [label]})):
-        try:
+        with contextlib.suppress(aiodocker.DockerError):
             await container.delete(force=True)
-        except aiodocker.DockerError:
-            pass
     for network in await docker.networks.list(filters={"label": [label]}):
-        try:
+        with contextlib.suppress(aiodocker.DockerError):
             await (await docker.networks.get(network["Id"])).delete()
-        except aiodocker.DockerError:
-            pass
 
 
 def docker_socket() -> str:

@@ -130,8 +130,13 @@ async def test_restarted_controller_adopts_running_agents_without_restarting_the
             info = await inspect(docker, f"parallax-agent-{name}")
             assert info is not None and info["State"]["StartedAt"] == started[name]
 
-        third = subprocess.run([PARALLAX, "serve"], env={**server_env, "PORT": str(free_port())},
-                               capture_output=True, text=True, timeout=20)
+        third = subprocess.run(
+            [PARALLAX, "serve"],
+            env={**server_env, "PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         assert third.returncode != 0
         assert "in use by another controller" in third.stderr
 

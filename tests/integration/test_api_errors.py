@@ -38,7 +38,12 @@ async def test_malformed_json_is_400(controller: Controller):
         ({"name": "ok", "type": "claude", "restartPolicy": "Sometimes"}, "restartPolicy"),
         ({"name": "ok", "type": "claude", "volumes": ["relative:/x"]}, "volumes[0]"),
         (
-            {"apiVersion": "parallax.ai/v1", "kind": "Agent", "metadata": {"name": "ok"}, "spec": {"type": "claude", "x": 1}},
+            {
+                "apiVersion": "parallax.ai/v1",
+                "kind": "Agent",
+                "metadata": {"name": "ok"},
+                "spec": {"type": "claude", "x": 1},
+            },
             "spec.x",
         ),
     ],

@@ -18,9 +18,7 @@ async def test_killed_container_is_restarted(controller: Controller, docker: aio
     container_id = before["status"]["containerId"]
     code, out = await docker_cli("kill", "parallax-agent-victim")
     assert code == 0, out
-    after = await controller.wait_agent(
-        "victim", lambda a: running(a) and a["status"]["restartCount"] >= 1, timeout=30
-    )
+    after = await controller.wait_agent("victim", lambda a: running(a) and a["status"]["restartCount"] >= 1, timeout=30)
     assert after["status"]["restartCount"] == 1
     assert after["status"]["lastState"]["exitCode"] == 137
     info = await inspect(docker, "parallax-agent-victim")
@@ -44,15 +42,16 @@ async def test_spec_change_recreates_and_unchanged_put_touches_nothing(
     assert unchanged is not None and unchanged["Id"] == old["Id"]
     assert unchanged["State"]["StartedAt"] == old["State"]["StartedAt"]
 
-    status, body = await controller.request(
-        "PATCH", "/agents/drift", {"spec": {"resources": {"memory": "128m"}}}
-    )
+    status, body = await controller.request("PATCH", "/agents/drift", {"spec": {"resources": {"memory": "128m"}}})
     assert status == 200, body
     assert body["metadata"]["generation"] == first["metadata"]["generation"] + 1
     agent = await controller.wait_agent(
         "drift",
-        lambda a: running(a) and a["status"]["observedGeneration"] == body["metadata"]["generation"]
-        and a["status"]["containerId"] != old["Id"],
+        lambda a: (
+            running(a)
+            and a["status"]["observedGeneration"] == body["metadata"]["generation"]
+            and a["status"]["containerId"] != old["Id"]
+        ),
     )
     new = await inspect(docker, "parallax-agent-drift")
     assert new is not None and new["Id"] == agent["status"]["containerId"]
@@ -142,7 +141,12 @@ async def test_exiting_agent_that_is_not_restarted_ends_in_its_phase(
     status, body = await controller.request(
         "POST",
         "/agents",
-        {"name": name, "type": "claude", "restartPolicy": policy, "env": {"EXIT_AFTER": "0", "EXIT_CODE": str(exit_code)}},
+        {
+            "name": name,
+            "type": "claude",
+            "restartPolicy": policy,
+            "env": {"EXIT_AFTER": "0", "EXIT_CODE": str(exit_code)},
+        },
     )
     assert status == 201, body
     agent = await controller.wait_agent(name, lambda a: a["status"].get("phase") == phase)
@@ -203,7 +207,9 @@ async def test_suspend_stops_the_container_and_resume_starts_it(controller: Cont
 
 
 async def test_missing_image_reports_image_not_found(controller: Controller):
-    await controller.request("POST", "/agents", {"name": "noimage", "type": "custom", "image": "parallax-test/absent:1"})
+    await controller.request(
+        "POST", "/agents", {"name": "noimage", "type": "custom", "image": "parallax-test/absent:1"}
+    )
     agent = await controller.wait_agent("noimage", lambda a: a["status"].get("error") is not None)
     assert agent["status"]["error"]["code"] == "IMAGE_NOT_FOUND"
     assert agent["status"]["phase"] == "Pending"
@@ -225,7 +231,9 @@ async def test_list_filters_by_label_type_and_phase(controller: Controller):
 
 
 async def test_post_wait_answers_once_running(controller: Controller):
-    status, body = await controller.request("POST", "/agents?wait=true&timeout=30", {"name": "patient", "type": "claude"})
+    status, body = await controller.request(
+        "POST", "/agents?wait=true&timeout=30", {"name": "patient", "type": "claude"}
+    )
     assert status == 201
     assert body["status"]["phase"] == "Running"
     assert json.dumps(body)

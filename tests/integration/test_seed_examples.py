@@ -57,7 +57,7 @@ async def test_spawn_with_secret_passes_env_and_never_echoes_it(controller: Cont
     assert "sk-..." not in str(agent)
     info = await inspect(docker, "parallax-agent-secure-agent")
     assert info is not None and "API_KEY=sk-..." in info["Config"]["Env"]
-    code, out = await docker_exec("parallax-agent-secure-agent", "sh", "-c", "echo \"$API_KEY\"")
+    code, out = await docker_exec("parallax-agent-secure-agent", "sh", "-c", 'echo "$API_KEY"')
     assert code == 0 and out.strip() == "sk-..."
     _, listing = await controller.request("GET", "/agents")
     assert "sk-..." not in str(listing)
