@@ -66,9 +66,8 @@ class Server:
         return self.proc.wait(timeout=timeout)
 
     async def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
-        async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.url + path, json=body) as resp:
-                return resp.status, await resp.json()
+        async with aiohttp.ClientSession() as session, session.request(method, self.url + path, json=body) as resp:
+            return resp.status, await resp.json()
 
 
 @pytest.fixture
