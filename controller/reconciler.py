@@ -87,7 +87,9 @@ class Reconciler:
             raise
 
     async def _fail(self, agent: Agent, err: AgentError) -> None:
-        log.warning("agent %s: %s", agent.name, err)
+        previous = agent.status.get("error") or {}
+        level = logging.DEBUG if previous.get("code") == err.code else logging.WARNING
+        log.log(level, "agent %s: %s", agent.name, err)
         status = set_error(agent.status, err.code, err.message, _iso(self.now()))
         status["observedGeneration"] = agent.metadata.generation
         await self._write(agent, status)
