@@ -175,6 +175,12 @@ async def test_crash_looping_agent_shows_crash_loop_backoff(controller: Controll
     assert agent["status"]["backoff"]["delaySeconds"] == 10
     ready = next(c for c in agent["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "CrashLoopBackOff"
+    # The next exit, 10 s later, doubles the back-off.
+    agent = await controller.wait_agent(
+        "crasher", lambda a: (a["status"].get("backoff") or {}).get("delaySeconds") == 20, timeout=40
+    )
+    assert agent["status"]["restartCount"] >= 2
+    assert agent["status"]["phase"] == "CrashLoopBackOff"
 
 
 async def test_oom_killed_agent_reports_resource_limit(controller: Controller):

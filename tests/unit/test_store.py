@@ -1,0 +1,142 @@
+"""The SQLite store: generation, resourceVersion, compare-and-set, change feed, durability, lock."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller.admission import admit, spec_defaults
+from controller.config import Settings
+from controller.model import Agent
+from controller.store import AlreadyExists, Conflict, NotFound, SqliteStore, StoreUnavailable
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(store_path=str(tmp_path / "data" / "agents.db"))
+
+
+def agent(body: dict, s: Settings) -> Agent:
+    return admit(body, s)[0]
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = settings(tmp_path)
+    st = SqliteStore(s.store_path, spec_defaults(s))
+    await st.open()
+    yield st
+    await st.close()
+
+
+async def test_create_sets_uid_generation_and_resource_version(store: SqliteStore, tmp_path: Path):
+    created = await store.create(agent({"name": "a", "type": "claude"}, settings(tmp_path)))
+    assert created.metadata.uid
+    assert created.metadata.generation == 1
+    assert created.metadata.resource_version >= 1
+    assert created.status["phase"] == "Pending"
+    with pytest.raises(AlreadyExists):
+        await store.create(agent({"name": "a", "type": "codex"}, settings(tmp_path)))
+    assert (await store.get("a")).spec.type == "claude"
+
+
+async def test_two_names_sharing_a_container_name_are_refused(store: SqliteStore, tmp_path: Path):
+    await store.create(agent({"name": "agent-7", "type": "claude"}, settings(tmp_path)))
+    with pytest.raises(AlreadyExists, match="parallax-agent-7"):
+        await store.create(agent({"name": "7", "type": "claude"}, settings(tmp_path)))
+
+
+async def test_generation_moves_on_spec_change_only_and_rv_on_every_write(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    same = await store.replace(agent({"name": "a", "type": "claude"}, s))
+    assert same.metadata.resource_version == created.metadata.resource_version
+    relabelled = await store.replace(agent({"name": "a", "type": "claude", "labels": {"x": "y"}}, s))
+    assert relabelled.metadata.generation == 1
+    assert relabelled.metadata.resource_version > created.metadata.resource_version
+    changed = await store.replace(agent({"name": "a", "type": "claude", "labels": {"x": "y"}, "suspend": True}, s))
+    assert changed.metadata.generation == 2
+    status = await store.update_status("a", created.metadata.uid, {"phase": "Suspended"})
+    assert status is not None
+    assert status.metadata.generation == 2
+    assert status.metadata.resource_version > changed.metadata.resource_version
+
+
+async def test_stale_resource_version_is_a_conflict_and_changes_nothing(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    await store.replace(agent({"name": "a", "type": "claude", "suspend": True}, s))
+    with pytest.raises(Conflict):
+        await store.replace(
+            agent({"name": "a", "type": "codex"}, s), expected_rv=str(created.metadata.resource_version)
+        )
+    current = await store.get("a")
+    assert current.spec.type == "claude" and current.spec.suspend is True
+    with pytest.raises(Conflict):
+        await store.mark_deleted("a", expected_rv=str(created.metadata.resource_version))
+    assert (await store.get("a")).metadata.deletion_timestamp is None
+
+
+async def test_status_write_for_a_replaced_record_is_dropped(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    first = await store.create(agent({"name": "a", "type": "claude"}, s))
+    await store.mark_deleted("a")
+    assert await store.purge("a", first.metadata.uid)
+    await store.create(agent({"name": "a", "type": "claude"}, s))
+    assert await store.update_status("a", first.metadata.uid, {"phase": "Running"}) is None
+    assert (await store.get("a")).phase == "Pending"
+
+
+async def test_change_feed_reports_every_write(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    feed = store.subscribe()
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    await store.update_status("a", created.metadata.uid, {"phase": "Running"})
+    await store.mark_deleted("a")
+    await store.purge("a", created.metadata.uid)
+    changes = [feed.get_nowait() for _ in range(4)]
+    assert [(c.type, c.spec_changed) for c in changes] == [
+        ("ADDED", True),
+        ("MODIFIED", False),
+        ("MODIFIED", True),
+        ("DELETED", True),
+    ]
+    versions = [c.agent.metadata.resource_version for c in changes]
+    assert versions == sorted(versions) and len(set(versions)) == 4
+    with pytest.raises(NotFound):
+        await store.get("a")
+
+
+async def test_records_and_secrets_survive_a_reopen(tmp_path: Path):
+    s = settings(tmp_path)
+    first = SqliteStore(s.store_path, spec_defaults(s))
+    await first.open()
+    created = await first.create(agent({"name": "a", "type": "claude", "env": {"KEY": "secret"}}, s))
+    await first.close()
+    second = SqliteStore(s.store_path, spec_defaults(s))
+    await second.open()
+    try:
+        again = await second.get("a")
+        assert again.metadata.uid == created.metadata.uid
+        assert again.spec.env == {"KEY": "secret"}
+        assert again.to_manifest()["spec"]["env"] == {"KEY": "<redacted>"}
+        newer = await second.replace(replace(again, spec=replace(again.spec, suspend=True)))
+        assert newer.metadata.resource_version > created.metadata.resource_version
+    finally:
+        await second.close()
+
+
+async def test_second_controller_on_the_same_store_is_refused(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    other = SqliteStore(s.store_path, spec_defaults(s))
+    with pytest.raises(StoreUnavailable, match="in use"):
+        await other.open()
+
+
+async def test_store_file_and_directory_are_private(store: SqliteStore, tmp_path: Path):
+    path = Path(store.path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
