@@ -1,6 +1,6 @@
 #!/bin/sh
 # Fake coding agent for the Parallax test suite. Behaviour is driven by environment variables:
-#   ALLOC_MB=N      allocate N MiB of memory and hold it (over the memory limit => OOM kill, exit 137)
+#   ALLOC_MB=N      allocate N MiB of memory once (over the memory limit => OOM kill, exit 137)
 #   EXIT_AFTER=S    sleep S seconds (0 allowed), then exit with EXIT_CODE (default 0)
 #   TICK_SECONDS=S  otherwise run forever, printing "tick <n>" every S seconds (default 5)
 # While running it echoes every stdin line as "received: <line>". SIGTERM/SIGINT: "agent stopping", exit 0.
@@ -26,14 +26,7 @@ on_term() {
     exit 0
 }
 
-on_oom() {
-    echo "agent memory allocation was killed" >&2
-    cleanup
-    exit 137
-}
-
 trap on_term TERM INT
-trap on_oom USR1
 
 # Sleep in the background and wait, so a trapped signal interrupts the wait immediately.
 nap() {
@@ -45,17 +38,12 @@ nap() {
 
 if [ -n "${ALLOC_MB:-}" ]; then
     echo "agent allocating ${ALLOC_MB} MiB"
-    main=$$
-    # tail buffers its whole (newline-free) input, so it holds ALLOC_MB MiB for as long as the
-    # pipe stays open. If the kernel kills it (OOM), tell the main shell, which exits 137.
-    (
-        { head -c "${ALLOC_MB}m" /dev/zero; exec sleep 2147483647; } | tail >/dev/null
-        rc=$?
-        if [ "$rc" -ge 128 ]; then
-            kill -USR1 "$main"
-        fi
-    ) &
-    pids="$pids $!"
+    # dd reads into one buffer of that size, touching every page; over the memory limit the kernel
+    # OOM-kills it and the agent exits 137, which Docker reports as OOMKilled.
+    if ! dd if=/dev/zero of=/dev/null bs="${ALLOC_MB}M" count=1 2>/dev/null; then
+        echo "agent memory allocation was killed" >&2
+        exit 137
+    fi
 fi
 
 if [ -n "${EXIT_AFTER:-}" ]; then
