@@ -8,7 +8,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from tests.harness import Controller, cleanup_instance, ensure_test_images, make_settings
+from tests.harness import Controller, cleanup_instance, ensure_test_images, make_settings, remove_stale_test_objects
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,7 @@ def docker_daemon() -> None:
             pytrace=False,
         )
     ensure_test_images()
+    remove_stale_test_objects()
 
 
 @pytest.fixture

@@ -50,6 +50,23 @@ def ensure_test_images() -> None:
         subprocess.run(["docker", "tag", TEST_IMAGE, f"{TEST_IMAGE_PREFIX}{t}:latest"], check=True)
 
 
+def remove_stale_test_objects() -> None:
+    """Containers and networks left by an earlier, interrupted test run (test instances only)."""
+    for kind in ("container", "network"):
+        listing = ["docker", kind, "ls", "-q", "--filter", "label=parallax.managed=true"]
+        if kind == "container":
+            listing.insert(3, "-a")
+        ids = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
+        for object_id in ids:
+            inspect_cmd = ["docker", kind, "inspect", "-f", '{{index .Config.Labels "parallax.instance"}}', object_id]
+            if kind == "network":
+                inspect_cmd[4] = '{{index .Labels "parallax.instance"}}'
+            instance = subprocess.run(inspect_cmd, capture_output=True, text=True).stdout.strip()
+            if instance.startswith("test-"):
+                remove = ["docker", kind, "rm", *(["-f"] if kind == "container" else []), object_id]
+                subprocess.run(remove, capture_output=True)
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     tag = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
