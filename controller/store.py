@@ -8,11 +8,13 @@ etcd's revision, so a change feed can be resumed from a version later on.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,6 +56,41 @@ class Change:
     """False for status-only writes, which the reconciler itself made."""
 
 
+@dataclass(frozen=True)
+class AgentEvent:
+    """A controller event about one agent (client-go's Event: repeated ones are counted, not repeated)."""
+
+    agent: str
+    uid: str
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    count: int
+    first_timestamp: str
+    last_timestamp: str
+    resource_version: int
+    labels: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "parallax.ai/v1",
+            "kind": "Event",
+            "involvedObject": {"kind": "Agent", "name": self.agent, "uid": self.uid},
+            "type": self.type,
+            "reason": self.reason,
+            "message": self.message,
+            "count": self.count,
+            "firstTimestamp": self.first_timestamp,
+            "lastTimestamp": self.last_timestamp,
+            "metadata": {"resourceVersion": str(self.resource_version)},
+        }
+
+
+EVENTS_PER_AGENT = 50
+EVENT_TTL_SECONDS = 3600
+EVENT_AGGREGATE_SECONDS = 600
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -67,6 +104,11 @@ class Store(Protocol):
     async def purge(self, name: str, uid: str) -> bool: ...
     def subscribe(self) -> asyncio.Queue[Change]: ...
     def unsubscribe(self, queue: asyncio.Queue[Change]) -> None: ...
+    async def current_rv(self) -> int: ...
+    async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent: ...
+    async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]: ...
+    def subscribe_events(self) -> asyncio.Queue[AgentEvent]: ...
+    def unsubscribe_events(self, queue: asyncio.Queue[AgentEvent]) -> None: ...
 
 
 _SCHEMA = """
@@ -81,6 +123,21 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters (key, value) VALUES ('resourceVersion', 0);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_ts TEXT NOT NULL,
+    last_ts TEXT NOT NULL,
+    last_epoch REAL NOT NULL,
+    rv INTEGER NOT NULL,
+    labels TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_agent ON events (agent, rv);
 """
 
 
@@ -92,6 +149,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._write_lock = asyncio.Lock()
         self._subscribers: set[asyncio.Queue[Change]] = set()
+        self._event_subscribers: set[asyncio.Queue[AgentEvent]] = set()
 
     async def open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -281,6 +339,80 @@ class SqliteStore:
         gone.metadata.resource_version = rv
         self._notify(Change("DELETED", gone, True))
         return True
+
+    async def current_rv(self) -> int:
+        try:
+            async with self.db.execute("SELECT value FROM counters WHERE key = 'resourceVersion'") as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        return int(row[0]) if row else 0
+
+    async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent:
+        """Record an event; the same event again within 10 minutes bumps its count instead."""
+        now, stamp = time.time(), now_iso()
+        labels = json.dumps(agent.metadata.labels, sort_keys=True)
+        async with self._transaction() as db:
+            rv = await self._next_rv(db)
+            async with db.execute(
+                "SELECT id, count, first_ts FROM events WHERE agent = ? AND uid = ? AND type = ? AND reason = ? "
+                "AND message = ? AND last_epoch >= ? ORDER BY id DESC LIMIT 1",
+                (agent.name, agent.metadata.uid, type_, reason, message, now - EVENT_AGGREGATE_SECONDS),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                count, first = int(row[1]) + 1, str(row[2])
+                await db.execute(
+                    "UPDATE events SET count = ?, last_ts = ?, last_epoch = ?, rv = ?, labels = ? WHERE id = ?",
+                    (count, stamp, now, rv, labels, row[0]),
+                )
+            else:
+                count, first = 1, stamp
+                await db.execute(
+                    "INSERT INTO events (agent, uid, type, reason, message, count, first_ts, last_ts, last_epoch, rv,"
+                    " labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (agent.name, agent.metadata.uid, type_, reason, message, count, first, stamp, now, rv, labels),
+                )
+                await db.execute(
+                    "DELETE FROM events WHERE agent = ? AND id NOT IN "
+                    "(SELECT id FROM events WHERE agent = ? ORDER BY rv DESC LIMIT ?)",
+                    (agent.name, agent.name, EVENTS_PER_AGENT),
+                )
+                await db.execute("DELETE FROM events WHERE last_epoch < ?", (now - EVENT_TTL_SECONDS,))
+        event = AgentEvent(
+            agent.name, agent.metadata.uid, type_, reason, message, count, first, stamp, rv, dict(agent.metadata.labels)
+        )
+        for queue in self._event_subscribers:
+            queue.put_nowait(event)
+        return event
+
+    async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]:
+        """Events of an agent, oldest first; only those of one incarnation when ``uid`` is given."""
+        query = (
+            "SELECT agent, uid, type, reason, message, count, first_ts, last_ts, rv, labels FROM events WHERE agent = ?"
+        )
+        args: tuple[Any, ...] = (name,)
+        if uid is not None:
+            query += " AND uid = ?"
+            args += (uid,)
+        query += " AND last_epoch >= ? ORDER BY rv"
+        args += (time.time() - EVENT_TTL_SECONDS,)
+        try:
+            async with self.db.execute(query, args) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        return [
+            AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
+        ]
+
+    def subscribe_events(self) -> asyncio.Queue[AgentEvent]:
+        queue: asyncio.Queue[AgentEvent] = asyncio.Queue()
+        self._event_subscribers.add(queue)
+        return queue
+
+    def unsubscribe_events(self, queue: asyncio.Queue[AgentEvent]) -> None:
+        self._event_subscribers.discard(queue)
 
     def subscribe(self) -> asyncio.Queue[Change]:
         queue: asyncio.Queue[Change] = asyncio.Queue()
