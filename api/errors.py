@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from controller.admission import AdmissionError
+from controller.errors import RESOLUTION, SOCKET_ERROR, AgentError
 from controller.selector import SelectorError
 from controller.store import AlreadyExists, Conflict, NotFound, StoreUnavailable
 
@@ -48,6 +49,10 @@ def _translate(exc: Exception) -> ApiError:
         return ApiError(409, "CONFLICT", str(exc))
     if isinstance(exc, StoreUnavailable):
         return ApiError(503, "STORE_UNAVAILABLE", str(exc))
+    if isinstance(exc, AgentError):
+        if exc.code == SOCKET_ERROR:
+            return ApiError(503, SOCKET_ERROR, f"{exc.message}. {RESOLUTION[SOCKET_ERROR]}")
+        return ApiError(502, exc.code, exc.message)
     if isinstance(exc, SelectorError):
         return ApiError(400, "BAD_REQUEST", str(exc), [{"field": "labelSelector", "message": str(exc)}])
     raise exc

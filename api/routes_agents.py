@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import ApiError, read_json
+from api.routes_watch import sse
 from api.state import SETTINGS, STORE
 from controller.admission import admit
 from controller.model import PHASES, REDACTED, TYPES, Agent
@@ -83,7 +84,9 @@ async def create_agent(request: web.Request) -> web.Response:
 
 
 @routes.get("/agents")
-async def list_agents(request: web.Request) -> web.Response:
+async def list_agents(request: web.Request) -> web.StreamResponse:
+    if request.query.get("watch", "false").lower() in ("1", "true", "yes"):
+        return await sse(request, include_events=False, synthetic=True)
     store = request.app[STORE]
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
     type_filter = request.query.get("type")

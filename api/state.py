@@ -5,9 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from controller.config import Settings
+from controller.docker_driver import LiveDocker
 from controller.manager import Controller
+from controller.stats_refresher import StatsRefresher
 from controller.store import Store
+from controller.watch import WatchHub
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 CONTROLLER = web.AppKey("controller", Controller)
+LIVE = web.AppKey("live", LiveDocker)
+STATS = web.AppKey("stats", StatsRefresher)
+WATCH = web.AppKey("watch", WatchHub)

@@ -40,6 +40,15 @@ class Settings:
     api_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     docker_timeout_seconds: float = 30.0
+    stats_seconds: float = 5.0
+    log_format: str = "text"
+    agent_metrics: bool = True
+    metrics_interval_seconds: float = 15.0
+    # Host directories bind mounts may come from: "PATH" (read-only mounts) or "PATH:rw". None: only
+    # the ``volumes/`` directory beside the store (see controller/policy.py).
+    allowed_volume_roots: tuple[str, ...] | None = None
+    metrics_auth: bool = True
+    body_timeout_seconds: float = 30.0
 
     @property
     def docker_url(self) -> str:
@@ -75,6 +84,13 @@ class Settings:
             api_token=env.get("PARALLAX_API_TOKEN") or None,
             max_body_bytes=_int(env, "PARALLAX_MAX_BODY_BYTES", base.max_body_bytes, 1024, 1 << 30),
             docker_timeout_seconds=_float(env, "PARALLAX_DOCKER_TIMEOUT", base.docker_timeout_seconds, 0.1),
+            stats_seconds=_float(env, "PARALLAX_STATS_SECONDS", base.stats_seconds, 0.5),
+            log_format=_choice(env, "PARALLAX_LOG_FORMAT", base.log_format, ("text", "json")),
+            agent_metrics=_switch(env, "PARALLAX_AGENT_METRICS", base.agent_metrics),
+            metrics_interval_seconds=_float(env, "PARALLAX_METRICS_INTERVAL", base.metrics_interval_seconds, 1.0),
+            allowed_volume_roots=_volume_roots(env, "PARALLAX_ALLOWED_VOLUME_ROOTS"),
+            metrics_auth=_switch(env, "PARALLAX_METRICS_AUTH", base.metrics_auth),
+            body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(
@@ -109,3 +125,40 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float) -> flo
     if not value >= low:
         raise ConfigError(f"{name}: {value} must be at least {low}")
     return value
+
+
+def _volume_roots(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """Comma-separated ``/abs/path`` or ``/abs/path:rw`` entries; unset means the default root."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    roots = []
+    for entry in (part.strip() for part in raw.split(",")):
+        path, _, mode = entry.partition(":")
+        if not path.startswith("/") or mode not in ("", "ro", "rw"):
+            raise ConfigError(f"{name}: {entry!r} must be an absolute path, optionally followed by :ro or :rw")
+        if os.path.normpath(path) == "/":
+            raise ConfigError(f"{name}: / cannot be an allowed volume root")
+        roots.append(entry)
+    return tuple(roots)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() not in allowed:
+        raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(allowed)}")
+    return raw.lower()
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {raw!r} is not on/off (1/0, true/false, yes/no)")

@@ -7,11 +7,13 @@ a timeout, and a daemon that cannot be reached is always ``SOCKET_ERROR``, never
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import aiodocker
 import aiohttp
@@ -89,6 +91,52 @@ class ContainerInfo:
         )
 
 
+class DockerObserver(Protocol):
+    """Hooks a metrics layer can implement without the driver knowing about Prometheus."""
+
+    def on_docker_call(self, operation: str, seconds: float, error_code: str | None) -> None: ...
+
+    def on_docker_event(self, event: dict[str, Any]) -> None: ...
+
+
+class NoopDockerObserver:
+    def on_docker_call(self, operation: str, seconds: float, error_code: str | None) -> None:
+        pass
+
+    def on_docker_event(self, event: dict[str, Any]) -> None:
+        pass
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _timed(
+    method: Callable[Concatenate[DockerDriver, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[DockerDriver, _P], Coroutine[Any, Any, _R]]:
+    """Report the call's duration and error code (``None`` on success) to the driver's observer."""
+    operation = method.__name__
+
+    @functools.wraps(method)
+    async def timed(driver: DockerDriver, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        started = time.perf_counter()
+        code: str | None = None
+        try:
+            return await method(driver, *args, **kwargs)
+        except AgentError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            code = "UNEXPECTED"
+            raise
+        finally:
+            driver.observer.on_docker_call(operation, time.perf_counter() - started, code)
+
+    return timed
+
+
 def _unreachable(exc: BaseException) -> AgentError:
     return AgentError(SOCKET_ERROR, f"cannot reach the Docker daemon: {type(exc).__name__}: {exc}".rstrip(": "))
 
@@ -101,8 +149,9 @@ def _resource_refusal(message: str) -> bool:
 
 
 class DockerDriver:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
         self.settings = settings
+        self.observer: DockerObserver = observer or NoopDockerObserver()
         self._docker: aiodocker.Docker | None = None
         self._network_locks: dict[str, asyncio.Lock] = {}
 
@@ -126,6 +175,7 @@ class DockerDriver:
         wanted += [f"{k}={v}" for k, v in labels.items()]
         return json.dumps({"label": wanted})
 
+    @_timed
     async def ping(self) -> None:
         try:
             await self.docker.version()
@@ -134,6 +184,7 @@ class DockerDriver:
         except aiodocker.DockerError as exc:
             raise AgentError(SOCKET_ERROR, f"Docker daemon answered ping with {exc.status}") from exc
 
+    @_timed
     async def list_containers(self, agent: str | None = None) -> list[ContainerInfo]:
         """Containers of this controller instance (all states), optionally of one agent, inspected."""
         filters = self._filters(**({LABEL_AGENT: agent} if agent else {}))
@@ -152,6 +203,7 @@ class DockerDriver:
         except aiodocker.DockerError as exc:
             raise AgentError(SOCKET_ERROR, f"listing containers failed: {exc.message}") from exc
 
+    @_timed
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         try:
             return ContainerInfo.from_inspect(await self.docker.containers.container(container_id).show())
@@ -162,6 +214,7 @@ class DockerDriver:
                 return None
             raise AgentError(CONTAINER_ERROR, f"inspecting {container_id[:12]} failed: {exc.message}") from exc
 
+    @_timed
     async def image_exists(self, image: str) -> bool:
         try:
             await self.docker.images.inspect(image)
@@ -173,6 +226,7 @@ class DockerDriver:
                 return False
             raise AgentError(IMAGE_NOT_FOUND, f"inspecting image {image} failed: {exc.message}") from exc
 
+    @_timed
     async def ensure_network(self, name: str) -> bool:
         """Make sure a usable network ``name`` exists; True when this call created it (labelled ours).
 
@@ -208,8 +262,7 @@ class DockerDriver:
                 if exc.status != 404:
                     raise
             else:
-                scope_ok = data.get("Driver") in ("bridge", "overlay", "macvlan", "ipvlan")
-                if not scope_ok:
+                if data.get("Driver") != "bridge":
                     raise AgentError(
                         NETWORK_ERROR,
                         f"network {name!r} exists with driver {data.get('Driver')!r}, which agents cannot join",
@@ -231,6 +284,7 @@ class DockerDriver:
                 return False
             raise AgentError(NETWORK_ERROR, f"network {name!r} could not be created: {exc.message}") from exc
 
+    @_timed
     async def create_container(self, name: str, config: dict[str, Any]) -> str:
         try:
             container = await self.docker.containers.create(config, name=name)
@@ -240,6 +294,7 @@ class DockerDriver:
         except aiodocker.DockerError as exc:
             raise self._classify(exc, f"creating container {name}") from exc
 
+    @_timed
     async def start(self, container_id: str) -> None:
         try:
             await self.docker.containers.container(container_id).start()
@@ -248,6 +303,7 @@ class DockerDriver:
         except aiodocker.DockerError as exc:
             raise self._classify(exc, f"starting container {container_id[:12]}") from exc
 
+    @_timed
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds`` (Docker's own stop does exactly this)."""
         try:
@@ -262,6 +318,7 @@ class DockerDriver:
                 return
             raise AgentError(CONTAINER_ERROR, f"stopping {container_id[:12]} failed: {exc.message}") from exc
 
+    @_timed
     async def remove(self, container_id: str) -> None:
         try:
             await self.docker.containers.container(container_id).delete(force=True, v=False)
@@ -272,6 +329,7 @@ class DockerDriver:
                 return
             raise AgentError(CONTAINER_ERROR, f"removing {container_id[:12]} failed: {exc.message}") from exc
 
+    @_timed
     async def managed_networks(self) -> list[dict[str, Any]]:
         try:
             networks = await self.docker.networks.list(
@@ -283,6 +341,7 @@ class DockerDriver:
         except aiodocker.DockerError as exc:
             raise AgentError(NETWORK_ERROR, f"listing networks failed: {exc.message}") from exc
 
+    @_timed
     async def network_in_use(self, network_id: str) -> bool:
         try:
             data = await self.docker.networks.get(network_id)
@@ -294,6 +353,7 @@ class DockerDriver:
         except _UNREACHABLE as exc:
             raise _unreachable(exc) from exc
 
+    @_timed
     async def remove_network(self, network_id: str) -> None:
         try:
             network = await self.docker.networks.get(network_id)
@@ -319,6 +379,7 @@ class DockerDriver:
                     event = getter.result()
                     if event is None:
                         break
+                    self.observer.on_docker_event(event)
                     yield event
                 else:
                     getter.cancel()
@@ -342,3 +403,72 @@ class DockerDriver:
         if _resource_refusal(message):
             return AgentError(RESOURCE_LIMIT, f"{doing}: Docker refused the limits: {message}")
         return AgentError(CONTAINER_ERROR, f"{doing}: {message}")
+
+
+class LiveDocker:
+    """Read-only and interactive views of a running container (logs, stats, stdin): the API's direct
+    Docker calls, which DESIGN allows because they create, start, stop and remove nothing."""
+
+    def __init__(self, driver: DockerDriver) -> None:
+        self.driver = driver
+
+    async def logs(
+        self, container_id: str, *, tail: str, since: int | None, timestamps: bool, follow: bool
+    ) -> AsyncIterator[str]:
+        """Whole lines of stdout and stderr, without Docker's 8-byte frame headers."""
+        params = {
+            "stdout": "1",
+            "stderr": "1",
+            "follow": "1" if follow else "0",
+            "tail": tail,
+            "timestamps": "1" if timestamps else "0",
+        }
+        if since is not None:
+            params["since"] = str(since)
+        total = None if follow else self.driver.settings.docker_timeout_seconds
+        timeout = aiohttp.ClientTimeout(total=total, sock_read=None if follow else total, connect=5)
+        try:
+            async with self.driver.docker._query(
+                f"containers/{container_id}/logs", method="GET", params=params, timeout=timeout
+            ) as response:
+                pending = {1: b"", 2: b""}
+                while True:
+                    try:
+                        header = await response.content.readexactly(8)
+                        payload = await response.content.readexactly(int.from_bytes(header[4:8], "big"))
+                    except asyncio.IncompleteReadError:
+                        break
+                    stream = header[0] if header[0] in pending else 1
+                    *lines, pending[stream] = (pending[stream] + payload).split(b"\n")
+                    for line in lines:
+                        yield line.decode(errors="replace")
+                for rest in pending.values():
+                    if rest:
+                        yield rest.decode(errors="replace")
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(CONTAINER_ERROR, f"reading logs failed: {exc.message}") from exc
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """One stats sample (Docker's one-shot: no second sample, so no ~1 s wait)."""
+        try:
+            data = await self.driver.docker._query_json(
+                f"containers/{container_id}/stats", method="GET", params={"stream": "0", "one-shot": "1"}
+            )
+            return dict(data)
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(CONTAINER_ERROR, f"reading stats failed: {exc.message}") from exc
+
+    async def write_stdin(self, container_id: str, data: bytes) -> None:
+        """Write to the container's stdin through the attach stream (no shell, no quoting)."""
+        try:
+            stream = self.driver.docker.containers.container(container_id).attach(stdin=True)
+            async with stream:
+                await stream.write_in(data)
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(CONTAINER_ERROR, f"attaching to stdin failed: {exc.message}") from exc

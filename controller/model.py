@@ -50,6 +50,30 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SecurityContext:
+    """Who the agent runs as (None: the image's user) and the capabilities it gets back."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    add_capabilities: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runAsUser": self.run_as_user,
+            "runAsGroup": self.run_as_group,
+            "capabilities": {"add": list(self.add_capabilities)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SecurityContext:
+        return cls(
+            run_as_user=data.get("runAsUser"),
+            run_as_group=data.get("runAsGroup"),
+            add_capabilities=tuple((data.get("capabilities") or {}).get("add") or ()),
+        )
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     type: str
     resources: Resources
@@ -62,6 +86,8 @@ class AgentSpec:
     restart_policy: str = "Always"
     suspend: bool = False
     stop_grace_period_seconds: int = 10
+    security_context: SecurityContext = field(default_factory=SecurityContext)
+    keep_workspace: bool = False
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
@@ -76,6 +102,8 @@ class AgentSpec:
             "restartPolicy": self.restart_policy,
             "suspend": self.suspend,
             "stopGracePeriodSeconds": self.stop_grace_period_seconds,
+            "securityContext": self.security_context.to_dict(),
+            "workspace": {"keep": self.keep_workspace},
         }
 
     @classmethod
@@ -100,6 +128,8 @@ class AgentSpec:
             restart_policy=data.get("restartPolicy", "Always"),
             suspend=bool(data.get("suspend", False)),
             stop_grace_period_seconds=data.get("stopGracePeriodSeconds", 10),
+            security_context=SecurityContext.from_dict(data.get("securityContext") or {}),
+            keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),
         )
 
 

@@ -26,6 +26,7 @@ from controller.store import NotFound, Store
 log = logging.getLogger("parallax.reconciler")
 
 ORPHAN_GRACE_SECONDS = 10
+NORMAL, WARNING = "Normal", "Warning"
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,18 @@ class Reconciler:
         mine = [c for c in containers if c.uid == agent.metadata.uid]
         for stranger in (c for c in containers if c.uid != agent.metadata.uid):
             log.warning("removing container %s: its uid label does not match agent %s", stranger.name, name)
+            await self._event(
+                agent,
+                WARNING,
+                "ForeignContainerRemoved",
+                f"removed container {stranger.name} whose labels claimed this agent with another uid",
+            )
             await self._stop_and_remove(stranger, 0)
         if agent.metadata.deletion_timestamp is not None:
             for container in mine:
                 await self._stop_and_remove(container, agent.spec.stop_grace_period_seconds)
             await self.store.purge(name, agent.metadata.uid)
+            await self._event(agent, NORMAL, "Deleted", "container stopped and removed; record purged")
             log.info("agent %s deleted", name)
             return Result()
         mine.sort(key=lambda c: (c.name != container_name(name), not c.running))
@@ -90,9 +98,13 @@ class Reconciler:
         previous = agent.status.get("error") or {}
         level = logging.DEBUG if previous.get("code") == err.code else logging.WARNING
         log.log(level, "agent %s: %s", agent.name, err)
+        await self._event(agent, WARNING, err.code, err.message)
         status = set_error(agent.status, err.code, err.message, _iso(self.now()))
         status["observedGeneration"] = agent.metadata.generation
         await self._write(agent, status)
+
+    async def _event(self, agent: Agent, type_: str, reason: str, message: str) -> None:
+        await self.store.record_event(agent, type_, reason, message)
 
     async def _write(self, agent: Agent, status: dict[str, Any]) -> None:
         updated = await self.store.update_status(agent.name, agent.metadata.uid, status)
@@ -125,6 +137,12 @@ class Reconciler:
         await self.driver.ensure_network(spec.network)
         if current is not None and current.config_hash != digest:
             log.info("agent %s: spec changed, recreating container %s", agent.name, current.id[:12])
+            await self._event(
+                agent,
+                NORMAL,
+                "Recreating",
+                f"spec changed (generation {agent.metadata.generation}): recreating the container",
+            )
             await self._stop_and_remove(current, spec.stop_grace_period_seconds)
             current = None
             status["restartCount"] = 0
@@ -136,10 +154,12 @@ class Reconciler:
             if not await self.driver.image_exists(image):
                 raise AgentError(IMAGE_NOT_FOUND, f"image {image} is not present locally (nothing is pulled)")
             container_id = await self.driver.create_container(container_name(agent.name), config)
+            await self._event(agent, NORMAL, "Created", f"created container {container_id[:12]} from image {image}")
             status["containerId"] = container_id
             await self._write(agent, status)
             await self.driver.start(container_id)
             log.info("agent %s: started container %s", agent.name, container_id[:12])
+            await self._event(agent, NORMAL, "Started", f"started container {container_id[:12]}")
             info = await self.driver.inspect(container_id)
             return await self._observe(agent, status, info, stamp)
 
@@ -194,6 +214,15 @@ class Reconciler:
                 status.pop("backoff", None)
             log.info("agent %s: container exited with code %s (%s)", agent.name, current.exit_code, reason.lower())
             if current.oom_killed:
+                await self._event(
+                    agent, WARNING, "OOMKilled", f"container was OOM-killed at its memory limit {spec.resources.memory}"
+                )
+            elif current.exit_code == 0:
+                await self._event(agent, NORMAL, "Completed", "container exited with code 0")
+            else:
+                killed = " (killed)" if current.exit_code == 137 else ""
+                await self._event(agent, WARNING, "Exited", f"container exited with code {current.exit_code}{killed}")
+            if current.oom_killed:
                 limit = parse_memory(spec.resources.memory)
                 status = set_error(
                     status,
@@ -218,6 +247,13 @@ class Reconciler:
         restart_at = parse_iso(status["backoff"]["restartAt"])
         if now < restart_at:
             wait = (restart_at - now).total_seconds()
+            if agent.phase != "CrashLoopBackOff" or last.get("finishedAt") != current.finished_at:
+                await self._event(
+                    agent,
+                    WARNING,
+                    "BackOff",
+                    f"back-off {status['backoff']['delaySeconds']:g}s restarting the exited container",
+                )
             status = with_phase(
                 status,
                 "CrashLoopBackOff",
@@ -231,6 +267,12 @@ class Reconciler:
         await self.driver.start(current.id)
         status["restartCount"] = int(status.get("restartCount", 0)) + 1
         log.info("agent %s: restarted container (restart %d)", agent.name, status["restartCount"])
+        await self._event(
+            agent,
+            NORMAL,
+            "Restarted",
+            f"restarted container (restart {status['restartCount']}, policy {spec.restart_policy})",
+        )
         info = await self.driver.inspect(current.id)
         if info is not None and not info.running:
             # Exited again already: let the next pass record that exit.

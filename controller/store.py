@@ -53,7 +53,7 @@ class Change:
     type: ChangeType
     agent: Agent
     spec_changed: bool
-    """False for status-only writes, which the reconciler itself made."""
+    """False for status-only writes (the reconciler's own); True for anything that changes desired state."""
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ class SqliteStore:
                 new.metadata.generation += 1
             new.metadata.resource_version = await self._next_rv(db)
             await self._write(db, new)
-        self._notify(Change("MODIFIED", new, spec_changed))
+        self._notify(Change("MODIFIED", new, True))
         return new
 
     async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:

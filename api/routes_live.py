@@ -1,0 +1,178 @@
+"""Live views of one agent: logs, metrics, restart, send, events.
+
+Logs, metrics and send talk to Docker directly (they read from or write to a running container);
+restart is a desired-state change, like ``kubectl rollout restart``: an annotation that changes the
+config hash, so the reconciler recreates the container.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from api.errors import ApiError, read_json
+from api.state import CONTROLLER, LIVE, STATS, STORE
+from controller.docker_driver import ContainerInfo, parse_docker_time
+from controller.errors import SOCKET_ERROR, AgentError
+from controller.model import Agent, now_iso
+from controller.render import ANNOTATION_RESTARTED_AT
+from controller.stats import summarize
+from controller.store import Conflict, NotFound
+
+routes = web.RouteTableDef()
+
+MAX_MESSAGE_BYTES = 256 * 1024
+DEFAULT_TAIL = 100
+
+
+def _container_id(request: web.Request, agent: Agent) -> str:
+    container_id = agent.status.get("containerId")
+    if container_id:
+        return str(container_id)
+    controller = request.app[CONTROLLER]
+    if not controller.docker_up:
+        raise AgentError(SOCKET_ERROR, controller.docker_error or "the Docker daemon is unreachable")
+    raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} has no container yet (phase {agent.phase})")
+
+
+async def _running_container(request: web.Request, agent: Agent) -> ContainerInfo:
+    container_id = _container_id(request, agent)
+    info = await request.app[CONTROLLER].driver.inspect(container_id)
+    if info is None:
+        raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} has no container right now (phase {agent.phase})")
+    return info
+
+
+def _parse_since(raw: str | None) -> int | None:
+    """``since`` as Unix seconds, RFC 3339, or a relative duration like ``30s``, ``5m``, ``2h``."""
+    if not raw:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if raw[-1] in units and raw[:-1].replace(".", "", 1).isdigit():
+            return int(time.time() - float(raw[:-1]) * units[raw[-1]])
+        if raw.replace(".", "", 1).isdigit():
+            return int(float(raw))
+        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
+    except ValueError as exc:
+        raise ApiError(
+            400, "BAD_REQUEST", f"since {raw!r} is not a time: use Unix seconds, RFC 3339 or a duration like 5m"
+        ) from exc
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
+
+
+@routes.get("/agents/{name}/logs")
+async def logs(request: web.Request) -> web.StreamResponse:
+    agent = await request.app[STORE].get(request.match_info["name"])
+    tail = request.query.get("tail", str(DEFAULT_TAIL))
+    if tail != "all" and not tail.isdigit():
+        raise ApiError(400, "BAD_REQUEST", f"tail must be a number of lines or 'all', not {tail!r}")
+    since = _parse_since(request.query.get("since"))
+    follow = _flag(request, "follow")
+    container_id = _container_id(request, agent)
+    lines = request.app[LIVE].logs(
+        container_id, tail=tail, since=since, timestamps=_flag(request, "timestamps"), follow=follow
+    )
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
+    first = True
+    async for line in lines:
+        if first:
+            await response.prepare(request)
+            first = False
+        await response.write(line.encode() + b"\n")
+    if first:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+@routes.get("/agents/{name}/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    agent = await request.app[STORE].get(request.match_info["name"])
+    info = await _running_container(request, agent)
+    if not info.running:
+        raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
+    refresher = request.app[STATS]
+    sample = refresher.latest(info.id) or await refresher.sample(info.id)
+    age = time.monotonic() - sample.taken_at
+    body: dict[str, Any] = {
+        "agent": agent.name,
+        "containerId": info.id,
+        **summarize(sample.stats, sample.previous, parse_docker_time(info.started_at), datetime.now(UTC)),
+        "restartCount": int(agent.status.get("restartCount", 0)),
+        "sampleAgeSeconds": round(age, 3),
+    }
+    return web.json_response(body)
+
+
+@routes.post("/agents/{name}/restart")
+async def restart(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    name = request.match_info["name"]
+    for _ in range(5):
+        agent = await store.get(name)
+        annotations = {**agent.metadata.annotations, ANNOTATION_RESTARTED_AT: now_iso()}
+        wanted = Agent(agent.metadata, agent.spec, agent.status)
+        wanted.metadata = type(agent.metadata)(**{**agent.metadata.__dict__, "annotations": annotations})
+        try:
+            updated = await store.replace(wanted, expected_rv=str(agent.metadata.resource_version))
+        except Conflict:
+            if (await store.get(name)).metadata.deletion_timestamp is not None:
+                raise
+            continue
+        return web.json_response(updated.to_manifest(), status=202)
+    raise ApiError(409, "CONFLICT", f"agent {name!r} kept changing; try the restart again")
+
+
+@routes.post("/agents/{name}/send")
+async def send(request: web.Request) -> web.Response:
+    agent = await request.app[STORE].get(request.match_info["name"])
+    body = await read_json(request)
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or message == "":
+        raise ApiError(
+            422,
+            "VALIDATION_FAILED",
+            "message must be a non-empty string",
+            [{"field": "message", "message": "required"}],
+        )
+    unknown = sorted(set(body) - {"message"})
+    if unknown:
+        raise ApiError(
+            422,
+            "VALIDATION_FAILED",
+            f"unknown field {unknown[0]!r}",
+            [{"field": k, "message": "unknown field"} for k in unknown],
+        )
+    data = message.encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"message is larger than {MAX_MESSAGE_BYTES} bytes")
+    info = await _running_container(request, agent)
+    if not info.running:
+        raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    await request.app[LIVE].write_stdin(info.id, data)
+    return web.json_response({"agent": agent.name, "containerId": info.id, "bytes": len(data)}, status=202)
+
+
+@routes.get("/agents/{name}/events")
+async def events(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    name = request.match_info["name"]
+    try:
+        uid: str | None = (await store.get(name)).metadata.uid
+    except NotFound:
+        uid = None
+    items = await store.list_events(name, uid)
+    if uid is None and not items:
+        raise NotFound(f"agent {name!r} not found")
+    return web.json_response(
+        {"apiVersion": "parallax.ai/v1", "kind": "EventList", "items": [e.to_dict() for e in items]}
+    )
