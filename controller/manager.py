@@ -13,6 +13,8 @@ from typing import Any
 from controller.config import Settings
 from controller.docker_driver import DockerDriver
 from controller.errors import SOCKET_ERROR, AgentError
+from controller.logging_setup import reconcile_scope
+from controller.metrics import Metrics, reconcile_result
 from controller.reconciler import Reconciler
 from controller.render import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED
 from controller.store import Store, StoreError
@@ -27,11 +29,15 @@ EVENT_RECONNECT_MAX = 10.0
 
 
 class Controller:
-    def __init__(self, settings: Settings, store: Store, driver: DockerDriver) -> None:
+    def __init__(self, settings: Settings, store: Store, driver: DockerDriver, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
         self.driver = driver
-        self.queue = RateLimitingQueue(ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0))
+        self.metrics = metrics if metrics is not None else Metrics(settings)
+        self.queue = RateLimitingQueue(
+            ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0), observer=self.metrics
+        )
+        self.metrics.watch(self.queue, lambda: self.docker_up)
         self.reconciler = Reconciler(store, driver, settings)
         self.docker_up = False
         self.docker_error: str | None = "not connected yet"
@@ -95,23 +101,28 @@ class Controller:
                 name = await self.queue.get()
             except ShutDown:
                 return
-            try:
-                result = await self.reconciler.reconcile(name)
-            except AgentError as exc:
-                self._docker_failed(exc)
-                self.queue.add_rate_limited(name)
-            except StoreError as exc:
-                log.warning("reconcile %s: store error: %s", name, exc)
-                self.queue.add_rate_limited(name)
-            except Exception:
-                log.exception("reconcile %s failed unexpectedly", name)
-                self.queue.add_rate_limited(name)
-            else:
-                self.queue.forget(name)
-                if result.requeue_after is not None:
-                    self.queue.add_after(name, result.requeue_after)
-            finally:
-                self.queue.done(name)
+            with self.metrics.reconciling() as report, reconcile_scope(name):
+                try:
+                    result = await self.reconciler.reconcile(name)
+                except AgentError as exc:
+                    report("error")
+                    self._docker_failed(exc)
+                    self.queue.add_rate_limited(name)
+                except StoreError as exc:
+                    report("error")
+                    log.warning("reconcile %s: store error: %s", name, exc)
+                    self.queue.add_rate_limited(name)
+                except Exception:
+                    report("error")
+                    log.exception("reconcile %s failed unexpectedly", name)
+                    self.queue.add_rate_limited(name)
+                else:
+                    report(reconcile_result(result.requeue_after))
+                    self.queue.forget(name)
+                    if result.requeue_after is not None:
+                        self.queue.add_after(name, result.requeue_after)
+                finally:
+                    self.queue.done(name)
 
     async def _watch_store(self) -> None:
         changes = self.store.subscribe()

@@ -137,8 +137,8 @@ def load_documents(
     index = 0
     try:
         for root in yaml.compose_all(source, Loader=_Loader):
-            if root is None:
-                continue
+            if root is None or (isinstance(root, ScalarNode) and root.tag == NULL):
+                continue  # an empty document (only comments, or a stray ---)
             builder = _Builder(index, budget)
             body = builder.build_root(root)
             doc = Document(index, root.start_mark.line + 1, body, builder.lines)
@@ -199,6 +199,7 @@ class _Guess:
     path: Path
     kind: str
     line: int
+    text: str
 
 
 class _Builder:
@@ -242,9 +243,7 @@ class _Builder:
             chars = len(node.value)
         else:
             children: Iterator[Node] = (
-                iter(node.value)
-                if isinstance(node, SequenceNode)
-                else (child for pair in node.value for child in pair)
+                iter(node.value) if isinstance(node, SequenceNode) else (child for pair in node.value for child in pair)
             )
             for child in children:
                 n, c = self._expanded(child, depth + 1, visiting)
@@ -276,23 +275,22 @@ class _Builder:
     def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
         seen: dict[str, int] = {}
-        merged: list[dict[str, Any]] = []
+        merges: list[Node] = []
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode) and key_node.tag == MERGE:
-                merged.extend(self.merge_sources(value_node, path))
+                merges.append(value_node)
                 continue
             key = self.key(key_node, path)
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise self.fail(
-                    f"duplicate key {key!r} (first at line {seen[key]})", key_node, path
-                ) from None
+                raise self.fail(f"duplicate key {key!r} (first at line {seen[key]})", key_node, (*path, key))
             seen[key] = line
-            self.lines[field_path((*path, key))] = line
+            self.lines.setdefault(field_path((*path, key)), line)
             result[key] = self.build(value_node, (*path, key))
-        for source in merged:
-            for key, value in source.items():
-                result.setdefault(key, value)
+        for merge in merges:
+            for source in self.merge_sources(merge, path):
+                for key, value in source.items():
+                    result.setdefault(key, value)
         return result
 
     def merge_sources(self, node: Node, path: Path) -> list[dict[str, Any]]:
@@ -323,7 +321,7 @@ class _Builder:
             raise self.fail(f"the tag {tag!r} is not allowed (only YAML's core tags are)", node, path)
         line = node.start_mark.line + 1
         if node.style in (None, ""):
-            self.guesses.append(_Guess(path, _KIND[tag], line))
+            self.guesses.append(_Guess(path, _KIND[tag], line, node.value))
         if tag == TIMESTAMP:
             return node.value  # never a datetime: dates are not JSON
         try:
@@ -348,9 +346,7 @@ class _Builder:
         return value
 
 
-def _misread_scalars(
-    guesses: list[_Guess], body: Any, expected_types: ExpectedTypes, index: int
-) -> list[YamlProblem]:
+def _misread_scalars(guesses: list[_Guess], body: Any, expected_types: ExpectedTypes, index: int) -> list[YamlProblem]:
     problems = []
     for guess in guesses:
         allowed = expected_types(guess.path, body)
@@ -359,8 +355,8 @@ def _misread_scalars(
         if guess.kind in allowed or (guess.kind == "integer" and "number" in allowed):
             continue
         path = field_path(guess.path)
-        secret = _is_env_path(guess.path, body)
-        written = "" if secret else f" {_written(body, guess.path)}"
+        _put(body, guess.path, guess.text)
+        written = "" if _is_env_path(guess.path, body) else f" {guess.text!r}"
         message = (
             f"a string is expected, but YAML reads the unquoted value{written} as {_KIND_WORDS[guess.kind]}; "
             "put it in quotes"
@@ -371,11 +367,14 @@ def _misread_scalars(
     return problems
 
 
-def _written(body: Any, path: Path) -> str:
-    value = body
-    for part in path:
-        value = value[part]
-    return repr(value) if isinstance(value, str) else repr(str(value))
+def _put(body: Any, path: Path, text: str) -> None:
+    """Keep the value as it was written: the document is refused anyway, but never with a mangled value."""
+    if not path:
+        return
+    container = body
+    for part in path[:-1]:
+        container = container[part]
+    container[path[-1]] = text
 
 
 # --- what the Agent schema expects where -------------------------------------------------------

@@ -140,3 +140,21 @@ async def test_store_file_and_directory_are_private(store: SqliteStore, tmp_path
     path = Path(store.path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+async def test_repeated_events_are_counted_not_repeated_and_bounded(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    feed = store.subscribe_events()
+    for _ in range(3):
+        await store.record_event(created, "Warning", "IMAGE_NOT_FOUND", "image x is not present locally")
+    await store.record_event(created, "Normal", "Started", "started container abc")
+    events = await store.list_events("a", created.metadata.uid)
+    assert [(e.reason, e.count) for e in events] == [("IMAGE_NOT_FOUND", 3), ("Started", 1)]
+    assert events[0].first_timestamp <= events[0].last_timestamp
+    assert feed.qsize() == 4
+    for i in range(60):
+        await store.record_event(created, "Normal", "Tick", f"event {i}")
+    events = await store.list_events("a")
+    assert len(events) == 50
+    assert events[-1].message == "event 59"

@@ -1,0 +1,566 @@
+"""Prometheus metrics of one controller, in its own registry (``GET /metrics`` renders it).
+
+Three kinds of series, three ways of keeping them:
+
+* counted as things happen: reconciles and their duration (the manager's workers), the work queue
+  (``Metrics`` is the queue's ``QueueObserver``), Docker API calls and events (the driver's
+  ``DockerObserver``). The names are controller-runtime's and client-go's, so existing dashboards work.
+* followed from the store's change feed by ``AgentTracker``: agents by phase and type, restarts by
+  reason, and how long an accepted spec took to have its container running.
+* sampled in the background by ``AgentUsageSampler``: per-agent cpu and memory, the only series with
+  the agent's name as a label; never fetched while a scrape waits, and switched off by
+  ``PARALLAX_AGENT_METRICS=off``.
+
+A scrape only reads what is already in memory, so its cost does not depend on Docker or the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import platform
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from importlib import metadata
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+
+from controller.config import Settings
+from controller.docker_driver import DockerDriver
+from controller.errors import AgentError
+from controller.model import PHASES, TYPES, Agent
+from controller.render import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED
+from controller.store import Change, Store, StoreError
+
+log = logging.getLogger("parallax.metrics")
+
+CONTROLLER_NAME = "agent"
+"""The ``controller`` / ``name`` label value, as controller-runtime names a controller after its kind."""
+
+RECONCILE_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+    1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 15.0, 20.0, 25.0, 30.0,
+    40.0, 50.0, 60.0,
+)  # fmt: skip
+"""controller-runtime's buckets for ``controller_runtime_reconcile_time_seconds``."""
+WORKQUEUE_BUCKETS = tuple(1e-8 * 10**i for i in range(12))
+"""client-go's ``ExponentialBuckets(10e-9, 10, 12)``: 10 ns to 1000 s."""
+DOCKER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+RESTART_REASONS = ("Error", "Completed", "OOMKilled")
+GC_KINDS = ("container", "network")
+EVENT_TYPES = ("container", "network", "image")
+RECONCILE_RESULTS = ("success", "error", "requeue", "requeue_after")
+
+
+class WatchedQueue(Protocol):
+    """What the metrics read from the work queue at scrape time."""
+
+    retries_total: int
+
+    def unfinished_work_seconds(self) -> float: ...
+
+    def longest_running_processor_seconds(self) -> float: ...
+
+
+def reconcile_result(requeue_after: float | None) -> str:
+    """controller-runtime's ``result`` label for a reconcile that returned without an error."""
+    if requeue_after is None:
+        return "success"
+    return "requeue_after" if requeue_after > 0 else "requeue"
+
+
+# --- the store's change feed ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Seen:
+    uid: str
+    resource_version: int
+    generation: int
+    phase: str
+    type: str
+    restart_count: int
+    accepted_at: float | None = None
+    """Wall-clock time a spec (generation ``accepted_generation``) was accepted and still waits to run."""
+    accepted_generation: int = 0
+    accepted_container: str | None = None
+    accepted_started: str | None = None
+
+
+class AgentTracker:
+    """Follows the store's changes: phase/type counts, restarts by reason, spec-to-running time.
+
+    Pure: ``seed`` and ``apply`` take agents and times and call ``on_restart`` / ``on_started``.
+    Changes older than what is already known (by resourceVersion) are ignored, so subscribing first
+    and listing second loses nothing and double-counts nothing.
+    """
+
+    def __init__(
+        self,
+        on_restart: Callable[[str, int], None] = lambda reason, count: None,
+        on_started: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self._on_restart = on_restart
+        self._on_started = on_started
+        self._agents: dict[str, _Seen] = {}
+
+    def seed(self, agents: Iterable[Agent], now: float) -> None:
+        for agent in agents:
+            known = self._agents.get(agent.name)
+            if known is not None and known.resource_version >= agent.metadata.resource_version:
+                continue
+            seen = _snapshot(agent)
+            observed = int(agent.status.get("observedGeneration") or 0)
+            created = agent.metadata.creation_timestamp
+            if agent.metadata.generation == 1 and observed == 0 and created and agent.phase == "Pending":
+                seen = replace(seen, accepted_at=_epoch(created, now), accepted_generation=1)
+            self._agents[agent.name] = seen
+
+    def apply(self, change: Change, now: float) -> None:
+        agent = change.agent
+        old = self._agents.get(agent.name)
+        if old is not None and agent.metadata.resource_version <= old.resource_version:
+            return
+        if change.type == "DELETED":
+            self._agents.pop(agent.name, None)
+            return
+        if old is not None and old.uid != agent.metadata.uid:
+            old = None
+        new = _snapshot(agent)
+        if old is not None:
+            new = replace(
+                new,
+                accepted_at=old.accepted_at,
+                accepted_generation=old.accepted_generation,
+                accepted_container=old.accepted_container,
+                accepted_started=old.accepted_started,
+            )
+            if new.restart_count > old.restart_count:
+                reason = str((agent.status.get("lastState") or {}).get("reason") or "Unknown")
+                self._on_restart(reason, new.restart_count - old.restart_count)
+        if (old is None and change.type == "ADDED") or (old is not None and new.generation > old.generation):
+            new = replace(
+                new,
+                accepted_at=now,
+                accepted_generation=new.generation,
+                accepted_container=agent.status.get("containerId"),
+                accepted_started=agent.status.get("startedAt"),
+            )
+        self._agents[agent.name] = self._settle(new, agent, now)
+
+    def _settle(self, seen: _Seen, agent: Agent, now: float) -> _Seen:
+        """Observe the start time once the accepted spec's container runs; forget it if none will start."""
+        if seen.accepted_at is None:
+            return seen
+        status = agent.status
+        if int(status.get("observedGeneration") or 0) < seen.accepted_generation:
+            return seen
+        done = replace(seen, accepted_at=None, accepted_container=None, accepted_started=None)
+        if agent.metadata.deletion_timestamp is not None or seen.phase in ("Suspended", "Terminating"):
+            return done
+        if seen.phase != "Running":
+            return seen
+        if status.get("startedAt") != seen.accepted_started:
+            self._on_started(max(0.0, now - seen.accepted_at))
+            return done
+        if status.get("containerId") == seen.accepted_container:
+            return done  # the spec change kept the running container: nothing was started
+        return seen  # a new container is recorded but not started yet
+
+    def phase_counts(self) -> Tally[tuple[str, str]]:
+        return Tally((seen.phase, seen.type) for seen in self._agents.values())
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+
+def _snapshot(agent: Agent) -> _Seen:
+    return _Seen(
+        uid=agent.metadata.uid,
+        resource_version=agent.metadata.resource_version,
+        generation=agent.metadata.generation,
+        phase=agent.phase,
+        type=agent.spec.type,
+        restart_count=int(agent.status.get("restartCount") or 0),
+    )
+
+
+def _epoch(iso: str, default: float) -> float:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
+
+
+# --- per-agent usage ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentUsage:
+    cpu_seconds: float
+    memory_bytes: float
+
+
+def usage_from_stats(stats: dict[str, Any]) -> AgentUsage | None:
+    """CPU time and memory from one ``/containers/{id}/stats`` answer, as ``docker stats`` counts memory.
+
+    Memory is usage minus the inactive page cache (cgroup v1 ``total_inactive_file``, v2
+    ``inactive_file``), which is what the kernel would reclaim first. None when Docker has no numbers
+    (the container stopped between the listing and the sample).
+    """
+    cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+    memory_stats = stats.get("memory_stats") or {}
+    usage = memory_stats.get("usage")
+    if cpu is None or usage is None:
+        return None
+    detail = memory_stats.get("stats") or {}
+    inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0)) or 0
+    return AgentUsage(cpu_seconds=int(cpu) / 1e9, memory_bytes=float(max(0, int(usage) - int(inactive))))
+
+
+class AgentUsageSampler:
+    """Samples every running agent container of this instance every ``interval`` seconds.
+
+    Uses Docker's one-shot stats (no second sample to wait for) with a few calls in flight at once.
+    The result replaces ``snapshot`` whole, so removed agents drop out of the next scrape.
+    """
+
+    def __init__(
+        self, driver: DockerDriver, instance: str, observe: Callable[[str, float, str | None], None], concurrency: int = 4
+    ) -> None:
+        self._driver = driver
+        self._instance = instance
+        self._observe = observe
+        self._concurrency = concurrency
+        self.snapshot: dict[str, AgentUsage] = {}
+        self.last_refresh_seconds = 0.0
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except AgentError as exc:
+                log.debug("per-agent usage not refreshed: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def refresh(self) -> None:
+        started = time.perf_counter()
+        containers = await self._timed("agent_usage_list", self._list_running())
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def sample(container_id: str) -> AgentUsage | None:
+            async with semaphore:
+                try:
+                    stats = await self._timed("agent_usage_stats", self._stats(container_id))
+                except AgentError:
+                    return None
+                return usage_from_stats(stats) if isinstance(stats, dict) else None
+
+        samples = await asyncio.gather(*(sample(container_id) for _, container_id in containers))
+        self.snapshot = {agent: usage for (agent, _), usage in zip(containers, samples, strict=True) if usage}
+        self.last_refresh_seconds = time.perf_counter() - started
+
+    async def _list_running(self) -> list[tuple[str, str]]:
+        filters = json.dumps(
+            {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self._instance}"], "status": ["running"]}
+        )
+        listed = await self._driver.docker._query_json("containers/json", params={"filters": filters})
+        found = []
+        for entry in listed or []:
+            agent = (entry.get("Labels") or {}).get(LABEL_AGENT)
+            if agent:
+                found.append((str(agent), str(entry["Id"])))
+        return found
+
+    async def _stats(self, container_id: str) -> Any:
+        return await self._driver.docker._query_json(
+            f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
+        )
+
+    async def _timed(self, operation: str, call: Any) -> Any:
+        started = time.perf_counter()
+        code: str | None = None
+        try:
+            return await call
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code = "SOCKET_ERROR" if isinstance(exc, OSError | asyncio.TimeoutError) else "DOCKER_ERROR"
+            raise AgentError(code, f"{operation} failed: {type(exc).__name__}") from exc
+        finally:
+            self._observe(operation, time.perf_counter() - started, code)
+
+
+# --- the registry -------------------------------------------------------------------------------------
+
+
+class _ScrapeTimeCollector:
+    """Series read from in-memory state when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._metrics
+        agents = GaugeMetricFamily("parallax_agents", "Agents by phase and type.", labels=["phase", "type"])
+        counts = m.tracker.phase_counts()
+        for phase in PHASES:
+            for type_ in TYPES:
+                agents.add_metric([phase, type_], counts.get((phase, type_), 0))
+        yield agents
+
+        up = GaugeMetricFamily("parallax_docker_up", "1 when the Docker daemon answered the last call, else 0.")
+        up.add_metric([], 1.0 if m.docker_up() else 0.0)
+        yield up
+
+        queue = m.queue
+        labels = ["controller", "name"]
+        values = [CONTROLLER_NAME, CONTROLLER_NAME]
+        retries = CounterMetricFamily("workqueue_retries_total", "Total number of retries handled by workqueue", labels=labels)
+        unfinished = GaugeMetricFamily(
+            "workqueue_unfinished_work_seconds",
+            "How many seconds of work has been done that is in progress and hasn't been observed by "
+            "work_duration. Large values indicate stuck threads.",
+            labels=labels,
+        )
+        longest = GaugeMetricFamily(
+            "workqueue_longest_running_processor_seconds",
+            "How many seconds has the longest running processor for workqueue been running.",
+            labels=labels,
+        )
+        retries.add_metric(values, queue.retries_total if queue else 0)
+        unfinished.add_metric(values, queue.unfinished_work_seconds() if queue else 0.0)
+        longest.add_metric(values, queue.longest_running_processor_seconds() if queue else 0.0)
+        yield retries
+        yield unfinished
+        yield longest
+
+        if m.usage is not None:
+            cpu = CounterMetricFamily(
+                "parallax_agent_cpu_seconds", "CPU time used by the agent's container.", labels=["agent"]
+            )
+            memory = GaugeMetricFamily(
+                "parallax_agent_memory_bytes",
+                "Memory used by the agent's container, without inactive page cache (as docker stats).",
+                labels=["agent"],
+            )
+            for agent, usage in sorted(m.usage.snapshot.items()):
+                cpu.add_metric([agent], usage.cpu_seconds)
+                memory.add_metric([agent], usage.memory_bytes)
+            refresh = GaugeMetricFamily(
+                "parallax_agent_usage_refresh_seconds", "How long the last per-agent cpu/memory refresh took."
+            )
+            refresh.add_metric([], m.usage.last_refresh_seconds)
+            yield cpu
+            yield memory
+            yield refresh
+
+
+class Metrics:
+    """The controller's registry, plus the observer hooks the queue, driver and workers report to."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ctl = ["controller"]
+        wq = ["controller", "name"]
+        self.reconcile_total = Counter(
+            "controller_runtime_reconcile_total", "Total number of reconciliations per controller", [*ctl, "result"], registry=r
+        )
+        self.reconcile_errors = Counter(
+            "controller_runtime_reconcile_errors_total", "Total number of reconciliation errors per controller", ctl, registry=r
+        )
+        self.reconcile_time = Histogram(
+            "controller_runtime_reconcile_time_seconds",
+            "Length of time per reconciliation per controller",
+            ctl,
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.max_concurrent = Gauge(
+            "controller_runtime_max_concurrent_reconciles", "Maximum number of concurrent reconciles per controller", ctl, registry=r
+        )
+        self.active_workers = Gauge(
+            "controller_runtime_active_workers", "Number of currently used workers per controller", ctl, registry=r
+        )
+        self.depth = Gauge("workqueue_depth", "Current depth of workqueue", wq, registry=r)
+        self.adds = Counter("workqueue_adds_total", "Total number of adds handled by workqueue", wq, registry=r)
+        self.queue_duration = Histogram(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested",
+            wq,
+            buckets=WORKQUEUE_BUCKETS,
+            registry=r,
+        )
+        self.work_duration = Histogram(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes.",
+            wq,
+            buckets=WORKQUEUE_BUCKETS,
+            registry=r,
+        )
+        self.restarts = Counter(
+            "parallax_agent_restarts_total", "Container restarts made by the controller, by the exit's reason.", ["reason"], registry=r
+        )
+        self.start_seconds = Histogram(
+            "parallax_agent_start_seconds",
+            "Seconds from a spec being accepted by the API to its container running.",
+            buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.docker_seconds = Histogram(
+            "parallax_docker_api_seconds", "Docker Engine API calls by driver operation.", ["operation"], buckets=DOCKER_BUCKETS, registry=r
+        )
+        self.docker_errors = Counter(
+            "parallax_docker_errors_total", "Failed Docker Engine API calls by error code.", ["code"], registry=r
+        )
+        self.gc_removed = Counter(
+            "parallax_gc_removed_total", "Objects removed by garbage collection, by kind.", ["kind"], registry=r
+        )
+        self.docker_events = Counter(
+            "parallax_docker_events_total", "Docker events received, by object type.", ["type"], registry=r
+        )
+        build = Gauge("parallax_build_info", "Build information; the value is always 1.", ["version", "python"], registry=r)
+        build.labels(_version(), platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+        self._reconcile_time = self.reconcile_time.labels(CONTROLLER_NAME)
+        self._active = self.active_workers.labels(CONTROLLER_NAME)
+        self._errors = self.reconcile_errors.labels(CONTROLLER_NAME)
+        self._results = {result: self.reconcile_total.labels(CONTROLLER_NAME, result) for result in RECONCILE_RESULTS}
+        self._depth = self.depth.labels(CONTROLLER_NAME, CONTROLLER_NAME)
+        self._adds = self.adds.labels(CONTROLLER_NAME, CONTROLLER_NAME)
+        self._queue_duration = self.queue_duration.labels(CONTROLLER_NAME, CONTROLLER_NAME)
+        self._work_duration = self.work_duration.labels(CONTROLLER_NAME, CONTROLLER_NAME)
+        self.max_concurrent.labels(CONTROLLER_NAME).set(settings.workers)
+        for reason in RESTART_REASONS:
+            self.restarts.labels(reason)
+        for kind in GC_KINDS:
+            self.gc_removed.labels(kind)
+        for type_ in EVENT_TYPES:
+            self.docker_events.labels(type_)
+        self.reconcile_errors.labels(CONTROLLER_NAME)
+
+        self.tracker = AgentTracker(on_restart=self._restarted, on_started=self.start_seconds.observe)
+        self.queue: WatchedQueue | None = None
+        self.docker_up: Callable[[], bool] = lambda: False
+        self.usage: AgentUsageSampler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        r.register(_ScrapeTimeCollector(self))
+
+    def watch(self, queue: WatchedQueue, docker_up: Callable[[], bool]) -> None:
+        """Connect the scrape-time series to the controller's queue and Docker health."""
+        self.queue = queue
+        self.docker_up = docker_up
+
+    async def start(self, store: Store, driver: DockerDriver) -> None:
+        """Follow the store (subscribed before this returns) and, if enabled, sample per-agent usage."""
+        changes = store.subscribe()
+        self._tasks.append(asyncio.create_task(self._follow_store(store, changes), name="metrics-store"))
+        if self.settings.agent_metrics:
+            self.usage = AgentUsageSampler(driver, self.settings.instance, self.on_docker_call)
+            task = self.usage.run(self.settings.metrics_interval_seconds)
+            self._tasks.append(asyncio.create_task(task, name="metrics-agent-usage"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def _follow_store(self, store: Store, changes: asyncio.Queue[Change]) -> None:
+        try:
+            while True:
+                try:
+                    self.tracker.seed(await store.list(), time.time())
+                    break
+                except StoreError as exc:
+                    log.warning("metrics: cannot list the store yet: %s", exc)
+                    await asyncio.sleep(1.0)
+            while True:
+                self.tracker.apply(await changes.get(), time.time())
+        finally:
+            store.unsubscribe(changes)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # QueueObserver
+    def on_add(self, key: str) -> None:
+        self._adds.inc()
+        self._depth.inc()
+
+    def on_get(self, key: str, waited_seconds: float) -> None:
+        self._depth.dec()
+        self._queue_duration.observe(waited_seconds)
+
+    def on_done(self, key: str, worked_seconds: float) -> None:
+        self._work_duration.observe(worked_seconds)
+
+    # DockerObserver
+    def on_docker_call(self, operation: str, seconds: float, error_code: str | None) -> None:
+        self.docker_seconds.labels(operation).observe(seconds)
+        if error_code is not None:
+            self.docker_errors.labels(error_code).inc()
+
+    def on_docker_event(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("Type") or "other")
+        self.docker_events.labels(kind if kind in EVENT_TYPES else "other").inc()
+
+    # the manager's workers
+    @contextlib.contextmanager
+    def reconciling(self) -> Iterator[Callable[[str], None]]:
+        """Count one reconcile: active while inside; the block calls the yielded function with its result.
+
+        A reconcile that never reports a result (its worker was cancelled) is not counted.
+        """
+        outcome: list[str] = []
+        self._active.inc()
+        started = time.perf_counter()
+        try:
+            yield outcome.append
+        finally:
+            self._active.dec()
+            if outcome:
+                self._reconcile_time.observe(time.perf_counter() - started)
+                self._results[outcome[-1]].inc()
+                if outcome[-1] == "error":
+                    self._errors.inc()
+
+    def gc(self, kind: str, count: int = 1) -> None:
+        self.gc_removed.labels(kind).inc(count)
+
+    def _restarted(self, reason: str, count: int) -> None:
+        self.restarts.labels(reason).inc(count)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("parallax-docker-runtime")
+    except metadata.PackageNotFoundError:
+        return "unknown"
