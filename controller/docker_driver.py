@@ -365,6 +365,46 @@ class DockerDriver:
                 return
             raise AgentError(NETWORK_ERROR, f"removing network failed: {exc.message}") from exc
 
+    @_timed
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
+        """Create the named volume with ``labels``; True when created. An existing volume is used only
+        if it carries the same labels: a volume of someone else's is never mounted into an agent."""
+        try:
+            try:
+                data = await (await self.docker.volumes.get(name)).show()
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                found = data.get("Labels") or {}
+                if any(found.get(key) != value for key, value in labels.items()):
+                    raise AgentError(
+                        CONTAINER_ERROR, f"volume {name} exists but is not this agent's (labels differ); remove it"
+                    )
+                return False
+            await self.docker.volumes.create({"Name": name, "Driver": "local", "Labels": labels})
+            return True
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(CONTAINER_ERROR, f"volume {name} could not be created: {exc.message}") from exc
+
+    @_timed
+    async def remove_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Remove the named volume if it carries ``labels``; a missing volume is fine."""
+        try:
+            volume = await self.docker.volumes.get(name)
+            found = (await volume.show()).get("Labels") or {}
+            if any(found.get(key) != value for key, value in labels.items()):
+                return
+            await volume.delete()
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return
+            raise AgentError(CONTAINER_ERROR, f"removing volume {name} failed: {exc.message}") from exc
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """One connection to Docker's event stream; it ends when the connection does (no retry here)."""
         filters = json.dumps({"type": ["container", "network", "image"]})
