@@ -18,7 +18,7 @@ from controller.docker_driver import ContainerInfo, DockerDriver, parse_docker_t
 from controller.errors import IMAGE_NOT_FOUND, RESOURCE_LIMIT, AgentError
 from controller.model import Agent, container_name, parse_iso
 from controller.quantity import parse_memory
-from controller.render import desired_container
+from controller.render import desired_container, workspace_labels, workspace_volume
 from controller.restarts import decide_exit, should_restart
 from controller.status import clear_error, set_error, with_phase
 from controller.store import NotFound, Store
@@ -80,6 +80,8 @@ class Reconciler:
         if agent.metadata.deletion_timestamp is not None:
             for container in mine:
                 await self._stop_and_remove(container, agent.spec.stop_grace_period_seconds)
+            if not agent.spec.keep_workspace:
+                await self.driver.remove_volume(workspace_volume(name), workspace_labels(agent, self.settings))
             await self.store.purge(name, agent.metadata.uid)
             await self._event(agent, NORMAL, "Deleted", "container stopped and removed; record purged")
             log.info("agent %s deleted", name)
@@ -153,6 +155,7 @@ class Reconciler:
             image = config["Image"]
             if not await self.driver.image_exists(image):
                 raise AgentError(IMAGE_NOT_FOUND, f"image {image} is not present locally (nothing is pulled)")
+            await self.driver.ensure_volume(workspace_volume(agent.name), workspace_labels(agent, self.settings))
             container_id = await self.driver.create_container(container_name(agent.name), config)
             await self._event(agent, NORMAL, "Created", f"created container {container_id[:12]} from image {image}")
             status["containerId"] = container_id
@@ -163,6 +166,14 @@ class Reconciler:
             info = await self.driver.inspect(container_id)
             return await self._observe(agent, status, info, stamp)
 
+        if current.name != container_name(agent.name):
+            log.warning("agent %s: container was renamed to %s; renaming it back", agent.name, current.name)
+            await self.driver.rename(current.id, container_name(agent.name))
+            await self._event(agent, WARNING, "Renamed", f"container had been renamed to {current.name}; renamed back")
+        if current.running and spec.network not in current.networks:
+            log.warning("agent %s: container is not on network %s; reconnecting", agent.name, spec.network)
+            await self.driver.connect_network(current.id, spec.network, [agent.name])
+            await self._event(agent, WARNING, "Reconnected", f"container was off network {spec.network}; reconnected")
         if current.status == "created":
             await self.driver.start(current.id)
             info = await self.driver.inspect(current.id)
