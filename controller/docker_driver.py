@@ -58,6 +58,7 @@ class ContainerInfo:
     started_at: str | None = None
     finished_at: str | None = None
     error: str = ""
+    networks: tuple[str, ...] = ()
 
     @property
     def agent(self) -> str:
@@ -88,6 +89,7 @@ class ContainerInfo:
             started_at=state.get("StartedAt") if state.get("StartedAt") != _NEVER else None,
             finished_at=state.get("FinishedAt") if state.get("FinishedAt") != _NEVER else None,
             error=str(state.get("Error") or ""),
+            networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}).keys())),
         )
 
 
@@ -330,6 +332,25 @@ class DockerDriver:
             raise AgentError(CONTAINER_ERROR, f"removing {container_id[:12]} failed: {exc.message}") from exc
 
     @_timed
+    async def rename(self, container_id: str, name: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).rename(name)
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(CONTAINER_ERROR, f"renaming {container_id[:12]} to {name} failed: {exc.message}") from exc
+
+    async def connect_network(self, container_id: str, network: str, aliases: list[str]) -> None:
+        try:
+            found = await self.docker.networks.get(network)
+            await found.connect({"Container": container_id, "EndpointConfig": {"Aliases": aliases}})
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(
+                NETWORK_ERROR, f"connecting {container_id[:12]} to {network!r} failed: {exc.message}"
+            ) from exc
+
     async def managed_networks(self) -> list[dict[str, Any]]:
         try:
             networks = await self.docker.networks.list(
@@ -371,7 +392,7 @@ class DockerDriver:
         if it carries the same labels: a volume of someone else's is never mounted into an agent."""
         try:
             try:
-                data = await (await self.docker.volumes.get(name)).show()
+                data = await (await self.docker.volumes.get(name)).show()  # type: ignore[no-untyped-call]
             except aiodocker.DockerError as exc:
                 if exc.status != 404:
                     raise
@@ -382,7 +403,7 @@ class DockerDriver:
                         CONTAINER_ERROR, f"volume {name} exists but is not this agent's (labels differ); remove it"
                     )
                 return False
-            await self.docker.volumes.create({"Name": name, "Driver": "local", "Labels": labels})
+            await self.docker.volumes.create({"Name": name, "Driver": "local", "Labels": labels})  # type: ignore[no-untyped-call]
             return True
         except _UNREACHABLE as exc:
             raise _unreachable(exc) from exc
@@ -393,7 +414,7 @@ class DockerDriver:
     async def remove_volume(self, name: str, labels: dict[str, str]) -> None:
         """Remove the named volume if it carries ``labels``; a missing volume is fine."""
         try:
-            volume = await self.docker.volumes.get(name)
+            volume = await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
             found = (await volume.show()).get("Labels") or {}
             if any(found.get(key) != value for key, value in labels.items()):
                 return
