@@ -4,70 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiodocker
-import aiohttp
 import pytest
 
-from tests.harness import REPO, TEST_IMAGE_PREFIX, cleanup_instance, inspect, make_settings
+from tests.harness import TEST_IMAGE_PREFIX, cleanup_instance, inspect, make_settings
+from tests.server_process import PARALLAX, Server, free_port, wait_running
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
-
-PARALLAX = str(Path(sys.executable).parent / "parallax")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.url = f"http://127.0.0.1:{env['PORT']}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [PARALLAX, "serve"], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.output()
-                try:
-                    async with session.get(self.url + "/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("server did not become ready:\n" + self.output())
-
-    def output(self) -> str:
-        if self.proc is None or self.proc.stdout is None:
-            return ""
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stdout.read().decode(errors="replace")
-
-    def terminate(self, timeout: float = 15) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    async def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
-        async with aiohttp.ClientSession() as session, session.request(method, self.url + path, json=body) as resp:
-            return resp.status, await resp.json()
 
 
 @pytest.fixture
@@ -85,17 +33,6 @@ async def server_env(tmp_path: Path, docker: aiodocker.Docker) -> AsyncIterator[
     }
     yield env
     await cleanup_instance(docker, settings)
-
-
-async def wait_running(server: Server, name: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body = await server.call("GET", f"/agents/{name}")
-        if status == 200 and body["status"].get("phase") == "Running":
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{name} not running: {body}")
 
 
 async def test_restarted_controller_adopts_running_agents_without_restarting_them(

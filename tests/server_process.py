@@ -1,0 +1,83 @@
+"""A real ``parallax serve`` process for end-to-end and chaos tests."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.harness import REPO
+
+PARALLAX = str(Path(sys.executable).parent / "parallax")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``parallax serve`` in a subprocess; its output goes to a file so a busy server never blocks."""
+
+    def __init__(self, env: dict[str, str], log_path: Path | None = None) -> None:
+        self.env = env
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_path or Path(env.get("PARALLAX_STORE", "/tmp/parallax")).with_suffix(".serve.log")
+
+    async def start(self, *, ready: bool = True, timeout: float = 20) -> None:
+        """Start and wait for ``/readyz`` (or only ``/healthz`` when Docker is expected to be down)."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([PARALLAX, "serve"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        path = "/readyz" if ready else "/healthz"
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, self.output()
+                try:
+                    async with session.get(self.url + path) as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"server did not answer {path}:\n" + self.output())
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except FileNotFoundError:
+            return ""
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    async def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as session, session.request(method, self.url + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+
+async def wait_running(server: Server, name: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body = await server.call("GET", f"/agents/{name}")
+        if status == 200 and body["status"].get("phase") == "Running":
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not running: {body}")
