@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class Server:
         self.env = env
         self.url = f"http://127.0.0.1:{env['PORT']}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = log_path or Path(env.get("PARALLAX_STORE", "/tmp/parallax")).with_suffix(".serve.log")
+        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="parallax-serve-")) / "serve.log"
 
     async def start(self, *, ready: bool = True, timeout: float = 20) -> None:
         """Start and wait for ``/readyz`` (or only ``/healthz`` when Docker is expected to be down)."""
