@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +51,43 @@ def ensure_test_images() -> None:
         subprocess.run(["docker", "tag", TEST_IMAGE, f"{TEST_IMAGE_PREFIX}{t}:latest"], check=True)
 
 
+STALE_AFTER_SECONDS = 1800
+
+
 def remove_stale_test_objects() -> None:
-    """Containers and networks left by an earlier, interrupted test run (test instances only)."""
-    for kind in ("container", "network"):
+    """Containers, networks and volumes left by an earlier, interrupted test run (test instances only).
+
+    Objects of test runs going on right now (another pytest session on the same daemon) are left alone:
+    only stopped containers and objects older than half an hour count as stale.
+    """
+    templates = {
+        "container": '{{index .Config.Labels "parallax.instance"}} {{.State.Running}} {{.Created}}',
+        "network": '{{index .Labels "parallax.instance"}} false {{.Created}}',
+        "volume": '{{index .Labels "parallax.instance"}} false {{.CreatedAt}}',
+    }
+    now = time.time()
+    for kind, template in templates.items():
         listing = ["docker", kind, "ls", "-q", "--filter", "label=parallax.managed=true"]
         if kind == "container":
             listing.insert(3, "-a")
         ids = subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split()
         for object_id in ids:
-            inspect_cmd = ["docker", kind, "inspect", "-f", '{{index .Config.Labels "parallax.instance"}}', object_id]
-            if kind == "network":
-                inspect_cmd[4] = '{{index .Labels "parallax.instance"}}'
-            instance = subprocess.run(inspect_cmd, capture_output=True, text=True).stdout.strip()
-            if instance.startswith("test-"):
+            described = subprocess.run(
+                ["docker", kind, "inspect", "-f", template, object_id], capture_output=True, text=True
+            ).stdout.split(maxsplit=2)
+            if len(described) < 3 or not described[0].startswith("test-"):
+                continue
+            age = now - _docker_epoch(described[2])
+            if (kind == "container" and described[1] == "false") or age > STALE_AFTER_SECONDS:
                 remove = ["docker", kind, "rm", *(["-f"] if kind == "container" else []), object_id]
                 subprocess.run(remove, capture_output=True)
+
+
+def _docker_epoch(stamp: str) -> float:
+    try:
+        return datetime.fromisoformat(stamp[:19]).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -78,6 +101,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "resync_seconds": 2.0,
         "default_memory": "64m",
         "default_cpu": 0.5,
+        # The seed's "/host/data:/data:ro" example must work as written (README: Security).
+        "allowed_volume_roots": ("/host",),
     }
     values.update(overrides)
     return Settings(**values)
@@ -172,7 +197,7 @@ async def inspect(docker: aiodocker.Docker, name: str) -> dict[str, Any] | None:
 
 
 async def cleanup_instance(docker: aiodocker.Docker, settings: Settings) -> None:
-    """Remove whatever a test controller left behind: its containers and its networks."""
+    """Remove whatever a test controller left behind: its containers, networks and workspace volumes."""
     label = f"parallax.instance={settings.instance}"
     for container in await docker.containers.list(all=True, filters=json.dumps({"label": [label]})):
         with contextlib.suppress(aiodocker.DockerError):
@@ -180,6 +205,9 @@ async def cleanup_instance(docker: aiodocker.Docker, settings: Settings) -> None
     for network in await docker.networks.list(filters={"label": [label]}):
         with contextlib.suppress(aiodocker.DockerError):
             await (await docker.networks.get(network["Id"])).delete()
+    for volume in (await docker.volumes.list(filters={"label": [label]})).get("Volumes") or []:
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await docker.volumes.get(volume["Name"])).delete()
 
 
 def docker_socket() -> str:

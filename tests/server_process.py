@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 
@@ -27,6 +28,8 @@ def free_port() -> int:
 class Server:
     """``parallax serve`` in a subprocess; its output goes to a file so a busy server never blocks."""
 
+    started: ClassVar[list[Server]] = []
+
     def __init__(self, env: dict[str, str], log_path: Path | None = None) -> None:
         self.env = env
         self.url = f"http://127.0.0.1:{env['PORT']}"
@@ -38,6 +41,7 @@ class Server:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([PARALLAX, "serve"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        Server.started.append(self)
         path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
