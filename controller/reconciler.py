@@ -21,7 +21,7 @@ from controller.quantity import parse_memory
 from controller.render import desired_container, workspace_labels, workspace_volume
 from controller.restarts import decide_exit, should_restart
 from controller.status import clear_error, set_error, with_phase
-from controller.store import NotFound, Store
+from controller.store import NotFound, Store, StoreError
 
 log = logging.getLogger("parallax.reconciler")
 
@@ -106,7 +106,11 @@ class Reconciler:
         await self._write(agent, status)
 
     async def _event(self, agent: Agent, type_: str, reason: str, message: str) -> None:
-        await self.store.record_event(agent, type_, reason, message)
+        """Record an event; a store that cannot take it must not stop the agent being looked after."""
+        try:
+            await self.store.record_event(agent, type_, reason, message)
+        except StoreError as exc:
+            log.debug("event %s for %s not recorded: %s", reason, agent.name, exc)
 
     async def _write(self, agent: Agent, status: dict[str, Any]) -> None:
         updated = await self.store.update_status(agent.name, agent.metadata.uid, status)

@@ -150,6 +150,7 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._subscribers: set[asyncio.Queue[Change]] = set()
         self._event_subscribers: set[asyncio.Queue[AgentEvent]] = set()
+        self.write_error: str | None = None
 
     async def open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -185,10 +186,14 @@ class SqliteStore:
         return self._db
 
     async def ping(self) -> None:
+        """Readable, and writable again if the last write failed (disk full, file unwritable)."""
         try:
             await self.db.execute("SELECT 1")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        if self.write_error is not None:
+            async with self._transaction() as db:
+                await db.execute("INSERT OR REPLACE INTO counters (key, value) VALUES ('probe', 0)")
 
     def _load(self, manifest: str) -> Agent:
         return Agent.from_manifest(json.loads(manifest), self._defaults)
@@ -218,15 +223,18 @@ class SqliteStore:
             try:
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"store unwritable: {exc}") from exc
+                self.write_error = f"store unwritable: {exc}"
+                raise StoreUnavailable(self.write_error) from exc
             try:
                 yield db
                 await db.execute("COMMIT")
+                self.write_error = None
             except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreUnavailable(f"store unwritable: {exc}") from exc
+                    self.write_error = f"store unwritable: {exc}"
+                    raise StoreUnavailable(self.write_error) from exc
                 raise
 
     async def _next_rv(self, db: aiosqlite.Connection) -> int:
