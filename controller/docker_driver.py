@@ -140,6 +140,8 @@ def _timed(
 
 
 def _unreachable(exc: BaseException) -> AgentError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return AgentError(SOCKET_ERROR, "the Docker daemon did not answer in time (PARALLAX_DOCKER_TIMEOUT)")
     return AgentError(SOCKET_ERROR, f"cannot reach the Docker daemon: {type(exc).__name__}: {exc}".rstrip(": "))
 
 

@@ -104,9 +104,10 @@ class Controller:
             with self.metrics.reconciling() as report, reconcile_scope(name):
                 try:
                     result = await self.reconciler.reconcile(name)
-                except AgentError as exc:
+                except AgentError:
+                    # Not a verdict on the daemon: one agent's call may time out while others work.
+                    # The event watcher's ping decides whether Docker is up.
                     report("error")
-                    self._docker_failed(exc)
                     self.queue.add_rate_limited(name)
                 except StoreError as exc:
                     report("error")
