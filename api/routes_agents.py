@@ -29,8 +29,17 @@ def agent_json(agent: Agent) -> dict[str, Any]:
     return agent.to_manifest(redact=True)
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter; a value that is not one is refused rather than read as false."""
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("", "true", "1", "yes", "false", "0", "no"):
+        raise ApiError(400, "BAD_REQUEST", f"{name} must be true or false, not {raw!r}", [{"field": name}])
+    return raw in ("", "true", "1", "yes")
+
+
 def _wait_timeout(request: web.Request) -> float | None:
-    if request.query.get("wait", "false").lower() not in ("true", "1", "yes"):
+    wait = _flag(request, "wait")
+    if not wait and "timeout" not in request.query:
         return None
     raw = request.query.get("timeout", str(DEFAULT_WAIT_SECONDS))
     try:
@@ -39,7 +48,7 @@ def _wait_timeout(request: web.Request) -> float | None:
         raise ApiError(400, "BAD_REQUEST", f"timeout {raw!r} is not a number of seconds") from exc
     if not 0 < seconds <= MAX_WAIT_SECONDS:
         raise ApiError(400, "BAD_REQUEST", f"timeout must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-    return seconds
+    return seconds if wait else None
 
 
 async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: float) -> Agent:
@@ -85,24 +94,25 @@ async def create_agent(request: web.Request) -> web.Response:
 
 @routes.get("/agents")
 async def list_agents(request: web.Request) -> web.StreamResponse:
-    if request.query.get("watch", "false").lower() in ("1", "true", "yes"):
+    if _flag(request, "watch"):
         return await sse(request, include_events=False, synthetic=True)
     store = request.app[STORE]
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
     type_filter = request.query.get("type")
     phase_filter = request.query.get("phase")
-    if type_filter and type_filter not in TYPES:
+    if type_filter is not None and type_filter not in TYPES:
         raise ApiError(400, "BAD_REQUEST", f"type must be one of {', '.join(TYPES)}", [{"field": "type"}])
-    if phase_filter and phase_filter not in PHASES:
+    if phase_filter is not None and phase_filter not in PHASES:
         raise ApiError(400, "BAD_REQUEST", f"phase must be one of {', '.join(PHASES)}", [{"field": "phase"}])
     items = [
-        agent_json(agent)
+        agent.manifest_json
         for agent in await store.list()
         if selector(agent.metadata.labels)
         and (not type_filter or agent.spec.type == type_filter)
         and (not phase_filter or agent.phase == phase_filter)
     ]
-    return web.json_response({"apiVersion": "parallax.ai/v1", "kind": "AgentList", "items": items})
+    body = '{"apiVersion": "parallax.ai/v1", "kind": "AgentList", "items": [' + ", ".join(items) + "]}"
+    return web.Response(text=body, content_type="application/json")
 
 
 @routes.get("/agents/{name}")

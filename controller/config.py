@@ -41,9 +41,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     docker_timeout_seconds: float = 30.0
     stats_seconds: float = 5.0
+    docker_concurrency: int = 8
     log_format: str = "text"
     agent_metrics: bool = True
-    metrics_interval_seconds: float = 15.0
     # Host directories bind mounts may come from: "PATH" (read-only mounts) or "PATH:rw". None: only
     # the ``volumes/`` directory beside the store (see controller/policy.py).
     allowed_volume_roots: tuple[str, ...] | None = None
@@ -85,9 +85,9 @@ class Settings:
             max_body_bytes=_int(env, "PARALLAX_MAX_BODY_BYTES", base.max_body_bytes, 1024, 1 << 30),
             docker_timeout_seconds=_float(env, "PARALLAX_DOCKER_TIMEOUT", base.docker_timeout_seconds, 0.1),
             stats_seconds=_float(env, "PARALLAX_STATS_SECONDS", base.stats_seconds, 0.5),
+            docker_concurrency=_int(env, "PARALLAX_DOCKER_CONCURRENCY", base.docker_concurrency, 1, 256),
             log_format=_choice(env, "PARALLAX_LOG_FORMAT", base.log_format, ("text", "json")),
             agent_metrics=_switch(env, "PARALLAX_AGENT_METRICS", base.agent_metrics),
-            metrics_interval_seconds=_float(env, "PARALLAX_METRICS_INTERVAL", base.metrics_interval_seconds, 1.0),
             allowed_volume_roots=_volume_roots(env, "PARALLAX_ALLOWED_VOLUME_ROOTS"),
             metrics_auth=_switch(env, "PARALLAX_METRICS_AUTH", base.metrics_auth),
             body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),

@@ -7,6 +7,7 @@ a timeout, and a daemon that cannot be reached is always ``SOCKET_ERROR``, never
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import time
@@ -113,10 +114,15 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+# Set while a call holds one of the driver's slots, so nested calls do not wait for a second one.
+_holding_slot: contextvars.ContextVar[bool] = contextvars.ContextVar("holding_docker_slot", default=False)
+
+
 def _timed(
     method: Callable[Concatenate[DockerDriver, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[DockerDriver, _P], Coroutine[Any, Any, _R]]:
-    """Report the call's duration and error code (``None`` on success) to the driver's observer."""
+    """Bound concurrent calls to the daemon (PARALLAX_DOCKER_CONCURRENCY), and report each call's
+    duration and error code (``None`` on success) to the driver's observer."""
     operation = method.__name__
 
     @functools.wraps(method)
@@ -124,7 +130,14 @@ def _timed(
         started = time.perf_counter()
         code: str | None = None
         try:
-            return await method(driver, *args, **kwargs)
+            if _holding_slot.get():
+                return await method(driver, *args, **kwargs)
+            async with driver.slots:
+                token = _holding_slot.set(True)
+                try:
+                    return await method(driver, *args, **kwargs)
+                finally:
+                    _holding_slot.reset(token)
         except AgentError as exc:
             code = exc.code
             raise
@@ -158,6 +171,7 @@ class DockerDriver:
         self.observer: DockerObserver = observer or NoopDockerObserver()
         self._docker: aiodocker.Docker | None = None
         self._network_locks: dict[str, asyncio.Lock] = {}
+        self.slots = asyncio.Semaphore(settings.docker_concurrency)
 
     async def open(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.docker_timeout_seconds, connect=5)

@@ -7,6 +7,8 @@ wire, and it redacts secrets unless told not to (the store is the only caller th
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -194,6 +196,11 @@ class Agent:
 
     def copy(self) -> Agent:
         return Agent(replace(self.metadata), self.spec, copy.deepcopy(self.status))
+
+    @functools.cached_property
+    def manifest_json(self) -> str:
+        """The redacted manifest as JSON text, computed once: for records that are no longer changed."""
+        return json.dumps(self.to_manifest())
 
     def to_manifest(self, *, redact: bool = True) -> dict[str, Any]:
         status = copy.deepcopy(self.status) or {"phase": "Pending"}

@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -23,6 +24,9 @@ from typing import Any, Literal, Protocol
 import aiosqlite
 
 from controller.model import Agent, SpecDefaults, container_name, now_iso
+
+# aiosqlite logs every statement with its parameters at DEBUG, and those hold env values (secrets).
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class StoreError(Exception):
@@ -151,6 +155,7 @@ class SqliteStore:
         self._subscribers: set[asyncio.Queue[Change]] = set()
         self._event_subscribers: set[asyncio.Queue[AgentEvent]] = set()
         self.write_error: str | None = None
+        self._cache: dict[str, Agent] = {}
 
     async def open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -169,6 +174,7 @@ class SqliteStore:
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
+        await self._load_cache()
 
     async def close(self) -> None:
         if self._db is not None:
@@ -199,22 +205,21 @@ class SqliteStore:
         return Agent.from_manifest(json.loads(manifest), self._defaults)
 
     async def get(self, name: str) -> Agent:
-        try:
-            async with self.db.execute("SELECT manifest FROM agents WHERE name = ?", (name,)) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unreadable: {exc}") from exc
-        if row is None:
+        """A private copy of the record (callers may change it)."""
+        agent = self._cache.get(name)
+        if agent is None:
             raise NotFound(f"agent {name!r} not found")
-        return self._load(row[0])
+        return agent.copy()
 
     async def list(self) -> list[Agent]:
-        try:
-            async with self.db.execute("SELECT manifest FROM agents ORDER BY name") as cur:
-                rows = await cur.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unreadable: {exc}") from exc
-        return [self._load(row[0]) for row in rows]
+        """Every record, by name. Shared read-only objects: the API's hot path, so no copies are made."""
+        return [self._cache[name] for name in sorted(self._cache)]
+
+    async def _load_cache(self) -> None:
+        """Reads are served from memory: one controller owns the store (the lock), so it sees every write."""
+        async with self.db.execute("SELECT manifest FROM agents") as cur:
+            rows = await cur.fetchall()
+        self._cache = {agent.name: agent for agent in (self._load(row[0]) for row in rows)}
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -431,6 +436,10 @@ class SqliteStore:
         self._subscribers.discard(queue)
 
     def _notify(self, change: Change) -> None:
+        if change.type == "DELETED":
+            self._cache.pop(change.agent.name, None)
+        else:
+            self._cache[change.agent.name] = change.agent.copy()
         for queue in self._subscribers:
             queue.put_nowait(change)
 
