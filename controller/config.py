@@ -42,6 +42,7 @@ class Settings:
     docker_timeout_seconds: float = 30.0
     stats_seconds: float = 5.0
     docker_concurrency: int = 8
+    api_concurrency: int = 8
     log_format: str = "text"
     agent_metrics: bool = True
     # Host directories bind mounts may come from: "PATH" (read-only mounts) or "PATH:rw". None: only
@@ -86,6 +87,7 @@ class Settings:
             docker_timeout_seconds=_float(env, "PARALLAX_DOCKER_TIMEOUT", base.docker_timeout_seconds, 0.1),
             stats_seconds=_float(env, "PARALLAX_STATS_SECONDS", base.stats_seconds, 0.5),
             docker_concurrency=_int(env, "PARALLAX_DOCKER_CONCURRENCY", base.docker_concurrency, 1, 256),
+            api_concurrency=_int(env, "PARALLAX_API_CONCURRENCY", base.api_concurrency, 1, 1024),
             log_format=_choice(env, "PARALLAX_LOG_FORMAT", base.log_format, ("text", "json")),
             agent_metrics=_switch(env, "PARALLAX_AGENT_METRICS", base.agent_metrics),
             allowed_volume_roots=_volume_roots(env, "PARALLAX_ALLOWED_VOLUME_ROOTS"),
