@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiodocker
 import pytest
 
-from tests.harness import TEST_IMAGE_PREFIX, cleanup_instance, inspect, make_settings
+from tests.harness import inspect
 from tests.server_process import PARALLAX, Server, free_port, wait_running
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
-
-
-@pytest.fixture
-async def server_env(tmp_path: Path, docker: aiodocker.Docker) -> AsyncIterator[dict[str, str]]:
-    settings = make_settings(tmp_path)
-    env = {
-        **os.environ,
-        "PORT": str(free_port()),
-        "PARALLAX_STORE": settings.store_path,
-        "DOCKER_NETWORK": settings.network,
-        "PARALLAX_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
-        "PARALLAX_INSTANCE": settings.instance,
-        "DEFAULT_MEMORY": "64m",
-        "PARALLAX_RESYNC_SECONDS": "1",
-    }
-    yield env
-    await cleanup_instance(docker, settings)
 
 
 async def test_restarted_controller_adopts_running_agents_without_restarting_them(
