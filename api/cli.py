@@ -8,9 +8,10 @@ import signal
 import sys
 
 import click
-from aiohttp import web
 
+from api.cli_commands import register as register_client_commands
 from controller.config import ConfigError, Settings
+from controller.logging_setup import configure_logging
 from controller.store import StoreUnavailable
 
 
@@ -21,27 +22,41 @@ def main() -> None:
 
 @main.command()
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
-def serve(log_level: str) -> None:
+@click.option(
+    "--specs-dir",
+    type=click.Path(exists=True, file_okay=False),
+    envvar="PARALLAX_SPECS_DIR",
+    help="Keep the agents described by the YAML files in this directory applied (or PARALLAX_SPECS_DIR).",
+)
+def serve(log_level: str, specs_dir: str | None) -> None:
     """Run the HTTP API and the reconcile loop (settings come from the environment)."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(f"invalid setting: {exc}") from exc
+    from api.auth import check_bind
+
     try:
-        asyncio.run(_serve(settings))
+        warning = check_bind(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure_logging(log_level, settings.log_format, sys.stderr)
+    if warning:
+        logging.getLogger("parallax").warning("%s", warning)
+    try:
+        asyncio.run(_serve(settings, specs_dir))
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
+    from aiohttp import web  # imported here: the client commands start faster without it
+
     from api.app import make_app
 
-    app = make_app(settings)
+    app = make_app(settings, specs_dir=specs_dir)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -63,6 +78,8 @@ async def _serve(settings: Settings) -> None:
     finally:
         await runner.cleanup()
 
+
+register_client_commands(main)
 
 if __name__ == "__main__":
     main()

@@ -533,7 +533,7 @@ class LiveDocker:
             data = await self.driver.docker._query_json(
                 f"containers/{container_id}/stats", method="GET", params={"stream": "0", "one-shot": "1"}
             )
-            return dict(data)
+            return dict(data) if isinstance(data, dict) else {}
         except _UNREACHABLE as exc:
             raise _unreachable(exc) from exc
         except aiodocker.DockerError as exc:

@@ -45,7 +45,7 @@ class StatsRefresher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
     def latest(self, container_id: str, max_age: float | None = None) -> Sample | None:
@@ -80,11 +80,16 @@ class StatsRefresher:
         async def one(container_id: str) -> None:
             async with limit:
                 with contextlib.suppress(AgentError):
-                    self._keep(container_id, await self.live.stats(container_id))
+                    stats = await self.live.stats(container_id)
+                    if stats.get("cpu_stats"):  # empty while the container is stopping
+                        self._keep(container_id, stats)
 
         await asyncio.gather(*(one(c) for c in running))
 
     async def _loop(self) -> None:
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("stats refresh failed")
             await asyncio.sleep(self.interval)

@@ -15,9 +15,10 @@ quote it. Env values are never quoted back: they are secrets.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -30,6 +31,8 @@ MAX_DOCUMENTS = 1000
 MAX_DEPTH = 64
 MAX_NODES = 200_000
 MAX_EXPANDED_CHARS = 8 * 1024 * 1024
+
+LIST_KINDS = ("List", "AgentList")
 
 _TAG = "tag:yaml.org,2002:"
 STR, INT, FLOAT, BOOL, NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
@@ -85,12 +88,12 @@ def field_path(parts: Path) -> str:
 @dataclass
 class Document:
     index: int
-    line: int
+    line: int | None
     body: Any
     lines: dict[str, int] = field(default_factory=dict)
     problems: list[YamlProblem] = field(default_factory=list)
 
-    def line_of(self, path: str) -> int:
+    def line_of(self, path: str) -> int | None:
         """The line of ``path``, or of its nearest ancestor that was written (a missing field's parent)."""
         best, best_len = self.line, -1
         for key, line in self.lines.items():
@@ -150,6 +153,42 @@ def load_documents(
     except yaml.YAMLError as exc:
         raise YamlError([YamlProblem(f"invalid YAML: {exc}", index=index)]) from exc
     return documents
+
+
+def expand_lists(documents: list[Document]) -> list[Document]:
+    """``kind: List`` / ``AgentList`` documents (what ``get -o yaml`` prints) become their items."""
+    out: list[Document] = []
+    for doc in documents:
+        body = doc.body
+        if isinstance(body, dict) and body.get("kind") in LIST_KINDS and isinstance(body.get("items"), list):
+            out.extend(doc.child(len(out) + i, ("items", i)) for i in range(len(body["items"])))
+        else:
+            out.append(replace(doc, index=len(out)))
+    return out
+
+
+def load_json_documents(data: str | bytes, *, max_bytes: int = MAX_BYTES) -> list[Document]:
+    """A JSON body (one object, or a list of them) as documents; duplicate keys are refused here too."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > max_bytes:
+        raise YamlError([YamlProblem(f"the JSON is {len(raw)} bytes, larger than the limit of {max_bytes} bytes")])
+    try:
+        value = json.loads(raw, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise YamlError([YamlProblem(f"invalid JSON: {exc.msg} at column {exc.colno}", line=exc.lineno)]) from exc
+    except (ValueError, RecursionError) as exc:
+        raise YamlError([YamlProblem(f"invalid JSON: {exc}")]) from exc
+    items = value if isinstance(value, list) else [value]
+    return [Document(i, None, item) for i, item in enumerate(items)]
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, index: int) -> YamlProblem:
@@ -384,7 +423,7 @@ def _agent_path(path: Path, body: Any) -> Path | None:
     """``path`` inside a manifest, whatever shape the document has (manifest, flat body, List item)."""
     if not isinstance(body, Mapping):
         return None
-    if body.get("kind") in ("List", "AgentList") and path[:1] == ("items",):
+    if body.get("kind") in LIST_KINDS and path[:1] == ("items",):
         items = body.get("items")
         if len(path) < 2 or not isinstance(items, list) or not isinstance(path[1], int) or path[1] >= len(items):
             return None
