@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -10,14 +9,13 @@ import aiodocker
 import pytest
 
 from tests.harness import (
-    TEST_IMAGE_PREFIX,
     Controller,
     cleanup_instance,
     ensure_test_images,
     make_settings,
     remove_stale_test_objects,
 )
-from tests.server_process import Server, free_port
+from tests.server_process import Server, server_environment
 
 
 @pytest.fixture(scope="session")
@@ -75,18 +73,8 @@ async def controller(start_controller: StartController) -> Controller:
 
 @pytest.fixture
 async def server_env(tmp_path: Path, docker: aiodocker.Docker) -> AsyncIterator[dict[str, str]]:
-    """Environment for a real ``parallax serve`` with its own store, network and instance label."""
-    settings = make_settings(tmp_path)
-    env = {
-        **os.environ,
-        "PORT": str(free_port()),
-        "PARALLAX_STORE": settings.store_path,
-        "DOCKER_NETWORK": settings.network,
-        "PARALLAX_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
-        "PARALLAX_INSTANCE": settings.instance,
-        "DEFAULT_MEMORY": "32m",
-        "PARALLAX_RESYNC_SECONDS": "2",
-    }
+    """Environment for a real ``parallax serve``; the server is killed and its objects removed after."""
+    env, settings = server_environment(tmp_path)
     yield env
     for proc in _children(env["PORT"]):
         proc.kill()

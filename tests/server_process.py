@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -14,7 +15,8 @@ from typing import ClassVar
 
 import aiohttp
 
-from tests.harness import REPO
+from controller.config import Settings
+from tests.harness import REPO, TEST_IMAGE_PREFIX, make_settings
 
 PARALLAX = str(Path(sys.executable).parent / "parallax")
 
@@ -86,3 +88,22 @@ async def wait_running(server: Server, name: str, timeout: float = 30) -> dict:
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"{name} not running: {body}")
+
+
+def server_environment(tmp_path: Path, **extra: str) -> tuple[dict[str, str], Settings]:
+    """Environment for a real ``parallax serve`` with its own store, network and instance label."""
+    settings = make_settings(tmp_path)
+    env = {
+        **os.environ,
+        "PORT": str(free_port()),
+        "PARALLAX_STORE": settings.store_path,
+        "DOCKER_NETWORK": settings.network,
+        "PARALLAX_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
+        "PARALLAX_INSTANCE": settings.instance,
+        "DEFAULT_MEMORY": "32m",
+        "PARALLAX_RESYNC_SECONDS": "2",
+    }
+    for name in ("PARALLAX_API_TOKEN", "PARALLAX_SERVER", "PARALLAX_SPECS_DIR"):
+        env.pop(name, None)
+    env.update(extra)
+    return env, settings

@@ -20,30 +20,14 @@ import pytest
 import yaml
 
 from api.client import ApiClient, ApiError
-from tests.harness import TEST_IMAGE_PREFIX, cleanup_instance, make_settings
-from tests.server_process import PARALLAX, Server, free_port
+from tests.harness import cleanup_instance
+from tests.server_process import PARALLAX, Server, free_port, server_environment
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
 
 def server_env(tmp_path: Path, **extra: str) -> tuple[dict[str, str], Any]:
-    settings = make_settings(tmp_path)
-    env = {
-        **os.environ,
-        "PORT": str(free_port()),
-        "PARALLAX_STORE": settings.store_path,
-        "DOCKER_NETWORK": settings.network,
-        "PARALLAX_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
-        "PARALLAX_INSTANCE": settings.instance,
-        "DEFAULT_MEMORY": "64m",
-        "PARALLAX_RESYNC_SECONDS": "1",
-        **extra,
-    }
-    env.pop("PARALLAX_API_TOKEN", None)
-    env.pop("PARALLAX_SERVER", None)
-    env.pop("PARALLAX_SPECS_DIR", None)
-    env.update(extra)
-    return env, settings
+    return server_environment(tmp_path, DEFAULT_MEMORY="64m", PARALLAX_RESYNC_SECONDS="1", **extra)
 
 
 async def _cleanup(settings: Any) -> None:
