@@ -10,6 +10,7 @@ import sys
 import click
 
 from api.cli_commands import register as register_client_commands
+from api.cli_images import images
 from controller.config import ConfigError, Settings
 from controller.logging_setup import configure_logging
 from controller.store import StoreUnavailable
@@ -80,6 +81,7 @@ async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
 
 
 register_client_commands(main)
+main.add_command(images)
 
 if __name__ == "__main__":
     main()

@@ -348,6 +348,16 @@ class DockerDriver:
             raise AgentError(CONTAINER_ERROR, f"removing {container_id[:12]} failed: {exc.message}") from exc
 
     @_timed
+    async def recent_output(self, container_id: str, lines: int) -> list[str]:
+        """The last ``lines`` lines of a container's stdout and stderr."""
+        return [
+            line
+            async for line in LiveDocker(self).logs(
+                container_id, tail=str(lines), since=None, timestamps=False, follow=False
+            )
+        ]
+
+    @_timed
     async def rename(self, container_id: str, name: str) -> None:
         try:
             await self.docker.containers.container(container_id).rename(name)

@@ -20,13 +20,23 @@ from controller.model import Agent, container_name, parse_iso
 from controller.quantity import parse_memory
 from controller.render import desired_container, workspace_labels, workspace_volume
 from controller.restarts import decide_exit, should_restart
-from controller.status import clear_error, set_error, with_phase
+from controller.status import clear_error, set_condition, set_error, with_phase
 from controller.store import NotFound, Store, StoreError
 
 log = logging.getLogger("parallax.reconciler")
 
 ORPHAN_GRACE_SECONDS = 10
 NORMAL, WARNING = "Normal", "Warning"
+# Agent images print this line when they have no API key (images/README.md); the runtime reports it.
+CREDENTIALS_MARKER = "parallax: needs credentials:"
+CREDENTIALS_TAIL_LINES = 20
+CREDENTIALS_WINDOW_SECONDS = 12.0
+CREDENTIALS_RECHECK_SECONDS = 3.0
+
+
+def _recently_started(info: ContainerInfo, now: datetime, seconds: float) -> bool:
+    started = parse_docker_time(info.started_at)
+    return started is not None and (now - started).total_seconds() < seconds
 
 
 @dataclass(frozen=True)
@@ -198,8 +208,33 @@ class Reconciler:
         ):
             status = clear_error(status)
         status = with_phase(status, "Running", ready=True, reason="Running", message="container is running", now=stamp)
+        result = Result()
+        known = status.get("credentials") or {}
+        if known.get("containerId") == info.id:
+            need: str | None = str(known.get("message", "needs credentials"))
+        else:
+            status.pop("credentials", None)
+            status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != "CredentialsReady"]
+            need = None
+            if _recently_started(info, self.now(), CREDENTIALS_WINDOW_SECONDS):
+                need = await self._credentials_needed(info)
+                if need is None:
+                    result = Result(requeue_after=CREDENTIALS_RECHECK_SECONDS)
+        if need is not None:
+            status = with_phase(status, "Running", ready=False, reason="NeedsCredentials", message=need, now=stamp)
+            set_condition(status, "CredentialsReady", False, "NeedsCredentials", need, stamp)
+            if known.get("containerId") != info.id:
+                await self._event(agent, WARNING, "NeedsCredentials", need)
+            status["credentials"] = {"containerId": info.id, "message": need}
         await self._write(agent, status)
-        return Result()
+        return result
+
+    async def _credentials_needed(self, info: ContainerInfo) -> str | None:
+        """The agent image's own word that it has no credentials (its ``parallax: needs credentials:`` line)."""
+        for line in reversed(await self.driver.recent_output(info.id, CREDENTIALS_TAIL_LINES)):
+            if line.startswith(CREDENTIALS_MARKER):
+                return line[len("parallax: ") :].strip()
+        return None
 
     async def _exited(self, agent: Agent, status: dict[str, Any], current: ContainerInfo, now: datetime) -> Result:
         spec = agent.spec

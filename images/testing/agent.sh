@@ -1,9 +1,13 @@
 #!/bin/sh
 # Fake coding agent for the Parallax test suite. Behaviour is driven by environment variables:
-#   ALLOC_MB=N      allocate N MiB of memory once (over the memory limit => OOM kill, exit 137)
+#   ALLOC_MB=N      allocate N MiB of memory and hold it; over the memory limit the kernel OOM-kills
+#                   the allocation and the agent exits 137 (Docker reports State.OOMKilled=true)
 #   EXIT_AFTER=S    sleep S seconds (0 allowed), then exit with EXIT_CODE (default 0)
 #   TICK_SECONDS=S  otherwise run forever, printing "tick <n>" every S seconds (default 5)
-# While running it echoes every stdin line as "received: <line>". SIGTERM/SIGINT: "agent stopping", exit 0.
+#   LISTEN_PORT=P   also serve TCP port P: every connection gets "hello from <hostname>" (for network
+#                   tests: `nc <alias> P` from another container; ping needs NET_RAW, which is dropped)
+# While running forever it echoes every stdin line as "received: <line>".
+# SIGTERM/SIGINT: prints "agent stopping" and exits 0.
 
 host="$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null)"
 echo "agent ${host} started"
@@ -14,6 +18,7 @@ fi
 
 pids=""
 sleeper=""
+allocated=""
 
 cleanup() {
     # shellcheck disable=SC2086
@@ -26,7 +31,19 @@ on_term() {
     exit 0
 }
 
+on_oom() {
+    echo "agent memory allocation was killed" >&2
+    cleanup
+    exit 137
+}
+
+on_allocated() {
+    allocated=1
+}
+
 trap on_term TERM INT
+trap on_oom USR1
+trap on_allocated USR2
 
 # Sleep in the background and wait, so a trapped signal interrupts the wait immediately.
 nap() {
@@ -36,14 +53,30 @@ nap() {
     sleeper=""
 }
 
+if [ -n "${LISTEN_PORT:-}" ]; then
+    nc -ll -p "${LISTEN_PORT}" -e echo "hello from ${host}" </dev/null &
+    pids="$pids $!"
+    echo "agent listening on ${LISTEN_PORT}"
+fi
+
 if [ -n "${ALLOC_MB:-}" ]; then
     echo "agent allocating ${ALLOC_MB} MiB"
-    # dd reads into one buffer of that size, touching every page; over the memory limit the kernel
-    # OOM-kills it and the agent exits 137, which Docker reports as OOMKilled.
-    if ! dd if=/dev/zero of=/dev/null bs="${ALLOC_MB}M" count=1 2>/dev/null; then
-        echo "agent memory allocation was killed" >&2
-        exit 137
-    fi
+    main=$$
+    # tail keeps its whole newline-free input in memory, and holds it while the pipe stays open
+    # (the writer ends in a long sleep). head succeeding means tail has it all: USR2. If the kernel
+    # OOM-kills tail, head fails on the broken pipe: USR1, and the main shell exits 137.
+    {
+        if head -c "${ALLOC_MB}m" /dev/zero; then
+            kill -USR2 "$main"
+            exec sleep 2147483647
+        fi
+        kill -USR1 "$main"
+    } | tail >/dev/null &
+    pids="$pids $!"
+    while [ -z "$allocated" ]; do
+        nap 0.2
+    done
+    echo "agent holding ${ALLOC_MB} MiB"
 fi
 
 if [ -n "${EXIT_AFTER:-}" ]; then
