@@ -1,9 +1,9 @@
-"""``GET /metrics``: the controller's own registry in Prometheus' text format."""
+"""``GET /metrics``: the controller's own registry in Prometheus' text format (0.0.4, which every scraper reads)."""
 
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from api.state import CONTROLLER
 
@@ -13,4 +13,4 @@ routes = web.RouteTableDef()
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[CONTROLLER].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

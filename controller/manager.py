@@ -38,7 +38,7 @@ class Controller:
             ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0), observer=self.metrics
         )
         self.metrics.watch(self.queue, lambda: self.docker_up)
-        self.reconciler = Reconciler(store, driver, settings)
+        self.reconciler = Reconciler(store, driver, settings, on_collected=self.metrics.gc)
         self.docker_up = False
         self.docker_error: str | None = "not connected yet"
         self.last_resync = time.monotonic()
@@ -199,4 +199,5 @@ class Controller:
             await self.driver.remove_network(network["Id"])
             log.info("removed unused network %s", name)
             removed.append(name)
+            self.metrics.gc("network")
         return removed

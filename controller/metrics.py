@@ -7,9 +7,9 @@ Three kinds of series, three ways of keeping them:
   ``DockerObserver``). The names are controller-runtime's and client-go's, so existing dashboards work.
 * followed from the store's change feed by ``AgentTracker``: agents by phase and type, restarts by
   reason, and how long an accepted spec took to have its container running.
-* sampled in the background by ``AgentUsageSampler``: per-agent cpu and memory, the only series with
-  the agent's name as a label; never fetched while a scrape waits, and switched off by
-  ``PARALLAX_AGENT_METRICS=off``.
+* per-agent cpu and memory, the only series with the agent's name as a label: read from the latest
+  samples of the background stats sampler (``StatsRefresher``), never fetched while a scrape waits,
+  and left out with ``PARALLAX_AGENT_METRICS=off``.
 
 A scrape only reads what is already in memory, so its cost does not depend on Docker or the store.
 """
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import platform
 import time
+import tomllib
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -42,10 +43,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.gc_collector import GCCollector
 
 from controller.config import Settings
-from controller.docker_driver import DockerDriver
-from controller.errors import AgentError
+from controller.errors import RESOLUTION
 from controller.model import PHASES, TYPES, Agent
-from controller.render import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED
+from controller.stats import cpu_sample, memory_bytes
 from controller.store import Change, Store, StoreError
 
 log = logging.getLogger("parallax.metrics")
@@ -97,6 +97,7 @@ class _Seen:
     phase: str
     type: str
     restart_count: int
+    container_id: str | None = None
     accepted_at: float | None = None
     """Wall-clock time a spec (generation ``accepted_generation``) was accepted and still waits to run."""
     accepted_generation: int = 0
@@ -184,6 +185,14 @@ class AgentTracker:
             return done  # the spec change kept the running container: nothing was started
         return seen  # a new container is recorded but not started yet
 
+    def running_containers(self) -> list[tuple[str, str]]:
+        """(agent, container id) of every Running agent, by name."""
+        return sorted(
+            (name, seen.container_id)
+            for name, seen in self._agents.items()
+            if seen.phase == "Running" and seen.container_id
+        )
+
     def phase_counts(self) -> Tally[tuple[str, str]]:
         return Tally((seen.phase, seen.type) for seen in self._agents.values())
 
@@ -199,6 +208,7 @@ def _snapshot(agent: Agent) -> _Seen:
         phase=agent.phase,
         type=agent.spec.type,
         restart_count=int(agent.status.get("restartCount") or 0),
+        container_id=agent.status.get("containerId"),
     )
 
 
@@ -212,100 +222,20 @@ def _epoch(iso: str, default: float) -> float:
 # --- per-agent usage ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AgentUsage:
-    cpu_seconds: float
-    memory_bytes: float
+class StatsSample(Protocol):
+    @property
+    def stats(self) -> dict[str, Any]: ...
 
 
-def usage_from_stats(stats: dict[str, Any]) -> AgentUsage | None:
-    """CPU time and memory from one ``/containers/{id}/stats`` answer, as ``docker stats`` counts memory.
+class UsageSource(Protocol):
+    """The background stats sampler (``StatsRefresher``): the latest Docker stats of a container, if fresh."""
 
-    Memory is usage minus the inactive page cache (cgroup v1 ``total_inactive_file``, v2
-    ``inactive_file``), which is what the kernel would reclaim first. None when Docker has no numbers
-    (the container stopped between the listing and the sample).
-    """
-    cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
-    memory_stats = stats.get("memory_stats") or {}
-    usage = memory_stats.get("usage")
-    if cpu is None or usage is None:
-        return None
-    detail = memory_stats.get("stats") or {}
-    inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0)) or 0
-    return AgentUsage(cpu_seconds=int(cpu) / 1e9, memory_bytes=float(max(0, int(usage) - int(inactive))))
+    def latest(self, container_id: str, max_age: float | None = None) -> StatsSample | None: ...
 
 
-class AgentUsageSampler:
-    """Samples every running agent container of this instance every ``interval`` seconds.
-
-    Uses Docker's one-shot stats (no second sample to wait for) with a few calls in flight at once.
-    The result replaces ``snapshot`` whole, so removed agents drop out of the next scrape.
-    """
-
-    def __init__(
-        self, driver: DockerDriver, instance: str, observe: Callable[[str, float, str | None], None], concurrency: int = 4
-    ) -> None:
-        self._driver = driver
-        self._instance = instance
-        self._observe = observe
-        self._concurrency = concurrency
-        self.snapshot: dict[str, AgentUsage] = {}
-        self.last_refresh_seconds = 0.0
-
-    async def run(self, interval: float) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except AgentError as exc:
-                log.debug("per-agent usage not refreshed: %s", exc)
-            await asyncio.sleep(interval)
-
-    async def refresh(self) -> None:
-        started = time.perf_counter()
-        containers = await self._timed("agent_usage_list", self._list_running())
-        semaphore = asyncio.Semaphore(self._concurrency)
-
-        async def sample(container_id: str) -> AgentUsage | None:
-            async with semaphore:
-                try:
-                    stats = await self._timed("agent_usage_stats", self._stats(container_id))
-                except AgentError:
-                    return None
-                return usage_from_stats(stats) if isinstance(stats, dict) else None
-
-        samples = await asyncio.gather(*(sample(container_id) for _, container_id in containers))
-        self.snapshot = {agent: usage for (agent, _), usage in zip(containers, samples, strict=True) if usage}
-        self.last_refresh_seconds = time.perf_counter() - started
-
-    async def _list_running(self) -> list[tuple[str, str]]:
-        filters = json.dumps(
-            {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self._instance}"], "status": ["running"]}
-        )
-        listed = await self._driver.docker._query_json("containers/json", params={"filters": filters})
-        found = []
-        for entry in listed or []:
-            agent = (entry.get("Labels") or {}).get(LABEL_AGENT)
-            if agent:
-                found.append((str(agent), str(entry["Id"])))
-        return found
-
-    async def _stats(self, container_id: str) -> Any:
-        return await self._driver.docker._query_json(
-            f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
-        )
-
-    async def _timed(self, operation: str, call: Any) -> Any:
-        started = time.perf_counter()
-        code: str | None = None
-        try:
-            return await call
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            code = "SOCKET_ERROR" if isinstance(exc, OSError | asyncio.TimeoutError) else "DOCKER_ERROR"
-            raise AgentError(code, f"{operation} failed: {type(exc).__name__}") from exc
-        finally:
-            self._observe(operation, time.perf_counter() - started, code)
+def agent_usage(stats: dict[str, Any]) -> tuple[float, float]:
+    """CPU seconds used so far and working-set bytes, from one Docker stats sample."""
+    return cpu_sample(stats).container_total_ns / 1e9, float(memory_bytes(stats))
 
 
 # --- the registry -------------------------------------------------------------------------------------
@@ -336,7 +266,9 @@ class _ScrapeTimeCollector:
         queue = m.queue
         labels = ["controller", "name"]
         values = [CONTROLLER_NAME, CONTROLLER_NAME]
-        retries = CounterMetricFamily("workqueue_retries_total", "Total number of retries handled by workqueue", labels=labels)
+        retries = CounterMetricFamily(
+            "workqueue_retries_total", "Total number of retries handled by workqueue", labels=labels
+        )
         unfinished = GaugeMetricFamily(
             "workqueue_unfinished_work_seconds",
             "How many seconds of work has been done that is in progress and hasn't been observed by "
@@ -348,9 +280,9 @@ class _ScrapeTimeCollector:
             "How many seconds has the longest running processor for workqueue been running.",
             labels=labels,
         )
-        retries.add_metric(values, queue.retries_total if queue else 0)
-        unfinished.add_metric(values, queue.unfinished_work_seconds() if queue else 0.0)
-        longest.add_metric(values, queue.longest_running_processor_seconds() if queue else 0.0)
+        retries.add_metric(values, queue.retries_total if queue is not None else 0)
+        unfinished.add_metric(values, queue.unfinished_work_seconds() if queue is not None else 0.0)
+        longest.add_metric(values, queue.longest_running_processor_seconds() if queue is not None else 0.0)
         yield retries
         yield unfinished
         yield longest
@@ -359,21 +291,19 @@ class _ScrapeTimeCollector:
             cpu = CounterMetricFamily(
                 "parallax_agent_cpu_seconds", "CPU time used by the agent's container.", labels=["agent"]
             )
-            memory = GaugeMetricFamily(
+            memory_family = GaugeMetricFamily(
                 "parallax_agent_memory_bytes",
                 "Memory used by the agent's container, without inactive page cache (as docker stats).",
                 labels=["agent"],
             )
-            for agent, usage in sorted(m.usage.snapshot.items()):
-                cpu.add_metric([agent], usage.cpu_seconds)
-                memory.add_metric([agent], usage.memory_bytes)
-            refresh = GaugeMetricFamily(
-                "parallax_agent_usage_refresh_seconds", "How long the last per-agent cpu/memory refresh took."
-            )
-            refresh.add_metric([], m.usage.last_refresh_seconds)
+            for agent, container_id in m.tracker.running_containers():
+                sample = m.usage.latest(container_id)
+                if sample is not None:
+                    cpu_seconds, memory = agent_usage(sample.stats)
+                    cpu.add_metric([agent], cpu_seconds)
+                    memory_family.add_metric([agent], memory)
             yield cpu
-            yield memory
-            yield refresh
+            yield memory_family
 
 
 class Metrics:
@@ -386,10 +316,16 @@ class Metrics:
         ctl = ["controller"]
         wq = ["controller", "name"]
         self.reconcile_total = Counter(
-            "controller_runtime_reconcile_total", "Total number of reconciliations per controller", [*ctl, "result"], registry=r
+            "controller_runtime_reconcile_total",
+            "Total number of reconciliations per controller",
+            [*ctl, "result"],
+            registry=r,
         )
         self.reconcile_errors = Counter(
-            "controller_runtime_reconcile_errors_total", "Total number of reconciliation errors per controller", ctl, registry=r
+            "controller_runtime_reconcile_errors_total",
+            "Total number of reconciliation errors per controller",
+            ctl,
+            registry=r,
         )
         self.reconcile_time = Histogram(
             "controller_runtime_reconcile_time_seconds",
@@ -399,7 +335,10 @@ class Metrics:
             registry=r,
         )
         self.max_concurrent = Gauge(
-            "controller_runtime_max_concurrent_reconciles", "Maximum number of concurrent reconciles per controller", ctl, registry=r
+            "controller_runtime_max_concurrent_reconciles",
+            "Maximum number of concurrent reconciles per controller",
+            ctl,
+            registry=r,
         )
         self.active_workers = Gauge(
             "controller_runtime_active_workers", "Number of currently used workers per controller", ctl, registry=r
@@ -421,7 +360,10 @@ class Metrics:
             registry=r,
         )
         self.restarts = Counter(
-            "parallax_agent_restarts_total", "Container restarts made by the controller, by the exit's reason.", ["reason"], registry=r
+            "parallax_agent_restarts_total",
+            "Container restarts made by the controller, by the exit's reason.",
+            ["reason"],
+            registry=r,
         )
         self.start_seconds = Histogram(
             "parallax_agent_start_seconds",
@@ -430,7 +372,11 @@ class Metrics:
             registry=r,
         )
         self.docker_seconds = Histogram(
-            "parallax_docker_api_seconds", "Docker Engine API calls by driver operation.", ["operation"], buckets=DOCKER_BUCKETS, registry=r
+            "parallax_docker_api_seconds",
+            "Docker Engine API calls by driver operation.",
+            ["operation"],
+            buckets=DOCKER_BUCKETS,
+            registry=r,
         )
         self.docker_errors = Counter(
             "parallax_docker_errors_total", "Failed Docker Engine API calls by error code.", ["code"], registry=r
@@ -441,7 +387,9 @@ class Metrics:
         self.docker_events = Counter(
             "parallax_docker_events_total", "Docker events received, by object type.", ["type"], registry=r
         )
-        build = Gauge("parallax_build_info", "Build information; the value is always 1.", ["version", "python"], registry=r)
+        build = Gauge(
+            "parallax_build_info", "Build information; the value is always 1.", ["version", "python"], registry=r
+        )
         build.labels(_version(), platform.python_version()).set(1)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -462,12 +410,15 @@ class Metrics:
             self.gc_removed.labels(kind)
         for type_ in EVENT_TYPES:
             self.docker_events.labels(type_)
+        for code in (*RESOLUTION, "UNEXPECTED"):
+            self.docker_errors.labels(code)
         self.reconcile_errors.labels(CONTROLLER_NAME)
 
+        self._docker_timers: dict[str, Histogram] = {}
         self.tracker = AgentTracker(on_restart=self._restarted, on_started=self.start_seconds.observe)
         self.queue: WatchedQueue | None = None
         self.docker_up: Callable[[], bool] = lambda: False
-        self.usage: AgentUsageSampler | None = None
+        self.usage: UsageSource | None = None
         self._tasks: list[asyncio.Task[None]] = []
         r.register(_ScrapeTimeCollector(self))
 
@@ -476,14 +427,15 @@ class Metrics:
         self.queue = queue
         self.docker_up = docker_up
 
-    async def start(self, store: Store, driver: DockerDriver) -> None:
-        """Follow the store (subscribed before this returns) and, if enabled, sample per-agent usage."""
+    async def start(self, store: Store, usage: UsageSource | None = None) -> None:
+        """Follow the store (subscribed before this returns); per-agent series come from ``usage``.
+
+        ``usage`` is the stats sampler that already runs in the background for the live-stats API, so
+        Docker is asked once per container and interval, and a scrape only reads its latest samples.
+        """
+        self.usage = usage
         changes = store.subscribe()
         self._tasks.append(asyncio.create_task(self._follow_store(store, changes), name="metrics-store"))
-        if self.settings.agent_metrics:
-            self.usage = AgentUsageSampler(driver, self.settings.instance, self.on_docker_call)
-            task = self.usage.run(self.settings.metrics_interval_seconds)
-            self._tasks.append(asyncio.create_task(task, name="metrics-agent-usage"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -524,7 +476,10 @@ class Metrics:
 
     # DockerObserver
     def on_docker_call(self, operation: str, seconds: float, error_code: str | None) -> None:
-        self.docker_seconds.labels(operation).observe(seconds)
+        timer = self._docker_timers.get(operation)
+        if timer is None:
+            timer = self._docker_timers[operation] = self.docker_seconds.labels(operation)
+        timer.observe(seconds)
         if error_code is not None:
             self.docker_errors.labels(error_code).inc()
 
@@ -560,7 +515,13 @@ class Metrics:
 
 
 def _version() -> str:
+    """The installed package's version, else the source tree's pyproject.toml (the image runs the tree)."""
     try:
         return metadata.version("parallax-docker-runtime")
     except metadata.PackageNotFoundError:
+        pass
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "unknown"

@@ -55,11 +55,13 @@ class Reconciler:
         driver: DockerDriver,
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_collected: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self.store = store
         self.driver = driver
         self.settings = settings
         self.now = now
+        self.on_collected = on_collected
 
     async def reconcile(self, name: str) -> Result:
         try:
@@ -76,6 +78,7 @@ class Reconciler:
             for orphan in containers:
                 log.info("removing container %s: agent %s has no record", orphan.name, name)
                 await self._stop_and_remove(orphan, ORPHAN_GRACE_SECONDS)
+                self.on_collected("container")
             return Result()
         mine = [c for c in containers if c.uid == agent.metadata.uid]
         for stranger in (c for c in containers if c.uid != agent.metadata.uid):
@@ -87,6 +90,7 @@ class Reconciler:
                 f"removed container {stranger.name} whose labels claimed this agent with another uid",
             )
             await self._stop_and_remove(stranger, 0)
+            self.on_collected("container")
         if agent.metadata.deletion_timestamp is not None:
             for container in mine:
                 await self._stop_and_remove(container, agent.spec.stop_grace_period_seconds)
@@ -100,6 +104,7 @@ class Reconciler:
         for extra in mine[1:]:
             log.warning("removing duplicate container %s of agent %s", extra.name, name)
             await self._stop_and_remove(extra, 0)
+            self.on_collected("container")
         try:
             return await self._converge(agent, mine[0] if mine else None)
         except AgentError as err:
@@ -150,7 +155,8 @@ class Reconciler:
             return Result()
 
         config, digest = desired_container(agent, self.settings)
-        await self.driver.ensure_network(spec.network)
+        if current is None or not current.running or spec.network not in current.networks:
+            await self.driver.ensure_network(spec.network)  # a running, attached container proves it exists
         if current is not None and current.config_hash != digest:
             log.info("agent %s: spec changed, recreating container %s", agent.name, current.id[:12])
             await self._event(

@@ -328,6 +328,9 @@ class SqliteStore:
 
     async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
         """Write status (the controller's only write); None when the record is gone or was replaced."""
+        cached = self._cache.get(name)
+        if cached is not None and cached.metadata.uid == uid and cached.status == status:
+            return cached.copy()  # unchanged: no transaction, no fsync
         async with self._transaction() as db:
             current = await self._read(db, name)
             if current is None or current.metadata.uid != uid:
