@@ -19,8 +19,8 @@ import aiohttp
 
 from bench.common import Server, cleanup, cpu_seconds, machine_note, metrics, new_tag, profile, rss_bytes
 
-LIST_KEY = 'parallax_docker_api_seconds_count{operation="list_containers"}'
-LIST_SUM = 'parallax_docker_api_seconds_sum{operation="list_containers"}'
+LIST_KEY = 'parallax_docker_api_seconds_count{operation="list_agent_names"}'
+LIST_SUM = 'parallax_docker_api_seconds_sum{operation="list_agent_names"}'
 
 
 async def create_all(session: aiohttp.ClientSession, server: Server, names: list[str]) -> float:

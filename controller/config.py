@@ -40,7 +40,7 @@ class Settings:
     api_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     docker_timeout_seconds: float = 30.0
-    stats_seconds: float = 5.0
+    stats_seconds: float = 10.0
     docker_concurrency: int = 8
     api_concurrency: int = 8
     log_format: str = "text"

@@ -203,6 +203,17 @@ class DockerDriver:
             raise AgentError(SOCKET_ERROR, f"Docker daemon answered ping with {exc.status}") from exc
 
     @_timed
+    async def list_agent_names(self) -> set[str]:
+        """Names of the agents that containers of this instance belong to (one call, no inspects)."""
+        try:
+            found = await self.docker.containers.list(all=True, filters=self._filters())
+        except _UNREACHABLE as exc:
+            raise _unreachable(exc) from exc
+        except aiodocker.DockerError as exc:
+            raise AgentError(SOCKET_ERROR, f"listing containers failed: {exc.message}") from exc
+        return {str(c["Labels"][LABEL_AGENT]) for c in found if (c["Labels"] or {}).get(LABEL_AGENT)}
+
+    @_timed
     async def list_containers(self, agent: str | None = None) -> list[ContainerInfo]:
         """Containers of this controller instance (all states), optionally of one agent, inspected."""
         filters = self._filters(**({LABEL_AGENT: agent} if agent else {}))

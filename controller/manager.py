@@ -77,7 +77,7 @@ class Controller:
         except StoreError as exc:
             log.warning("resync: cannot list the store: %s", exc)
         try:
-            names.update(c.agent for c in await self.driver.list_containers() if c.agent)
+            names.update(await self.driver.list_agent_names())
             self._docker_ok()
         except AgentError as exc:
             self._docker_failed(exc)
