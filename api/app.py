@@ -26,7 +26,8 @@ log = logging.getLogger("parallax.api")
 
 def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, concurrency_middleware(settings.api_concurrency), auth_middleware],
+        # auth before the concurrency limit: a request without the token is refused without taking a slot
+        middlewares=[error_middleware, auth_middleware, concurrency_middleware(settings.api_concurrency)],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api.state import SETTINGS
 from controller.admission import AdmissionError
 from controller.errors import RESOLUTION, SOCKET_ERROR, AgentError
 from controller.selector import SelectorError
@@ -69,7 +71,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, "HTTP_ERROR")
-        return error_response(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception as exc:
         try:
             api_error = _translate(exc)
@@ -79,16 +84,52 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(api_error.status, api_error.code, api_error.message, api_error.details)
 
 
+MAX_JSON_DEPTH = 32
+MAX_JSON_ITEMS = 1024
+
+
+def json_shape_problem(value: Any) -> str | None:
+    """Why a parsed body is shaped unlike any request (too deep, too long a list or object), or None."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"request body is nested deeper than {MAX_JSON_DEPTH} levels"
+            if len(node) > MAX_JSON_ITEMS:
+                return f"request body has a list or object of more than {MAX_JSON_ITEMS} items"
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw request body; 408 when a slow client does not deliver it within PARALLAX_BODY_TIMEOUT."""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_seconds):
+            return await request.read()
+    except TimeoutError as exc:
+        raise ApiError(408, "REQUEST_TIMEOUT", "the request body did not arrive in time") from exc
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 400 with the position when it is not JSON."""
-    raw = await request.read()
+    """The request body as JSON; 400 when it is not JSON or is shaped unlike any request (see
+    ``json_shape_problem``); 408 when a slow client does not deliver it in time."""
+    raw = await read_body(request)
     if not raw.strip():
         raise ApiError(400, "BAD_REQUEST", "request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, "MALFORMED_JSON", f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
     except (RecursionError, UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "MALFORMED_JSON", "request body is not valid JSON") from exc
+    problem = json_shape_problem(value)
+    if problem:
+        raise ApiError(400, "BAD_REQUEST", problem)
+    return value

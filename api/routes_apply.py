@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.errors import ApiError
+from api.errors import ApiError, read_body
 from api.state import SETTINGS, STORE
 from controller.apply import Applier, ApplyReport
 from controller.model import API_VERSION
@@ -78,7 +78,7 @@ def _flag(request: web.Request, name: str, default: bool = False) -> bool:
 
 
 async def _documents(request: web.Request) -> list[Document]:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         raise ApiError(400, "BAD_REQUEST", "request body is empty; send YAML or JSON Agent documents")
     content_type = request.content_type.lower()

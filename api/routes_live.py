@@ -64,7 +64,10 @@ def _parse_since(raw: str | None) -> int | None:
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "false").lower() in ("1", "true", "yes")
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("", "true", "1", "yes", "false", "0", "no"):
+        raise ApiError(400, "BAD_REQUEST", f"{name} must be true or false, not {raw!r}", [{"field": name}])
+    return raw in ("", "true", "1", "yes")
 
 
 @routes.get("/agents/{name}/logs")

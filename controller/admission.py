@@ -1,20 +1,28 @@
-"""Turning a user's body (flat seed form or manifest) into an Agent, or into field errors."""
+"""Turning a user's body (flat seed form or manifest) into an Agent, or into field errors.
+
+Order of judgement: the schema first (422 for anything malformed), then the security policy
+(``controller.policy``: 403 naming the rule). Nothing is admitted half-way.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from controller.config import Settings
 from controller.model import Agent, AgentSpec, Metadata, SpecDefaults
-from controller.mounts import MountError, check_host_path, parse_volume
+from controller.policy import check_spec, forbidden_fields
 from controller.schema import FieldError, flat_to_manifest, is_manifest, validate_manifest
+
+MAX_REPORTED_ERRORS = 50
 
 
 class AdmissionError(Exception):
     """The body cannot be admitted; ``forbidden`` marks policy refusals (403) versus invalid input (422)."""
 
     def __init__(self, errors: list[FieldError], *, forbidden: bool = False) -> None:
+        if len(errors) > MAX_REPORTED_ERRORS:
+            more = len(errors) - MAX_REPORTED_ERRORS
+            errors = [*errors[:MAX_REPORTED_ERRORS], FieldError("(body)", f"{more} more errors not shown")]
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
         self.forbidden = forbidden
@@ -37,18 +45,27 @@ def admit(body: Any, settings: Settings, *, name: str | None = None) -> tuple[Ag
     if not isinstance(body, dict):
         raise AdmissionError([FieldError("(body)", "must be a JSON object")])
     flat = not is_manifest(body)
+    prefix = "" if flat else "spec."
     manifest = flat_to_manifest(body) if flat else body
     if name is not None and isinstance(manifest.get("metadata"), dict):
         manifest = {**manifest, "metadata": {"name": name, **manifest["metadata"]}}
-    errors = validate_manifest(manifest, flat=flat)
+    refused = forbidden_fields(manifest.get("spec"), prefix)
+    refused_fields = {e.field for e in refused}
+    errors = [e for e in validate_manifest(manifest, flat=flat) if e.field not in refused_fields]
     if errors:
-        raise AdmissionError(errors)
+        raise AdmissionError(sorted([*errors, *refused], key=lambda e: e.field))
+    if refused:
+        raise AdmissionError(refused, forbidden=True)
     metadata = manifest["metadata"]
     if name is not None and metadata["name"] != name:
         field = "name" if flat else "metadata.name"
         raise AdmissionError([FieldError(field, f"{metadata['name']!r} does not match the name in the URL {name!r}")])
     spec = AgentSpec.from_dict(manifest["spec"], spec_defaults(settings))
-    check_mount_policy(spec, settings, field_prefix="" if flat else "spec.")
+    verdict = check_spec(spec, settings, prefix)
+    if verdict.invalid:
+        raise AdmissionError(list(verdict.invalid))
+    if verdict.forbidden:
+        raise AdmissionError(list(verdict.forbidden), forbidden=True)
     agent = Agent(
         metadata=Metadata(
             name=metadata["name"],
@@ -59,15 +76,3 @@ def admit(body: Any, settings: Settings, *, name: str | None = None) -> tuple[Ag
     )
     rv = metadata.get("resourceVersion")
     return agent, (str(rv) if rv is not None else None)
-
-
-def check_mount_policy(spec: AgentSpec, settings: Settings, *, field_prefix: str = "spec.") -> None:
-    errors: list[FieldError] = []
-    protected = (os.path.dirname(os.path.abspath(settings.store_path)),)
-    for i, volume in enumerate(spec.volumes):
-        try:
-            check_host_path(parse_volume(volume), docker_socket=settings.docker_socket, protected=protected)
-        except MountError as exc:
-            errors.append(FieldError(f"{field_prefix}volumes[{i}]", str(exc)))
-    if errors:
-        raise AdmissionError(errors, forbidden=True)

@@ -1,23 +1,12 @@
-"""Bind-mount strings (``/host/data:/data:ro``): syntax and the paths that are never mountable."""
+"""Bind-mount strings (``/host/data:/data:ro``): their syntax, and host paths compared as paths.
+
+What may be mounted is decided in ``controller.policy``; this module only parses and compares.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-# Mounting any of these hands an agent the host: refused whatever else is configured.
-FORBIDDEN_HOST_PATHS = (
-    "/",
-    "/etc",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/boot",
-    "/root",
-    "/run",
-    "/var/run",
-    "/var/lib/docker",
-)
 
 
 class MountError(ValueError):
@@ -35,7 +24,7 @@ class BindMount:
 
 
 def parse_volume(value: str) -> BindMount:
-    """Parse ``HOST:CONTAINER[:ro|rw]``; both paths must be absolute."""
+    """Parse ``HOST:CONTAINER[:ro|rw]``; both paths must be absolute. No mode means ``rw`` (Docker's default)."""
     parts = value.split(":")
     if len(parts) not in (2, 3):
         raise MountError(f"volume {value!r} must look like /host/path:/container/path[:ro|rw]")
@@ -47,30 +36,21 @@ def parse_volume(value: str) -> BindMount:
         raise MountError(f"volume {value!r}: host path must be absolute")
     if not container.startswith("/") or os.path.normpath(container) == "/":
         raise MountError(f"volume {value!r}: container path must be an absolute path other than /")
-    return BindMount(os.path.normpath(host), os.path.normpath(container), mode == "ro")
+    if "\x00" in value:
+        raise MountError(f"volume {value!r}: paths may not contain NUL")
+    return BindMount(_normpath(host), _normpath(container), mode == "ro")
 
 
-def check_host_path(mount: BindMount, *, docker_socket: str, protected: tuple[str, ...] = ()) -> None:
-    """Refuse host paths that expose the host, after resolving ``..`` and symlinks."""
-    resolved = os.path.realpath(mount.host_path)
-    socket = os.path.realpath(docker_socket)
-    for candidate in {mount.host_path, resolved}:
-        if (
-            candidate == "/"
-            or candidate == socket
-            or any(
-                candidate == path or candidate.startswith(path + "/") or path.startswith(candidate.rstrip("/") + "/")
-                for path in FORBIDDEN_HOST_PATHS[1:]
-            )
-        ):
-            raise MountError(f"host path {mount.host_path!r} may not be mounted (it exposes the host)")
-        if socket.startswith(candidate.rstrip("/") + "/"):
-            raise MountError(f"host path {mount.host_path!r} may not be mounted (it contains the Docker socket)")
-        for path in protected:
-            path = os.path.realpath(path)
-            if (
-                candidate == path
-                or candidate.startswith(path.rstrip("/") + "/")
-                or path.startswith(candidate.rstrip("/") + "/")
-            ):
-                raise MountError(f"host path {mount.host_path!r} may not be mounted (it holds the controller's store)")
+def _normpath(path: str) -> str:
+    # POSIX keeps a leading "//"; Docker (and the kernel) treat it as "/".
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+def is_within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies below it (both absolute and normalised)."""
+    return path == root or root == "/" or path.startswith(root.rstrip("/") + "/")
+
+
+def overlaps(path: str, other: str) -> bool:
+    """Mounting ``path`` would expose ``other``, or ``path`` lies inside ``other``."""
+    return is_within(path, other) or is_within(other, path)

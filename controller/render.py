@@ -27,9 +27,27 @@ LABEL_RESTARTED_AT = "parallax.restarted-at"
 ANNOTATION_RESTARTED_AT = "parallax.ai/restartedAt"
 
 AGENT_HOME = "/home/agent"
+WORKSPACE_PATH = "/workspace"
+WORKSPACE_PREFIX = "parallax-workspace-"
 TMPFS_OPTIONS = "rw,nosuid,nodev,mode=1777,size=64m"
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
+
+
+def workspace_volume(agent_name: str) -> str:
+    """The agent's named volume, mounted read-write at ``/workspace``: the only writable disk it has."""
+    return WORKSPACE_PREFIX + agent_name
+
+
+def workspace_labels(agent: Agent, settings: Settings) -> dict[str, str]:
+    """Labels of the workspace volume: ours, this agent's, this controller instance's (no uid, so a
+    kept workspace is found again by an agent re-created under the same name)."""
+    return {LABEL_MANAGED: "true", LABEL_AGENT: agent.name, LABEL_INSTANCE: settings.instance}
+
+
+def capability_name(capability: str) -> str:
+    """``CAP_CHOWN`` and ``CHOWN`` name the same capability."""
+    return capability.removeprefix("CAP_")
 
 
 def image_for(spec: AgentSpec, settings: Settings) -> str:
@@ -69,6 +87,7 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
             "NanoCpus": nano_cpus(spec.resources.cpu),
             "PidsLimit": spec.resources.pids,
             "Binds": [parse_volume(v).docker_bind() for v in spec.volumes],
+            "Mounts": [{"Type": "volume", "Source": workspace_volume(agent.name), "Target": WORKSPACE_PATH}],
             "ReadonlyRootfs": True,
             "Tmpfs": {"/tmp": TMPFS_OPTIONS, AGENT_HOME: TMPFS_OPTIONS},
             "CapDrop": ["ALL"],
@@ -81,6 +100,12 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
         },
         "NetworkingConfig": {"EndpointsConfig": {spec.network: {"Aliases": [agent.name]}}},
     }
+    context = spec.security_context
+    if context.run_as_user is not None:
+        group = f":{context.run_as_group}" if context.run_as_group is not None else ""
+        config["User"] = f"{context.run_as_user}{group}"
+    if context.add_capabilities:
+        config["HostConfig"]["CapAdd"] = sorted({capability_name(c) for c in context.add_capabilities})
     if spec.command is not None:
         config["Entrypoint"] = list(spec.command)
     if spec.args is not None:

@@ -20,7 +20,9 @@ async def test_needs_credentials_is_a_condition_and_an_event(controller: Control
     assert status == 201, body
 
     def needs(agent: dict) -> bool:
-        return any(c["type"] == "CredentialsReady" and c["status"] == "False" for c in agent["status"].get("conditions", []))
+        return any(
+            c["type"] == "CredentialsReady" and c["status"] == "False" for c in agent["status"].get("conditions", [])
+        )
 
     agent = await controller.wait_agent("cred-none", needs, timeout=20)
     assert agent["status"]["phase"] == "Running"

@@ -15,7 +15,9 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "specs" / "examples").g
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_spec_is_admitted(path: Path) -> None:
-    agent, _ = admit(yaml.safe_load(path.read_text()), Settings(store_path="/nonexistent/agents.db"))
+    agent, _ = admit(
+        yaml.safe_load(path.read_text()), Settings(store_path="/nonexistent/agents.db", allowed_volume_roots=("/host",))
+    )
     assert agent.name == path.stem
 
 

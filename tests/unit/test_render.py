@@ -29,7 +29,7 @@ from controller.render import (
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store_path=str(tmp_path / "store" / "agents.db"))
+    return Settings(store_path=str(tmp_path / "store" / "agents.db"), allowed_volume_roots=("/host:rw",))
 
 
 def make_agent(settings: Settings, uid: str = "uid-1", generation: int = 1, **body: Any) -> Agent:

@@ -25,7 +25,7 @@ SEED_BODIES: dict[str, dict[str, Any]] = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store_path=str(tmp_path / "store" / "agents.db"))
+    return Settings(store_path=str(tmp_path / "store" / "agents.db"), allowed_volume_roots=("/host", str(tmp_path)))
 
 
 def as_manifest(body: dict[str, Any]) -> dict[str, Any]:
