@@ -68,5 +68,11 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
             await store.close()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def end_watches(app: web.Application) -> None:
+        if WATCH in app:
+            app[WATCH].end_listeners()
+
+    app.on_shutdown.append(end_watches)
     app.cleanup_ctx.append(routes_apply.lifecycle(specs_dir))
     return app

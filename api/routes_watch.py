@@ -79,6 +79,8 @@ async def _pump(
         except TimeoutError:
             await heartbeat()
             continue
+        if item is None:
+            return
         await send(item.to_dict(), item.resource_version)
 
 

@@ -42,13 +42,14 @@ class Listener:
     def __init__(self, hub: WatchHub, accept: Filter) -> None:
         self.hub = hub
         self.accept = accept
-        self.queue: asyncio.Queue[WatchItem] = asyncio.Queue()
+        self.queue: asyncio.Queue[WatchItem | None] = asyncio.Queue()
 
     def offer(self, item: WatchItem) -> None:
         if self.accept(item):
             self.queue.put_nowait(item)
 
-    async def next(self) -> WatchItem:
+    async def next(self) -> WatchItem | None:
+        """The next item; None when the hub is shutting down."""
         return await self.queue.get()
 
     def close(self) -> None:
@@ -84,7 +85,13 @@ class WatchHub:
             asyncio.create_task(self._pump(events, item_for_event)),
         ]
 
+    def end_listeners(self) -> None:
+        """End every open watch (at shutdown, so the server need not wait for streams to time out)."""
+        for listener in list(self._listeners):
+            listener.queue.put_nowait(None)
+
     async def stop(self) -> None:
+        self.end_listeners()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
