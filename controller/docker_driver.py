@@ -171,6 +171,9 @@ class DockerDriver:
         self.observer: DockerObserver = observer or NoopDockerObserver()
         self._docker: aiodocker.Docker | None = None
         self._network_locks: dict[str, asyncio.Lock] = {}
+        # Networks known to exist and be usable; cleared by network events, so a steady-state reconcile
+        # makes no network calls at all.
+        self._networks_seen: set[str] = set()
         self.slots = asyncio.Semaphore(settings.docker_concurrency)
 
     async def open(self) -> None:
@@ -262,10 +265,18 @@ class DockerDriver:
         Docker does not make network names unique atomically, so creation is serialised per name here
         and duplicates that we made anyway (another controller racing us) are removed.
         """
+        if name in self._networks_seen:
+            return False
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._dedupe_network(name)
-            return await self._ensure_network(name)
+            created = await self._ensure_network(name)
+            self._networks_seen.add(name)
+            return created
+
+    def forget_network(self, name: str) -> None:
+        """Check ``name`` with Docker again next time (it was destroyed, or joining it failed)."""
+        self._networks_seen.discard(name)
 
     async def _dedupe_network(self, name: str) -> None:
         try:

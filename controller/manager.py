@@ -167,6 +167,8 @@ class Controller:
                     self.queue.add(agent)
         elif kind == "network" and action in NETWORK_ACTIONS:
             network = attributes.get("name")
+            if action == "destroy" and network:
+                self.driver.forget_network(network)
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
                     if agent.spec.network == network:

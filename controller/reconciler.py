@@ -15,7 +15,7 @@ from typing import Any
 
 from controller.config import Settings
 from controller.docker_driver import ContainerInfo, DockerDriver, parse_docker_time
-from controller.errors import IMAGE_NOT_FOUND, RESOURCE_LIMIT, AgentError
+from controller.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, RESOURCE_LIMIT, AgentError
 from controller.model import Agent, container_name, parse_iso
 from controller.quantity import parse_memory
 from controller.render import desired_container, workspace_labels, workspace_volume
@@ -112,6 +112,8 @@ class Reconciler:
             raise
 
     async def _fail(self, agent: Agent, err: AgentError) -> None:
+        if err.code == NETWORK_ERROR:
+            self.driver.forget_network(agent.spec.network)
         previous = agent.status.get("error") or {}
         level = logging.DEBUG if previous.get("code") == err.code else logging.WARNING
         log.log(level, "agent %s: %s", agent.name, err)
