@@ -95,7 +95,9 @@ class Reconciler:
             for container in mine:
                 await self._stop_and_remove(container, agent.spec.stop_grace_period_seconds)
             if not agent.spec.keep_workspace:
-                await self.driver.remove_volume(workspace_volume(name), workspace_labels(agent, self.settings))
+                await self.driver.remove_volume(
+                    workspace_volume(name, self.settings.instance), workspace_labels(agent, self.settings)
+                )
             await self.store.purge(name, agent.metadata.uid)
             await self._event(agent, NORMAL, "Deleted", "container stopped and removed; record purged")
             log.info("agent %s deleted", name)
@@ -177,7 +179,9 @@ class Reconciler:
             image = config["Image"]
             if not await self.driver.image_exists(image):
                 raise AgentError(IMAGE_NOT_FOUND, f"image {image} is not present locally (nothing is pulled)")
-            await self.driver.ensure_volume(workspace_volume(agent.name), workspace_labels(agent, self.settings))
+            await self.driver.ensure_volume(
+                workspace_volume(agent.name, self.settings.instance), workspace_labels(agent, self.settings)
+            )
             container_id = await self.driver.create_container(container_name(agent.name), config)
             await self._event(agent, NORMAL, "Created", f"created container {container_id[:12]} from image {image}")
             status["containerId"] = container_id

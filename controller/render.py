@@ -34,8 +34,13 @@ LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
 
 
-def workspace_volume(agent_name: str) -> str:
-    """The agent's named volume, mounted read-write at ``/workspace``: the only writable disk it has."""
+def workspace_volume(agent_name: str, instance: str = "default") -> str:
+    """The agent's named volume, mounted read-write at ``/workspace``: the only writable disk it has.
+
+    Controllers sharing one daemon (``PARALLAX_INSTANCE``) get volumes of their own names.
+    """
+    if instance != "default":
+        return f"{WORKSPACE_PREFIX}{instance}-{agent_name}"
     return WORKSPACE_PREFIX + agent_name
 
 
@@ -87,7 +92,9 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
             "NanoCpus": nano_cpus(spec.resources.cpu),
             "PidsLimit": spec.resources.pids,
             "Binds": [parse_volume(v).docker_bind() for v in spec.volumes],
-            "Mounts": [{"Type": "volume", "Source": workspace_volume(agent.name), "Target": WORKSPACE_PATH}],
+            "Mounts": [
+                {"Type": "volume", "Source": workspace_volume(agent.name, settings.instance), "Target": WORKSPACE_PATH}
+            ],
             "ReadonlyRootfs": True,
             "Tmpfs": {"/tmp": TMPFS_OPTIONS, AGENT_HOME: TMPFS_OPTIONS},
             "CapDrop": ["ALL"],

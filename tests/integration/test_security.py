@@ -19,6 +19,7 @@ import aiodocker
 import aiohttp
 import pytest
 
+from controller.render import workspace_volume
 from tests.conftest import StartController
 from tests.harness import REPO, Controller, docker_exec, inspect, running, wait_for
 
@@ -91,7 +92,7 @@ async def test_created_container_carries_every_hardening_item(controller: Contro
     workspace = {m["Destination"]: m for m in info["Mounts"]}["/workspace"]
     assert (workspace["Type"], workspace["Name"], workspace["RW"]) == (
         "volume",
-        "parallax-workspace-sec-hardened",
+        workspace_volume("sec-hardened", controller.settings.instance),
         True,
     )
 
@@ -163,7 +164,7 @@ async def test_workspace_is_labelled_survives_recreation_and_goes_with_the_agent
     status, body = await controller.request("POST", "/agents", {"name": "sec-ws", "type": "claude"})
     assert status == 201, body
     first = await controller.wait_agent("sec-ws", running)
-    found = await volume(docker, "parallax-workspace-sec-ws")
+    found = await volume(docker, workspace_volume("sec-ws", controller.settings.instance))
     assert found is not None
     assert found["Labels"] == {
         "parallax.managed": "true",
@@ -185,7 +186,7 @@ async def test_workspace_is_labelled_survives_recreation_and_goes_with_the_agent
     status, _ = await controller.request("DELETE", "/agents/sec-ws")
     assert status == 202
     await controller.wait_gone("sec-ws")
-    assert await volume(docker, "parallax-workspace-sec-ws") is None
+    assert await volume(docker, workspace_volume("sec-ws", controller.settings.instance)) is None
 
 
 async def test_a_kept_workspace_outlives_its_agent_and_is_found_again(controller: Controller, docker: aiodocker.Docker):
@@ -198,7 +199,7 @@ async def test_a_kept_workspace_outlives_its_agent_and_is_found_again(controller
     await controller.request("DELETE", "/agents/sec-keep")
     await controller.wait_gone("sec-keep")
     assert await inspect(docker, "parallax-agent-sec-keep") is None
-    assert await volume(docker, "parallax-workspace-sec-keep") is not None
+    assert await volume(docker, workspace_volume("sec-keep", controller.settings.instance)) is not None
 
     status, _ = await controller.request("POST", "/agents", {"name": "sec-keep", "type": "claude"})
     assert status == 201
@@ -207,11 +208,11 @@ async def test_a_kept_workspace_outlives_its_agent_and_is_found_again(controller
     assert (code, out.strip()) == (0, "saved")
     await controller.request("DELETE", "/agents/sec-keep")
     await controller.wait_gone("sec-keep")
-    assert await volume(docker, "parallax-workspace-sec-keep") is None
+    assert await volume(docker, workspace_volume("sec-keep", controller.settings.instance)) is None
 
 
 async def test_a_volume_that_is_not_the_agents_is_never_mounted(controller: Controller, docker: aiodocker.Docker):
-    name = "parallax-workspace-sec-foreign"
+    name = workspace_volume("sec-foreign", controller.settings.instance)
     await docker.volumes.create({"Name": name, "Labels": {"owner": "someone-else"}})
     try:
         status, body = await controller.request("POST", "/agents", {"name": "sec-foreign", "type": "claude"})
