@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import time
+import uuid
 from typing import Any
 
 import aiodocker
@@ -62,7 +63,8 @@ async def test_sigkilled_controller_loses_nothing_and_duplicates_nothing(
 ):
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "20261127")))
     instance = server_env["PARALLAX_INSTANCE"]
-    names = [f"chaos-{i:02d}" for i in range(AGENTS)]
+    tag = uuid.uuid4().hex[:4]  # fresh names: a container stuck in a daemon from an earlier run cannot clash
+    names = [f"chaos-{tag}-{i:02d}" for i in range(AGENTS)]
     server = Server(server_env)
     await server.start()
     for name in names[:STABLE]:

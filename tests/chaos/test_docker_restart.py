@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 
 import aiodocker
 import pytest
@@ -41,7 +42,9 @@ def start_dockerd() -> None:
 
 async def test_docker_daemon_restart_is_survived(start_controller):
     controller = await start_controller()
-    names = ["chaos-dd-0", "chaos-dd-1", "chaos-dd-2"]
+    tag = uuid.uuid4().hex[:4]
+    names = [f"dd-{tag}-{i}" for i in range(3)]
+    new = f"dd-{tag}-new"
     for name in names:
         status, _ = await controller.request("POST", "/agents", {"name": name, "type": "claude"})
         assert status == 201
@@ -51,7 +54,7 @@ async def test_docker_daemon_restart_is_survived(start_controller):
         await wait_until(lambda: not docker_answers(), 60, "dockerd to stop")
         await wait_until(lambda: subprocess.run(["pgrep", "-x", "dockerd"]).returncode != 0, 60, "dockerd to exit")
 
-        status, body = await controller.request("POST", "/agents", {"name": "chaos-dd-new", "type": "claude"})
+        status, body = await controller.request("POST", "/agents", {"name": new, "type": "claude"})
         assert status == 201, body
         status, body = await controller.request("GET", "/readyz")
         for _ in range(50):
@@ -61,7 +64,7 @@ async def test_docker_daemon_restart_is_survived(start_controller):
             status, body = await controller.request("GET", "/readyz")
         assert status == 503 and body["checks"]["docker"]["code"] == "SOCKET_ERROR"
         agent = await controller.wait_agent(
-            "chaos-dd-0", lambda a: (a["status"].get("error") or {}).get("code") == "SOCKET_ERROR", timeout=30
+            names[0], lambda a: (a["status"].get("error") or {}).get("code") == "SOCKET_ERROR", timeout=30
         )
         ready = next(c for c in agent["status"]["conditions"] if c["type"] == "Ready")
         assert ready["reason"] == "SOCKET_ERROR"
@@ -70,7 +73,7 @@ async def test_docker_daemon_restart_is_survived(start_controller):
             start_dockerd()
             await wait_until(docker_answers, 90, "dockerd to start again")
     restarted = time.monotonic()
-    for name in [*names, "chaos-dd-new"]:
+    for name in [*names, new]:
         await controller.wait_agent(name, lambda a: running(a) and not a["status"].get("error"), timeout=90)
     converge = time.monotonic() - restarted
     status, _ = await controller.request("GET", "/readyz")

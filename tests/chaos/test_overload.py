@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import uuid
 
 import aiohttp
 import pytest
@@ -27,7 +28,8 @@ async def test_overload_stays_responsive_and_converges(server_env: dict[str, str
     controller = Server(env)
     await controller.start()
     controller.base_url = controller.url
-    names = [f"load-{i:03d}" for i in range(AGENTS)]
+    tag = uuid.uuid4().hex[:4]
+    names = [f"load-{tag}-{i:03d}" for i in range(AGENTS)]
     stop = asyncio.Event()
     served = 0
 
