@@ -19,7 +19,7 @@ from collections.abc import Callable
 import aiodocker
 import aiohttp
 
-from bench.common import Server, cleanup, free_port, machine_note, new_tag, percentile, profile
+from bench.common import Server, free_port, machine_note, new_tag, percentile, profile, shut_down
 
 CONSTANT_SERVER = """
 import sys
@@ -118,10 +118,7 @@ async def main() -> None:
     finally:
         constant.terminate()
         constant.wait()
-        server.stop()
-        await cleanup(docker, tag)
-        await docker.close()
-        server.remove_files()
+        await shut_down(server, docker, tag)
 
 
 if __name__ == "__main__":

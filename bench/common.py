@@ -198,6 +198,14 @@ async def cleanup(docker: aiodocker.Docker, tag: str) -> None:
                 await DockerVolume(docker, name).delete()
 
 
+async def shut_down(server: Server, docker: aiodocker.Docker, tag: str) -> None:
+    """Every benchmark's last step: stop its server, remove what it made, close the client."""
+    server.stop()
+    await cleanup(docker, tag)
+    await docker.close()
+    server.remove_files()
+
+
 def raw_config(inspected: dict[str, Any], tag: str, name: str, network: str) -> dict[str, Any]:
     """A create body for a plain container identical to an inspected one, without parallax's labels."""
     config = inspected["Config"]

@@ -19,13 +19,13 @@ import aiohttp
 
 from bench.common import (
     Server,
-    cleanup,
     machine_note,
     median,
     new_tag,
     profile,
     raw_config,
     raw_network,
+    shut_down,
     with_own_volumes,
 )
 
@@ -144,10 +144,7 @@ async def main() -> None:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait()
-        server.stop()
-        await cleanup(docker, tag)
-        await docker.close()
-        server.remove_files()
+        await shut_down(server, docker, tag)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import aiodocker
 import aiohttp
 
-from bench.common import Server, cleanup, machine_note, metrics, new_tag
+from bench.common import Server, machine_note, metrics, new_tag, shut_down
 
 
 async def snapshot(docker: aiodocker.Docker, instance: str) -> dict[str, tuple[str, str, int]]:
@@ -77,11 +77,8 @@ async def main() -> None:
                 f"(ratio {ready / empty_ready:.2f}); {machine_note()}"
             )
     finally:
-        server.stop()
         empty.stop()
-        await cleanup(docker, tag)
-        await docker.close()
-        server.remove_files()
+        await shut_down(server, docker, tag)
         empty.remove_files()
 
 

@@ -17,7 +17,7 @@ import time
 import aiodocker
 import aiohttp
 
-from bench.common import Server, cleanup, cpu_seconds, machine_note, metrics, new_tag, profile, rss_bytes
+from bench.common import Server, cpu_seconds, machine_note, metrics, new_tag, profile, rss_bytes, shut_down
 
 LIST_KEY = 'parallax_docker_api_seconds_count{operation="list_agent_names"}'
 LIST_SUM = 'parallax_docker_api_seconds_sum{operation="list_agent_names"}'
@@ -109,10 +109,7 @@ async def main() -> None:
                 f"{listing:.2f}s ({resync / listing:.1f}x); {machine_note()}"
             )
     finally:
-        server.stop()
-        await cleanup(docker, tag)
-        await docker.close()
-        server.remove_files()
+        await shut_down(server, docker, tag)
 
 
 if __name__ == "__main__":

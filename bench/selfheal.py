@@ -18,12 +18,12 @@ import aiohttp
 from bench.common import (
     ContainerEvents,
     Server,
-    cleanup,
     machine_note,
     new_tag,
     percentile,
     raw_config,
     raw_network,
+    shut_down,
 )
 
 
@@ -95,10 +95,7 @@ async def main() -> None:
             p50_ratio = percentile(ours_docker, 50) / percentile(theirs, 50)
             print(f"ratio p50 (parallax Docker-running / raw): {p50_ratio:.2f}; {machine_note()}")
     finally:
-        server.stop()
-        await cleanup(docker, tag)
-        await docker.close()
-        server.remove_files()
+        await shut_down(server, docker, tag)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from controller.config import Settings
@@ -18,6 +17,7 @@ from controller.metrics import Metrics, reconcile_result
 from controller.reconciler import Reconciler
 from controller.render import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED
 from controller.store import Store, StoreError
+from controller.tasks import cancel_all
 from controller.workqueue import ItemExponentialFailureRateLimiter, RateLimitingQueue, ShutDown
 
 log = logging.getLogger("parallax.controller")
@@ -41,7 +41,6 @@ class Controller:
         self.reconciler = Reconciler(store, driver, settings, on_collected=self.metrics.gc)
         self.docker_up = False
         self.docker_error: str | None = "not connected yet"
-        self.last_resync = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -57,11 +56,7 @@ class Controller:
 
     async def stop(self) -> None:
         self.queue.shut_down()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
 
     @property
@@ -182,7 +177,6 @@ class Controller:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            self.last_resync = time.monotonic()
             await self.enqueue_all()
             try:
                 await self.collect_networks()

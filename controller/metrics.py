@@ -47,6 +47,7 @@ from controller.errors import RESOLUTION
 from controller.model import PHASES, TYPES, Agent
 from controller.stats import cpu_sample, memory_bytes
 from controller.store import Change, Store, StoreError
+from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.metrics")
 
@@ -438,11 +439,7 @@ class Metrics:
         self._tasks.append(asyncio.create_task(self._follow_store(store, changes), name="metrics-store"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
 
     async def _follow_store(self, store: Store, changes: asyncio.Queue[Change]) -> None:

@@ -159,8 +159,7 @@ class Reconciler:
             return Result()
 
         config, digest = desired_container(agent, self.settings)
-        if current is None or not current.running or spec.network not in current.networks:
-            await self.driver.ensure_network(spec.network)  # a running, attached container proves it exists
+        await self.driver.ensure_network(spec.network)  # free once the driver has seen the network
         if current is not None and current.config_hash != digest:
             log.info("agent %s: spec changed, recreating container %s", agent.name, current.id[:12])
             await self._event(

@@ -18,6 +18,7 @@ from controller.docker_driver import LiveDocker
 from controller.errors import AgentError
 from controller.stats import CpuSample, cpu_sample
 from controller.store import Store, StoreError
+from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.stats")
 
@@ -44,9 +45,7 @@ class StatsRefresher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_all([self._task])
 
     def latest(self, container_id: str, max_age: float | None = None) -> Sample | None:
         sample = self._samples.get(container_id)

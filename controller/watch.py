@@ -8,13 +8,13 @@ the ring is "expired", and the client must re-list (Kubernetes answers 410 Gone)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from controller.store import AgentEvent, Change, Store
+from controller.tasks import cancel_all
 
 RING_CAPACITY = 4096
 
@@ -92,11 +92,7 @@ class WatchHub:
 
     async def stop(self) -> None:
         self.end_listeners()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
 
     async def _pump(self, source: asyncio.Queue[Any], convert: Callable[[Any], WatchItem]) -> None:
         while True:
