@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +12,7 @@ from api.errors import ApiError, read_json
 from api.routes_watch import sse
 from api.state import SETTINGS, STORE
 from controller.admission import admit
-from controller.model import PHASES, REDACTED, TYPES, Agent
+from controller.model import PHASES, TYPES, Agent, keep_stored_secrets
 from controller.schema import flat_to_manifest, is_manifest
 from controller.selector import parse_selector
 from controller.store import Change
@@ -63,17 +62,6 @@ async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: f
                     if change.type == "DELETED":
                         break
     return latest
-
-
-def _keep_redacted_secrets(agent: Agent, current: Agent) -> Agent:
-    """A client that read an agent and sends it back unchanged keeps the secrets it never saw."""
-    env = {
-        key: (current.spec.env[key] if value == REDACTED and key in current.spec.env else value)
-        for key, value in agent.spec.env.items()
-    }
-    if env == agent.spec.env:
-        return agent
-    return Agent(agent.metadata, replace(agent.spec, env=env), agent.status)
 
 
 @routes.post("/agents")
@@ -127,7 +115,7 @@ async def replace_agent(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     agent, rv = admit(await read_json(request), settings, name=name)
     current = await store.get(name)
-    updated = await store.replace(_keep_redacted_secrets(agent, current), expected_rv=rv)
+    updated = await store.replace(keep_stored_secrets(agent, current), expected_rv=rv)
     return web.json_response(agent_json(updated))
 
 
@@ -163,9 +151,7 @@ async def patch_agent(request: web.Request) -> web.Response:
     rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
     merged = merge_patch(base, patch)
     agent, _ = admit(merged, settings, name=name)
-    updated = await store.replace(
-        _keep_redacted_secrets(agent, current), expected_rv=str(rv) if rv is not None else None
-    )
+    updated = await store.replace(keep_stored_secrets(agent, current), expected_rv=str(rv) if rv is not None else None)
     return web.json_response(agent_json(updated))
 
 

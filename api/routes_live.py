@@ -8,6 +8,7 @@ config hash, so the reconciler recreates the container.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,8 +122,7 @@ async def restart(request: web.Request) -> web.Response:
     for _ in range(5):
         agent = await store.get(name)
         annotations = {**agent.metadata.annotations, ANNOTATION_RESTARTED_AT: now_iso()}
-        wanted = Agent(agent.metadata, agent.spec, agent.status)
-        wanted.metadata = type(agent.metadata)(**{**agent.metadata.__dict__, "annotations": annotations})
+        wanted = Agent(replace(agent.metadata, annotations=annotations), agent.spec, agent.status)
         try:
             updated = await store.replace(wanted, expected_rv=str(agent.metadata.resource_version))
         except Conflict:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from controller.admission import AdmissionError, admit
 from controller.config import Settings
-from controller.model import REDACTED, Agent, container_name
+from controller.model import REDACTED, Agent, container_name, keep_stored_secrets
 from controller.plan import Plan, plan_apply, plan_delete
 from controller.schema import MANIFEST_KEYS, is_manifest
 from controller.store import AlreadyExists, Conflict, NotFound, Store, StoreError
@@ -251,8 +251,7 @@ class Applier:
             if missing:
                 continue
             if stored is not None:
-                env = {k: (stored.spec.env[k] if v == REDACTED else v) for k, v in agent.spec.env.items()}
-                agent = Agent(agent.metadata, replace(agent.spec, env=env))
+                agent = keep_stored_secrets(agent, stored)
             result.submitted, result.stored = agent, stored
             result.plan = plan_apply(stored, agent, self.settings)
             result.outcome = result.plan.outcome

@@ -219,3 +219,12 @@ class Agent:
             spec=AgentSpec.from_dict(data["spec"], defaults),
             status=copy.deepcopy(data.get("status") or {}),
         )
+
+
+def keep_stored_secrets(agent: Agent, stored: Agent) -> Agent:
+    """``agent`` with every env value that reads ``<redacted>`` replaced by the stored secret of that name:
+    a client that read an agent (values redacted) and sends it back keeps the secrets it never saw."""
+    env = {k: (stored.spec.env[k] if v == REDACTED and k in stored.spec.env else v) for k, v in agent.spec.env.items()}
+    if env == agent.spec.env:
+        return agent
+    return Agent(agent.metadata, replace(agent.spec, env=env), agent.status)
