@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import contextlib
+import copy
 import fcntl
+import functools
 import json
 import logging
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
-
-import aiosqlite
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from controller.model import Agent, SpecDefaults, container_name, now_iso
 
-# aiosqlite logs every statement with its parameters at DEBUG, and those hold env values (secrets).
-logging.getLogger("aiosqlite").setLevel(logging.INFO)
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -145,17 +146,54 @@ CREATE INDEX IF NOT EXISTS events_by_agent ON events (agent, rv);
 """
 
 
+@dataclass
+class _Write:
+    """One row change waiting for the next group commit; ``run`` executes it on the store's thread."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    rv: int
+    """The resourceVersion this write takes (0: none); the queue is in resourceVersion order."""
+    future: asyncio.Future[Any]
+    after: Callable[[Any], Any]
+    """Called on the event loop once the batch is durable, with what ``run`` returned; its result is the
+    caller's answer (and it is where the cache is updated and watchers are told, in commit order)."""
+
+
 class SqliteStore:
+    """SQLite in WAL mode, written by group commit.
+
+    One controller owns the store (a lock file makes sure), so the committed records live in memory
+    and reads never touch the disk. A write is checked against the committed records plus those
+    still waiting to be committed, is given its resourceVersion at once, and waits for the batch it
+    joined: every write queued while the previous batch was being committed goes into the next one,
+    a single transaction with one fsync. Callers are answered, the cache is updated and watchers are
+    told only after that fsync, in resourceVersion order. If a batch fails (disk full), it and every
+    write queued behind it are refused, so nothing decided on top of a lost write survives.
+    """
+
+    MAX_BATCH = 512
+
     def __init__(self, path: str, defaults: SpecDefaults) -> None:
         self.path = path
         self._defaults = defaults
-        self._db: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
-        self._write_lock = asyncio.Lock()
         self._subscribers: set[asyncio.Queue[Change]] = set()
         self._event_subscribers: set[asyncio.Queue[AgentEvent]] = set()
         self.write_error: str | None = None
-        self._cache: dict[str, Agent] = {}
+        self._cache: dict[str, Agent] = {}  # committed records
+        self._pending: dict[str, tuple[int, Agent | None]] = {}  # name -> (write seq, record or None if purged)
+        self._owners: dict[str, str] = {}  # container name -> agent name, committed plus pending
+        self._committed_rv = 0
+        self._assigned_rv = 0
+        self._seq = 0
+        self._queue: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+        """Group commits so far (transactions, so fsyncs); the benchmarks print writes per batch."""
 
     async def open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -169,37 +207,64 @@ class SqliteStore:
             raise StoreUnavailable(f"store {self.path} is in use by another controller") from exc
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.executescript(_SCHEMA)
-        await self._load_cache()
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parallax-store")
+
+        def connect() -> tuple[list[str], int]:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+            manifests = [row[0] for row in conn.execute("SELECT manifest FROM agents")]
+            row = conn.execute("SELECT value FROM counters WHERE key = 'resourceVersion'").fetchone()
+            return manifests, int(row[0]) if row else 0
+
+        manifests, rv = await self._run(connect)
+        self._cache = {agent.name: agent for agent in (self._load(m) for m in manifests)}
+        self._owners = {container_name(name): name for name in self._cache}
+        self._committed_rv = self._assigned_rv = rv
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        await self._idle.wait()
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _run(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the store's one thread (sqlite3 blocks: never on the event loop)."""
+        if self._thread is None:
             raise StoreUnavailable("store is not open")
-        return self._db
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("store is not open")
+        return self._conn
+
+    async def _read_query(self, query: str, args: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
+        conn = self.conn
+        try:
+            return await self._run(lambda: conn.execute(query, args).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
 
     async def ping(self) -> None:
         """Readable, and writable again if the last write failed (disk full, file unwritable)."""
-        try:
-            await self.db.execute("SELECT 1")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        await self._read_query("SELECT 1")
         if self.write_error is not None:
-            async with self._transaction() as db:
-                await db.execute("INSERT OR REPLACE INTO counters (key, value) VALUES ('probe', 0)")
+            await self._submit(
+                lambda conn: conn.execute("INSERT OR REPLACE INTO counters (key, value) VALUES ('probe', 0)"),
+                lambda _: None,
+            )
 
     def _load(self, manifest: str) -> Agent:
         return Agent.from_manifest(json.loads(manifest), self._defaults)
@@ -215,192 +280,233 @@ class SqliteStore:
         """Every record, by name. Shared read-only objects: the API's hot path, so no copies are made."""
         return [self._cache[name] for name in sorted(self._cache)]
 
-    async def _load_cache(self) -> None:
-        """Reads are served from memory: one controller owns the store (the lock), so it sees every write."""
-        async with self.db.execute("SELECT manifest FROM agents") as cur:
-            rows = await cur.fetchall()
-        self._cache = {agent.name: agent for agent in (self._load(row[0]) for row in rows)}
+    # -- writing -----------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock:
-            db = self.db
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                self.write_error = f"store unwritable: {exc}"
-                raise StoreUnavailable(self.write_error) from exc
-            try:
-                yield db
-                await db.execute("COMMIT")
+    def _view(self, name: str) -> Agent | None:
+        """The record as the next write must see it: the last one queued, else the committed one."""
+        pending = self._pending.get(name)
+        return pending[1] if pending is not None else self._cache.get(name)
+
+    def _next_rv(self) -> int:
+        self._assigned_rv += 1
+        return self._assigned_rv
+
+    async def _submit(self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], T], rv: int = 0) -> T:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Write(run, rv, future, after))
+        if self._flusher is None:
+            self._idle.clear()
+            self._flusher = asyncio.create_task(self._flush(), name="store-group-commit")
+        # The write is in a batch now: a caller that gives up does not take it back.
+        return cast(T, await asyncio.shield(future))
+
+    async def _put(self, agent: Agent | None, name: str, change: Change) -> Agent:
+        """Queue writing (or, with ``agent`` None, deleting) a record; ``change`` is announced once durable."""
+        self._seq += 1
+        seq = self._seq
+        self._pending[name] = (seq, agent)
+        if agent is None:
+
+            def run(conn: sqlite3.Connection) -> Any:
+                return conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+        else:
+            row = (name, agent.metadata.uid, container_name(name), json.dumps(agent.to_manifest(redact=False)))
+
+            def run(conn: sqlite3.Connection) -> Any:
+                return conn.execute(
+                    "INSERT INTO agents (name, uid, container_name, manifest) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, manifest = excluded.manifest",
+                    row,
+                )
+
+        def after(_: Any) -> Agent:
+            if self._pending.get(name, (None,))[0] == seq:
+                del self._pending[name]
+            self._notify(change)
+            return change.agent.copy()
+
+        return await self._submit(run, after, change.agent.metadata.resource_version)
+
+    async def _flush(self) -> None:
+        """The group-commit loop: one transaction for everything queued, until the queue is empty."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
+                rv = max([self._committed_rv, *(write.rv for write in batch)])
+                try:
+                    results = await self._run(functools.partial(self._commit, batch, rv))
+                except sqlite3.Error as exc:
+                    self._refuse(batch + self._queue, f"store unwritable: {exc}")
+                    self._queue = []
+                    continue
+                except BaseException as exc:  # the thread is gone (closing): nobody may wait forever
+                    self._refuse(batch + self._queue, f"store write failed: {exc!r}")
+                    self._queue = []
+                    raise
+                self.batches += 1
                 self.write_error = None
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    self.write_error = f"store unwritable: {exc}"
-                    raise StoreUnavailable(self.write_error) from exc
-                raise
+                self._committed_rv = max(self._committed_rv, rv)
+                for write, result in zip(batch, results, strict=True):
+                    answer = write.after(result)
+                    if not write.future.done():
+                        write.future.set_result(answer)
+        finally:
+            self._flusher = None
+            self._idle.set()
 
-    async def _next_rv(self, db: aiosqlite.Connection) -> int:
-        await db.execute("UPDATE counters SET value = value + 1 WHERE key = 'resourceVersion'")
-        async with db.execute("SELECT value FROM counters WHERE key = 'resourceVersion'") as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
+    def _commit(self, batch: builtins.list[_Write], rv: int) -> builtins.list[Any]:
+        """On the store's thread: the whole batch in one transaction, so one fsync."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [write.run(conn) for write in batch]
+            conn.execute("UPDATE counters SET value = ? WHERE key = 'resourceVersion'", (rv,))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return results
 
-    async def _read(self, db: aiosqlite.Connection, name: str) -> Agent | None:
-        async with db.execute("SELECT manifest FROM agents WHERE name = ?", (name,)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else self._load(row[0])
-
-    async def _write(self, db: aiosqlite.Connection, agent: Agent) -> None:
-        manifest = json.dumps(agent.to_manifest(redact=False), sort_keys=True)
-        await db.execute(
-            "INSERT INTO agents (name, uid, container_name, manifest) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, manifest = excluded.manifest",
-            (agent.name, agent.metadata.uid, container_name(agent.name), manifest),
-        )
+    def _refuse(self, writes: builtins.list[_Write], error: str) -> None:
+        """A failed batch: refuse it and all queued behind it, and forget what they were going to change."""
+        self.write_error = error
+        log.warning("%s; %d queued writes refused", error, len(writes))
+        self._pending.clear()
+        self._owners = {container_name(name): name for name in self._cache}
+        self._assigned_rv = self._committed_rv
+        for write in writes:
+            if not write.future.done():
+                write.future.set_exception(StoreUnavailable(error))
 
     async def create(self, agent: Agent) -> Agent:
-        async with self._transaction() as db:
-            if await self._read(db, agent.name) is not None:
-                raise AlreadyExists(f"agent {agent.name!r} already exists")
-            async with db.execute(
-                "SELECT name FROM agents WHERE container_name = ?", (container_name(agent.name),)
-            ) as cur:
-                clash = await cur.fetchone()
-            if clash is not None:
-                raise AlreadyExists(f"agent {clash[0]!r} already uses container name {container_name(agent.name)!r}")
-            new = agent.copy()
-            new.metadata.uid = str(uuid.uuid4())
-            new.metadata.generation = 1
-            new.metadata.resource_version = await self._next_rv(db)
-            new.metadata.creation_timestamp = now_iso()
-            new.metadata.deletion_timestamp = None
-            new.status = {"phase": "Pending", "observedGeneration": 0, "restartCount": 0}
-            await self._write(db, new)
-        self._notify(Change("ADDED", new, True))
-        return new
+        if self._view(agent.name) is not None:
+            raise AlreadyExists(f"agent {agent.name!r} already exists")
+        container = container_name(agent.name)
+        owner = self._owners.get(container)
+        if owner is not None and owner != agent.name:
+            raise AlreadyExists(f"agent {owner!r} already uses container name {container!r}")
+        new = agent.copy()
+        new.metadata.uid = str(uuid.uuid4())
+        new.metadata.generation = 1
+        new.metadata.resource_version = self._next_rv()
+        new.metadata.creation_timestamp = now_iso()
+        new.metadata.deletion_timestamp = None
+        new.status = {"phase": "Pending", "observedGeneration": 0, "restartCount": 0}
+        self._owners[container] = agent.name
+        return await self._put(new, new.name, Change("ADDED", new, True))
 
     async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
         """Replace spec, labels and annotations; generation moves only when the spec changes."""
-        async with self._transaction() as db:
-            current = await self._read(db, agent.name)
-            if current is None:
-                raise NotFound(f"agent {agent.name!r} not found")
-            _check_rv(current, expected_rv)
-            if current.metadata.deletion_timestamp is not None:
-                raise Conflict(f"agent {agent.name!r} is being deleted")
-            spec_changed = current.spec != agent.spec
-            if (
-                not spec_changed
-                and current.metadata.labels == agent.metadata.labels
-                and current.metadata.annotations == agent.metadata.annotations
-            ):
-                return current
-            new = current.copy()
-            new.spec = agent.spec
-            new.metadata.labels = dict(agent.metadata.labels)
-            new.metadata.annotations = dict(agent.metadata.annotations)
-            if spec_changed:
-                new.metadata.generation += 1
-            new.metadata.resource_version = await self._next_rv(db)
-            await self._write(db, new)
-        self._notify(Change("MODIFIED", new, True))
-        return new
+        current = self._view(agent.name)
+        if current is None:
+            raise NotFound(f"agent {agent.name!r} not found")
+        _check_rv(current, expected_rv)
+        if current.metadata.deletion_timestamp is not None:
+            raise Conflict(f"agent {agent.name!r} is being deleted")
+        spec_changed = current.spec != agent.spec
+        if (
+            not spec_changed
+            and current.metadata.labels == agent.metadata.labels
+            and current.metadata.annotations == agent.metadata.annotations
+        ):
+            return await self._settled(current)
+        new = current.copy()
+        new.spec = agent.spec
+        new.metadata.labels = dict(agent.metadata.labels)
+        new.metadata.annotations = dict(agent.metadata.annotations)
+        if spec_changed:
+            new.metadata.generation += 1
+        new.metadata.resource_version = self._next_rv()
+        return await self._put(new, new.name, Change("MODIFIED", new, True))
+
+    async def _settled(self, current: Agent) -> Agent:
+        """``current`` once it is durable: an answer that changes nothing still waits for what it saw."""
+        if current.name in self._pending:
+            await self._submit(lambda conn: None, lambda _: None)
+        return current.copy()
 
     async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
-        async with self._transaction() as db:
-            current = await self._read(db, name)
-            if current is None:
-                raise NotFound(f"agent {name!r} not found")
-            _check_rv(current, expected_rv)
-            if current.metadata.deletion_timestamp is not None:
-                return current
-            new = current.copy()
-            new.metadata.deletion_timestamp = now_iso()
-            new.metadata.resource_version = await self._next_rv(db)
-            new.status["phase"] = "Terminating"
-            await self._write(db, new)
-        self._notify(Change("MODIFIED", new, True))
-        return new
+        current = self._view(name)
+        if current is None:
+            raise NotFound(f"agent {name!r} not found")
+        _check_rv(current, expected_rv)
+        if current.metadata.deletion_timestamp is not None:
+            return await self._settled(current)
+        new = current.copy()
+        new.metadata.deletion_timestamp = now_iso()
+        new.metadata.resource_version = self._next_rv()
+        new.status["phase"] = "Terminating"
+        return await self._put(new, name, Change("MODIFIED", new, True))
 
     async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
         """Write status (the controller's only write); None when the record is gone or was replaced."""
-        cached = self._cache.get(name)
-        if cached is not None and cached.metadata.uid == uid and cached.status == status:
-            return cached.copy()  # unchanged: no transaction, no fsync
-        async with self._transaction() as db:
-            current = await self._read(db, name)
-            if current is None or current.metadata.uid != uid:
-                return None
-            if current.status == status:
-                return current
-            new = current.copy()
-            new.status = dict(status)
-            new.metadata.resource_version = await self._next_rv(db)
-            await self._write(db, new)
-        self._notify(Change("MODIFIED", new, False))
-        return new
+        current = self._view(name)
+        if current is None or current.metadata.uid != uid:
+            return None
+        if current.status == status:
+            return await self._settled(current)  # unchanged: nothing to write
+        new = current.copy()
+        new.status = copy.deepcopy(status)
+        new.metadata.resource_version = self._next_rv()
+        return await self._put(new, name, Change("MODIFIED", new, False))
 
     async def purge(self, name: str, uid: str) -> bool:
-        async with self._transaction() as db:
-            current = await self._read(db, name)
-            if current is None or current.metadata.uid != uid:
-                return False
-            rv = await self._next_rv(db)
-            await db.execute("DELETE FROM agents WHERE name = ?", (name,))
+        current = self._view(name)
+        if current is None or current.metadata.uid != uid:
+            return False
         gone = current.copy()
-        gone.metadata.resource_version = rv
-        self._notify(Change("DELETED", gone, True))
+        gone.metadata.resource_version = self._next_rv()
+        self._owners.pop(container_name(name), None)
+        await self._put(None, name, Change("DELETED", gone, True))
         return True
 
     async def current_rv(self) -> int:
-        try:
-            async with self.db.execute("SELECT value FROM counters WHERE key = 'resourceVersion'") as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unreadable: {exc}") from exc
-        return int(row[0]) if row else 0
+        """The last committed resourceVersion (every committed change has one at most this)."""
+        return self._committed_rv
 
     async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent:
         """Record an event; the same event again within 10 minutes bumps its count instead."""
         now, stamp = time.time(), now_iso()
         labels = json.dumps(agent.metadata.labels, sort_keys=True)
-        async with self._transaction() as db:
-            rv = await self._next_rv(db)
-            async with db.execute(
+        name, uid = agent.name, agent.metadata.uid
+        rv = self._next_rv()
+
+        def run(conn: sqlite3.Connection) -> tuple[int, str]:
+            row = conn.execute(
                 "SELECT id, count, first_ts FROM events WHERE agent = ? AND uid = ? AND type = ? AND reason = ? "
                 "AND message = ? AND last_epoch >= ? ORDER BY id DESC LIMIT 1",
-                (agent.name, agent.metadata.uid, type_, reason, message, now - EVENT_AGGREGATE_SECONDS),
-            ) as cur:
-                row = await cur.fetchone()
+                (name, uid, type_, reason, message, now - EVENT_AGGREGATE_SECONDS),
+            ).fetchone()
             if row is not None:
                 count, first = int(row[1]) + 1, str(row[2])
-                await db.execute(
+                conn.execute(
                     "UPDATE events SET count = ?, last_ts = ?, last_epoch = ?, rv = ?, labels = ? WHERE id = ?",
                     (count, stamp, now, rv, labels, row[0]),
                 )
-            else:
-                count, first = 1, stamp
-                await db.execute(
-                    "INSERT INTO events (agent, uid, type, reason, message, count, first_ts, last_ts, last_epoch, rv,"
-                    " labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (agent.name, agent.metadata.uid, type_, reason, message, count, first, stamp, now, rv, labels),
-                )
-                await db.execute(
-                    "DELETE FROM events WHERE agent = ? AND id NOT IN "
-                    "(SELECT id FROM events WHERE agent = ? ORDER BY rv DESC LIMIT ?)",
-                    (agent.name, agent.name, EVENTS_PER_AGENT),
-                )
-                await db.execute("DELETE FROM events WHERE last_epoch < ?", (now - EVENT_TTL_SECONDS,))
-        event = AgentEvent(
-            agent.name, agent.metadata.uid, type_, reason, message, count, first, stamp, rv, dict(agent.metadata.labels)
-        )
-        for queue in self._event_subscribers:
-            queue.put_nowait(event)
-        return event
+                return count, first
+            conn.execute(
+                "INSERT INTO events (agent, uid, type, reason, message, count, first_ts, last_ts, last_epoch, rv,"
+                " labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, uid, type_, reason, message, 1, stamp, stamp, now, rv, labels),
+            )
+            conn.execute(
+                "DELETE FROM events WHERE agent = ? AND id NOT IN "
+                "(SELECT id FROM events WHERE agent = ? ORDER BY rv DESC LIMIT ?)",
+                (name, name, EVENTS_PER_AGENT),
+            )
+            conn.execute("DELETE FROM events WHERE last_epoch < ?", (now - EVENT_TTL_SECONDS,))
+            return 1, stamp
+
+        def after(result: tuple[int, str]) -> AgentEvent:
+            count, first = result
+            event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
+            for queue in self._event_subscribers:
+                queue.put_nowait(event)
+            return event
+
+        return await self._submit(run, after, rv)
 
     async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]:
         """Events of an agent, oldest first; only those of one incarnation when ``uid`` is given."""
@@ -413,11 +519,7 @@ class SqliteStore:
             args += (uid,)
         query += " AND last_epoch >= ? ORDER BY rv"
         args += (time.time() - EVENT_TTL_SECONDS,)
-        try:
-            async with self.db.execute(query, args) as cur:
-                rows = await cur.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+        rows = await self._read_query(query, args)
         return [
             AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
         ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -158,3 +160,68 @@ async def test_repeated_events_are_counted_not_repeated_and_bounded(store: Sqlit
     events = await store.list_events("a")
     assert len(events) == 50
     assert events[-1].message == "event 59"
+
+
+async def test_concurrent_writes_share_commits_and_are_announced_in_version_order(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    feed = store.subscribe()
+    names = [f"a{i}" for i in range(200)]
+    created = await asyncio.gather(*(store.create(agent({"name": n, "type": "claude"}, s)) for n in names))
+    assert store.batches < 20, f"200 concurrent creates took {store.batches} commits"
+    versions = [c.agent.metadata.resource_version for c in (feed.get_nowait() for _ in range(feed.qsize()))]
+    assert len(versions) == 200 and versions == sorted(versions) and len(set(versions)) == 200
+    assert sorted(c.metadata.resource_version for c in created) == versions
+    assert await store.current_rv() == versions[-1]
+    await store.close()
+    reopened = SqliteStore(s.store_path, spec_defaults(s))
+    await reopened.open()
+    try:
+        assert [a.name for a in await reopened.list()] == sorted(names)
+        assert await reopened.current_rv() == versions[-1]
+    finally:
+        await reopened.close()
+        await store.open()  # the fixture closes it again
+
+
+async def test_a_name_taken_by_a_write_not_yet_committed_is_refused(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    results = await asyncio.gather(
+        store.create(agent({"name": "same", "type": "claude"}, s)),
+        store.create(agent({"name": "same", "type": "codex"}, s)),
+        store.create(agent({"name": "agent-same", "type": "codex"}, s)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Agent)
+    assert isinstance(results[1], AlreadyExists)
+    assert isinstance(results[2], AlreadyExists) and "parallax-agent-same" in str(results[2])
+    assert (await store.get("same")).spec.type == "claude"
+
+
+async def test_a_failed_commit_refuses_its_batch_and_keeps_what_was_stored(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    s = settings(tmp_path)
+    kept = await store.create(agent({"name": "kept", "type": "claude"}, s))
+    feed = store.subscribe()
+
+    def disk_full(batch: object, rv: int) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_commit", disk_full)
+    results = await asyncio.gather(
+        store.create(agent({"name": "new", "type": "claude"}, s)),
+        store.replace(agent({"name": "kept", "type": "codex"}, s)),
+        store.update_status("kept", kept.metadata.uid, {"phase": "Running"}),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) and "disk is full" in str(r) for r in results), results
+    assert store.write_error is not None and feed.empty()
+    assert await store.current_rv() == kept.metadata.resource_version
+    with pytest.raises(NotFound):
+        await store.get("new")
+    assert (await store.get("kept")).spec.type == "claude"
+    monkeypatch.undo()
+    # The refused writes left nothing behind: the same create works, and takes the next version.
+    again = await store.create(agent({"name": "new", "type": "claude"}, s))
+    assert again.metadata.resource_version == kept.metadata.resource_version + 1
+    assert store.write_error is None
