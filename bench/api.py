@@ -65,6 +65,18 @@ async def wait_up(session: aiohttp.ClientSession, url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+async def all_reconciled(session: aiohttp.ClientSession, url: str, names: set[str]) -> float:
+    """Seconds until every posted agent's status says Suspended (the GETs then run on a quiet controller)."""
+    started = time.perf_counter()
+    while True:
+        async with session.get(url + "/agents") as resp:
+            items = (await resp.json())["items"]
+        done = sum(1 for a in items if a["metadata"]["name"] in names and a["status"].get("phase") == "Suspended")
+        if done == len(names):
+            return time.perf_counter() - started
+        await asyncio.sleep(0.2)
+
+
 def row(label: str, rps: float, latencies: list[float]) -> str:
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     return f"{label:34} {rps:>8.0f} {p50:>8.1f} {p99:>8.1f}"
@@ -104,6 +116,8 @@ async def main() -> None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
             print(row("parallax POST /agents", post_rps, post_lat))
+            settled = await all_reconciled(session, server.url, set(names))
+            print(f"  (all {len(names)} reconciled to Suspended {settled:.1f} s after the last POST answered)")
             get_rps, get_lat = await load(
                 session,
                 args.clients,
