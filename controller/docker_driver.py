@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import aiodocker
@@ -165,6 +166,55 @@ def _resource_refusal(message: str) -> bool:
     )
 
 
+def _classify(exc: aiodocker.DockerError, doing: str) -> AgentError:
+    """The error code of a refused create or start, from what Docker said."""
+    message = exc.message or str(exc)
+    lowered = message.lower()
+    if exc.status == 404 and ("image" in lowered or "no such image" in lowered):
+        return AgentError(IMAGE_NOT_FOUND, f"{doing}: image not found locally: {message}")
+    if "network" in lowered or "endpoint" in lowered or "address pool" in lowered:
+        return AgentError(NETWORK_ERROR, f"{doing}: {message}")
+    if _resource_refusal(message):
+        return AgentError(RESOURCE_LIMIT, f"{doing}: Docker refused the limits: {message}")
+    return AgentError(CONTAINER_ERROR, f"{doing}: {message}")
+
+
+class _DockerCall:
+    """``with _DockerCall(doing, code):`` maps a failed Docker call to an ``AgentError``: an unreachable
+    daemon is SOCKET_ERROR, an error answer is ``code`` with what was being done (or, with ``classify``,
+    the code its message implies). ``absent_ok`` (404), ``tolerate`` (other statuses) and ``busy_ok``
+    ("already in progress") end the block quietly instead: the code after the ``with`` says what that means.
+    """
+
+    def __init__(
+        self,
+        doing: str,
+        code: str = CONTAINER_ERROR,
+        *,
+        absent_ok: bool = False,
+        tolerate: tuple[int, ...] = (),
+        busy_ok: bool = False,
+        classify: bool = False,
+    ) -> None:
+        self.doing, self.code, self.classify = doing, code, classify
+        self.quiet = ((404,) if absent_ok else ()) + tolerate
+        self.busy_ok = busy_ok
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(exc, _UNREACHABLE):
+            raise _unreachable(exc) from exc
+        if not isinstance(exc, aiodocker.DockerError):
+            return False
+        if exc.status in self.quiet or (self.busy_ok and "already in progress" in (exc.message or "")):
+            return True
+        if self.classify:
+            raise _classify(exc, self.doing) from exc
+        raise AgentError(self.code, f"{self.doing} failed: {exc.message}") from exc
+
+
 class DockerDriver:
     def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
         self.settings = settings
@@ -198,65 +248,40 @@ class DockerDriver:
 
     @_timed
     async def ping(self) -> None:
-        try:
+        with _DockerCall("pinging the Docker daemon", SOCKET_ERROR):
             await self.docker.version()
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(SOCKET_ERROR, f"Docker daemon answered ping with {exc.status}") from exc
 
     @_timed
     async def list_agent_names(self) -> set[str]:
         """Names of the agents that containers of this instance belong to (one call, no inspects)."""
-        try:
+        with _DockerCall("listing containers", SOCKET_ERROR):
             found = await self.docker.containers.list(all=True, filters=self._filters())
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(SOCKET_ERROR, f"listing containers failed: {exc.message}") from exc
         return {str(c["Labels"][LABEL_AGENT]) for c in found if (c["Labels"] or {}).get(LABEL_AGENT)}
 
     @_timed
     async def list_containers(self, agent: str | None = None) -> list[ContainerInfo]:
         """Containers of this controller instance (all states), optionally of one agent, inspected."""
         filters = self._filters(**({LABEL_AGENT: agent} if agent else {}))
-        try:
+        with _DockerCall("listing containers", SOCKET_ERROR):
             found = await self.docker.containers.list(all=True, filters=filters)
-            infos = []
-            for container in found:
-                try:
-                    infos.append(ContainerInfo.from_inspect(await container.show()))
-                except aiodocker.DockerError as exc:
-                    if exc.status != 404:  # removed between list and inspect
-                        raise
-            return infos
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(SOCKET_ERROR, f"listing containers failed: {exc.message}") from exc
+        infos = []
+        for container in found:
+            with _DockerCall("inspecting a listed container", SOCKET_ERROR, absent_ok=True):  # gone since: skip
+                infos.append(ContainerInfo.from_inspect(await container.show()))
+        return infos
 
     @_timed
     async def inspect(self, container_id: str) -> ContainerInfo | None:
-        try:
+        with _DockerCall(f"inspecting {container_id[:12]}", CONTAINER_ERROR, absent_ok=True):
             return ContainerInfo.from_inspect(await self.docker.containers.container(container_id).show())
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise AgentError(CONTAINER_ERROR, f"inspecting {container_id[:12]} failed: {exc.message}") from exc
+        return None
 
     @_timed
     async def image_exists(self, image: str) -> bool:
-        try:
+        with _DockerCall(f"inspecting image {image}", IMAGE_NOT_FOUND, absent_ok=True):
             await self.docker.images.inspect(image)
             return True
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise AgentError(IMAGE_NOT_FOUND, f"inspecting image {image} failed: {exc.message}") from exc
+        return False
 
     @_timed
     async def ensure_network(self, name: str) -> bool:
@@ -279,35 +304,24 @@ class DockerDriver:
         self._networks_seen.discard(name)
 
     async def _dedupe_network(self, name: str) -> None:
-        try:
+        with _DockerCall(f"listing networks named {name!r}", NETWORK_ERROR):
             found = [n for n in await self.docker.networks.list(filters={"name": [name]}) if n.get("Name") == name]
-            if len(found) < 2:
-                return
-            found.sort(key=lambda n: str(n.get("Created", "")))
-            for extra in found[1:]:
-                labels = extra.get("Labels") or {}
-                if labels.get(LABEL_MANAGED) == "true" and not await self.network_in_use(extra["Id"]):
-                    await self.remove_network(extra["Id"])
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(NETWORK_ERROR, f"listing networks named {name!r} failed: {exc.message}") from exc
+        found.sort(key=lambda n: str(n.get("Created", "")))
+        for extra in found[1:]:
+            labels = extra.get("Labels") or {}
+            if labels.get(LABEL_MANAGED) == "true" and not await self.network_in_use(extra["Id"]):
+                await self.remove_network(extra["Id"])
 
     async def _ensure_network(self, name: str) -> bool:
-        try:
-            try:
-                info = await self.docker.networks.get(name)
-                data = await info.show()
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-            else:
-                if data.get("Driver") != "bridge":
-                    raise AgentError(
-                        NETWORK_ERROR,
-                        f"network {name!r} exists with driver {data.get('Driver')!r}, which agents cannot join",
-                    )
-                return False
+        with _DockerCall(f"inspecting network {name!r}", NETWORK_ERROR, absent_ok=True):
+            data = await (await self.docker.networks.get(name)).show()
+            if data.get("Driver") != "bridge":
+                raise AgentError(
+                    NETWORK_ERROR,
+                    f"network {name!r} exists with driver {data.get('Driver')!r}, which agents cannot join",
+                )
+            return False
+        with _DockerCall(f"creating network {name!r}", NETWORK_ERROR, tolerate=(409,)):  # 409: made meanwhile
             await self.docker.networks.create(
                 {
                     "Name": name,
@@ -317,57 +331,30 @@ class DockerDriver:
                 }
             )
             return True
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status == 409:  # created concurrently by someone else: fine
-                return False
-            raise AgentError(NETWORK_ERROR, f"network {name!r} could not be created: {exc.message}") from exc
+        return False
 
     @_timed
     async def create_container(self, name: str, config: dict[str, Any]) -> str:
-        try:
+        with _DockerCall(f"creating container {name}", classify=True):
             container = await self.docker.containers.create(config, name=name)
-            return str(container.id)
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise self._classify(exc, f"creating container {name}") from exc
+        return str(container.id)
 
     @_timed
     async def start(self, container_id: str) -> None:
-        try:
+        with _DockerCall(f"starting container {container_id[:12]}", classify=True):
             await self.docker.containers.container(container_id).start()
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise self._classify(exc, f"starting container {container_id[:12]}") from exc
 
     @_timed
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds`` (Docker's own stop does exactly this)."""
-        try:
-            await self.docker.containers.container(container_id).stop(
-                t=grace_seconds,
-                timeout=aiohttp.ClientTimeout(total=grace_seconds + self.settings.docker_timeout_seconds),
-            )
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status in (304, 404):
-                return
-            raise AgentError(CONTAINER_ERROR, f"stopping {container_id[:12]} failed: {exc.message}") from exc
+        timeout = aiohttp.ClientTimeout(total=grace_seconds + self.settings.docker_timeout_seconds)
+        with _DockerCall(f"stopping {container_id[:12]}", CONTAINER_ERROR, tolerate=(304, 404)):
+            await self.docker.containers.container(container_id).stop(t=grace_seconds, timeout=timeout)
 
     @_timed
     async def remove(self, container_id: str) -> None:
-        try:
+        with _DockerCall(f"removing {container_id[:12]}", CONTAINER_ERROR, absent_ok=True, busy_ok=True):
             await self.docker.containers.container(container_id).delete(force=True, v=False)
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status == 404 or "already in progress" in exc.message:
-                return
-            raise AgentError(CONTAINER_ERROR, f"removing {container_id[:12]} failed: {exc.message}") from exc
 
     @_timed
     async def recent_output(self, container_id: str, lines: int) -> list[str]:
@@ -381,98 +368,57 @@ class DockerDriver:
 
     @_timed
     async def rename(self, container_id: str, name: str) -> None:
-        try:
+        with _DockerCall(f"renaming {container_id[:12]} to {name}", CONTAINER_ERROR):
             await self.docker.containers.container(container_id).rename(name)
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(CONTAINER_ERROR, f"renaming {container_id[:12]} to {name} failed: {exc.message}") from exc
 
     async def connect_network(self, container_id: str, network: str, aliases: list[str]) -> None:
-        try:
+        with _DockerCall(f"connecting {container_id[:12]} to {network!r}", NETWORK_ERROR):
             found = await self.docker.networks.get(network)
             await found.connect({"Container": container_id, "EndpointConfig": {"Aliases": aliases}})
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(
-                NETWORK_ERROR, f"connecting {container_id[:12]} to {network!r} failed: {exc.message}"
-            ) from exc
 
     async def managed_networks(self) -> list[dict[str, Any]]:
-        try:
+        with _DockerCall("listing networks", NETWORK_ERROR):
             networks = await self.docker.networks.list(
                 filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.settings.instance}"]}
             )
-            return [dict(n) for n in networks]
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(NETWORK_ERROR, f"listing networks failed: {exc.message}") from exc
+        return [dict(n) for n in networks]
 
     @_timed
     async def network_in_use(self, network_id: str) -> bool:
-        try:
+        with _DockerCall("inspecting network", NETWORK_ERROR, absent_ok=True):
             data = await self.docker.networks.get(network_id)
             return bool((await data.show()).get("Containers"))
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise AgentError(NETWORK_ERROR, f"inspecting network failed: {exc.message}") from exc
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
+        return False
 
     @_timed
     async def remove_network(self, network_id: str) -> None:
-        try:
-            network = await self.docker.networks.get(network_id)
-            await network.delete()
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return
-            raise AgentError(NETWORK_ERROR, f"removing network failed: {exc.message}") from exc
+        with _DockerCall("removing network", NETWORK_ERROR, absent_ok=True):
+            await (await self.docker.networks.get(network_id)).delete()
 
     @_timed
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
         """Create the named volume with ``labels``; True when created. An existing volume is used only
         if it carries the same labels: a volume of someone else's is never mounted into an agent."""
-        try:
-            try:
-                data = await (await self.docker.volumes.get(name)).show()  # type: ignore[no-untyped-call]
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-            else:
-                found = data.get("Labels") or {}
-                if any(found.get(key) != value for key, value in labels.items()):
-                    raise AgentError(
-                        CONTAINER_ERROR, f"volume {name} exists but is not this agent's (labels differ); remove it"
-                    )
-                return False
+        with _DockerCall(f"inspecting volume {name}", CONTAINER_ERROR, absent_ok=True):
+            data = await (await self.docker.volumes.get(name)).show()  # type: ignore[no-untyped-call]
+            found = data.get("Labels") or {}
+            if any(found.get(key) != value for key, value in labels.items()):
+                raise AgentError(
+                    CONTAINER_ERROR, f"volume {name} exists but is not this agent's (labels differ); remove it"
+                )
+            return False
+        with _DockerCall(f"creating volume {name}", CONTAINER_ERROR):
             await self.docker.volumes.create({"Name": name, "Driver": "local", "Labels": labels})  # type: ignore[no-untyped-call]
-            return True
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(CONTAINER_ERROR, f"volume {name} could not be created: {exc.message}") from exc
+        return True
 
     @_timed
     async def remove_volume(self, name: str, labels: dict[str, str]) -> None:
         """Remove the named volume if it carries ``labels``; a missing volume is fine."""
-        try:
+        with _DockerCall(f"removing volume {name}", CONTAINER_ERROR, absent_ok=True):
             volume = await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
             found = (await volume.show()).get("Labels") or {}
-            if any(found.get(key) != value for key, value in labels.items()):
-                return
-            await volume.delete()
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return
-            raise AgentError(CONTAINER_ERROR, f"removing volume {name} failed: {exc.message}") from exc
+            if all(found.get(key) == value for key, value in labels.items()):
+                await volume.delete()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """One connection to Docker's event stream; it ends when the connection does (no retry here)."""
@@ -502,17 +448,6 @@ class DockerDriver:
         finally:
             await events.stop()  # type: ignore[no-untyped-call]
 
-    def _classify(self, exc: aiodocker.DockerError, doing: str) -> AgentError:
-        message = exc.message or str(exc)
-        lowered = message.lower()
-        if exc.status == 404 and ("image" in lowered or "no such image" in lowered):
-            return AgentError(IMAGE_NOT_FOUND, f"{doing}: image not found locally: {message}")
-        if "network" in lowered or "endpoint" in lowered or "address pool" in lowered:
-            return AgentError(NETWORK_ERROR, f"{doing}: {message}")
-        if _resource_refusal(message):
-            return AgentError(RESOURCE_LIMIT, f"{doing}: Docker refused the limits: {message}")
-        return AgentError(CONTAINER_ERROR, f"{doing}: {message}")
-
 
 class LiveDocker:
     """Read-only and interactive views of a running container (logs, stats, stdin): the API's direct
@@ -536,7 +471,7 @@ class LiveDocker:
             params["since"] = str(since)
         total = None if follow else self.driver.settings.docker_timeout_seconds
         timeout = aiohttp.ClientTimeout(total=total, sock_read=None if follow else total, connect=5)
-        try:
+        with _DockerCall("reading logs"):
             async with self.driver.docker._query(
                 f"containers/{container_id}/logs", method="GET", params=params, timeout=timeout
             ) as response:
@@ -554,30 +489,18 @@ class LiveDocker:
                 for rest in pending.values():
                     if rest:
                         yield rest.decode(errors="replace")
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(CONTAINER_ERROR, f"reading logs failed: {exc.message}") from exc
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One stats sample (Docker's one-shot: no second sample, so no ~1 s wait)."""
-        try:
+        with _DockerCall("reading stats"):
             data = await self.driver.docker._query_json(
                 f"containers/{container_id}/stats", method="GET", params={"stream": "0", "one-shot": "1"}
             )
-            return dict(data) if isinstance(data, dict) else {}
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(CONTAINER_ERROR, f"reading stats failed: {exc.message}") from exc
+        return dict(data) if isinstance(data, dict) else {}
 
     async def write_stdin(self, container_id: str, data: bytes) -> None:
         """Write to the container's stdin through the attach stream (no shell, no quoting)."""
-        try:
+        with _DockerCall("attaching to stdin"):
             stream = self.driver.docker.containers.container(container_id).attach(stdin=True)
             async with stream:
                 await stream.write_in(data)
-        except _UNREACHABLE as exc:
-            raise _unreachable(exc) from exc
-        except aiodocker.DockerError as exc:
-            raise AgentError(CONTAINER_ERROR, f"attaching to stdin failed: {exc.message}") from exc
