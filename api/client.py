@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from http.client import HTTPResponse
-from typing import Any
+from typing import Any, cast
 
 DEFAULT_SERVER = "http://127.0.0.1:3200"
 SERVER_ENV = "PARALLAX_SERVER"
@@ -78,23 +78,6 @@ class ApiClient:
         params = {k: _query_value(v) for k, v in (query or {}).items() if v is not None and v is not False}
         return self.server + path + ("?" + urllib.parse.urlencode(params) if params else "")
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: dict[str, Any] | None = None,
-        body: bytes | None = None,
-        content_type: str | None = None,
-        accept: str = "application/json",
-    ) -> urllib.request.Request:
-        headers = {"Accept": accept, "User-Agent": "parallax-cli"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return urllib.request.Request(self.url(path, query), data=body, headers=headers, method=method)
-
     def open(
         self,
         method: str,
@@ -105,14 +88,22 @@ class ApiClient:
         content_type: str | None = None,
         accept: str = "application/json",
         timeout: float | None = -1.0,
+        ok: tuple[int, ...] = (),
     ) -> HTTPResponse:
-        """The open response (for streams); raises ``ApiError`` for an error status."""
-        request = self._request(method, path, query=query, body=body, content_type=content_type, accept=accept)
+        """The open response (for streams); an error status raises ``ApiError`` unless listed in ``ok``."""
+        headers = {"Accept": accept, "User-Agent": "parallax-cli"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url(path, query), data=body, headers=headers, method=method)
         try:
             response: HTTPResponse = urllib.request.urlopen(
                 request, timeout=self.timeout if timeout == -1.0 else timeout
             )
         except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return cast(HTTPResponse, exc)  # an HTTPError is a readable response as well
             raise self._error(exc.code, exc.headers, exc.read()) from None
         except urllib.error.URLError as exc:
             raise self._unreachable(exc.reason) from None
@@ -137,21 +128,11 @@ class ApiClient:
         """A whole request; error statuses raise ``ApiError`` unless listed in ``ok``."""
         if json_body is not None:
             body, content_type = json.dumps(json_body).encode(), "application/json"
-        request = self._request(method, path, query=query, body=body, content_type=content_type)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout if timeout == -1.0 else timeout) as response:
-                return Response(response.status, response.headers, response.read())
-        except urllib.error.HTTPError as exc:
-            data = exc.read()
-            if exc.code in ok:
-                return Response(exc.code, exc.headers, data)
-            raise self._error(exc.code, exc.headers, data) from None
-        except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from None
-        except TimeoutError as exc:
-            raise ServerUnreachable(f"the Parallax server at {self.server} did not answer in time ({exc})") from None
-        except (ConnectionError, OSError) as exc:
-            raise self._unreachable(exc) from None
+        with self.open(method, path, query=query, body=body, content_type=content_type, timeout=timeout, ok=ok) as resp:
+            try:
+                return Response(resp.status, resp.headers, resp.read())
+            except (ConnectionError, OSError) as exc:  # TimeoutError included
+                raise self._unreachable(exc) from None
 
     def _unreachable(self, reason: object) -> ServerUnreachable:
         text = getattr(reason, "strerror", None) or str(reason)
