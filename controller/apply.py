@@ -22,7 +22,7 @@ from controller.config import Settings
 from controller.model import REDACTED, Agent, container_name, keep_stored_secrets
 from controller.plan import Plan, plan_apply, plan_delete
 from controller.schema import MANIFEST_KEYS, is_manifest
-from controller.store import AlreadyExists, Conflict, NotFound, Store, StoreError
+from controller.store import AlreadyExists, Conflict, NotFound, Store, StoreError, StoreUnavailable, Write
 from controller.yaml_loader import Document
 
 log = logging.getLogger("parallax.apply")
@@ -172,16 +172,65 @@ class Applier:
                         result.plan = None
                 report.prune_skipped = "a document failed, so nothing was applied"
                 return report
-            if not dry_run:
+            pruned = self._prunable(stored_all, results, prune, prune_cause) if prune is not None else []
+            if dry_run:
+                report.pruned = pruned
+            elif atomic:
+                await self._write_together(results, pruned, report, prune_cause)
+            else:
                 for result in results:
                     if not result.errors:
                         await self._write(result)
-            if prune is not None:
-                if report.failed:
+                if prune is not None and report.failed:
                     report.prune_skipped = "a document failed, so nothing was pruned"
-                else:
-                    report.pruned = await self._prune(stored_all, results, prune, prune_cause, dry_run)
+                elif prune is not None:
+                    report.pruned = [result for result in pruned if await self._delete(result, prune_cause)]
             return report
+
+    async def _write_together(
+        self, results: list[DocResult], pruned: list[DocResult], report: ApplyReport, cause: str
+    ) -> None:
+        """Every change and every prune in one store commit, or none of them: a write made meanwhile by
+        someone else (a direct PUT, say) that one of them now conflicts with stops them all."""
+        changing = [r for r in results if r.plan is not None and r.plan.outcome in ("created", "configured")]
+        writes = [
+            Write("create" if r.plan.outcome == "created" else "replace", r.submitted.name, r.submitted)
+            for r in changing
+            if r.plan is not None and r.submitted is not None
+        ] + [Write("delete", r.name or "") for r in pruned]
+        try:
+            written = await self.store.write_all(writes)
+        except StoreError as exc:
+            kind: ErrorKind = "unavailable" if isinstance(exc, StoreUnavailable) else "conflict"
+            culprit = (changing + pruned)[exc.index] if exc.index is not None else None
+            for result in results:
+                if result is culprit:
+                    result.fail(f"{exc}; nothing was applied: apply again", kind=kind)
+                elif culprit is None:
+                    result.fail(f"{exc}; nothing was applied", kind=kind)
+                else:
+                    result.outcome, result.plan = "skipped", None
+            if any(p is culprit for p in pruned):
+                assert culprit is not None
+                culprit.fail(f"{exc}; nothing was applied: apply again", kind=kind)
+                report.pruned = [culprit]
+            report.prune_skipped = "the write failed, so nothing was applied or pruned"
+            return
+        for result, agent in zip(changing + pruned, written, strict=True):
+            result.agent = agent
+        for result in results:
+            if result.agent is None and result.plan is not None:
+                result.agent = result.stored  # unchanged
+        events = []
+        for result in changing:
+            assert result.plan is not None and result.agent is not None
+            message = "; ".join(str(step) for step in result.plan.steps) or result.plan.outcome
+            events.append(self._event(result.agent, "Applied", f"{result.plan.outcome} by apply: {message}"))
+        for result in pruned:
+            assert result.agent is not None
+            events.append(self._event(result.agent, "Pruned", f"deleted by apply: {cause}"))
+        await asyncio.gather(*events)  # one commit for all of them
+        report.pruned = pruned
 
     def _admit(self, doc: Document, stamp: Stamp | None) -> DocResult:
         result = DocResult(doc.index, doc.line, _document_name(doc.body), doc=doc)
@@ -276,31 +325,29 @@ class Applier:
         message = "; ".join(str(step) for step in result.plan.steps) or result.plan.outcome
         await self._event(result.agent, "Applied", f"{result.plan.outcome} by apply: {message}")
 
-    async def _prune(
-        self,
-        stored_all: dict[str, Agent],
-        results: list[DocResult],
-        prune: Callable[[Agent], bool],
-        cause: str,
-        dry_run: bool,
+    def _prunable(
+        self, stored_all: dict[str, Agent], results: list[DocResult], prune: Callable[[Agent], bool], cause: str
     ) -> list[DocResult]:
+        """The stored agents that ``prune`` selects and the applied set no longer names."""
         keep = {r.name for r in results if r.name}
-        pruned: list[DocResult] = []
-        for agent in stored_all.values():
-            if agent.name in keep or agent.metadata.deletion_timestamp is not None or not prune(agent):
-                continue
-            result = DocResult(-1, None, agent.name, "pruned", plan_delete(agent, cause), stored=agent)
-            if not dry_run:
-                try:
-                    result.agent = await self.store.mark_deleted(agent.name)
-                except NotFound:
-                    continue
-                except StoreError as exc:
-                    result.fail(str(exc), kind="unavailable")
-                else:
-                    await self._event(result.agent, "Pruned", f"deleted by apply: {cause}")
-            pruned.append(result)
-        return pruned
+        return [
+            DocResult(-1, None, agent.name, "pruned", plan_delete(agent, cause), stored=agent)
+            for agent in stored_all.values()
+            if agent.name not in keep and agent.metadata.deletion_timestamp is None and prune(agent)
+        ]
+
+    async def _delete(self, result: DocResult, cause: str) -> bool:
+        """Mark one pruned agent deleted (the non-atomic path); False when it was already gone."""
+        assert result.name is not None
+        try:
+            result.agent = await self.store.mark_deleted(result.name)
+        except NotFound:
+            return False
+        except StoreError as exc:
+            result.fail(str(exc), kind="unavailable")
+        else:
+            await self._event(result.agent, "Pruned", f"deleted by apply: {cause}")
+        return True
 
     async def _event(self, agent: Agent, reason: str, message: str) -> None:
         with contextlib.suppress(StoreError):

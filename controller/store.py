@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast
 
@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """Base of the store's errors; the API maps each to an HTTP status."""
+
+    index: int | None = None
+    """For ``Store.write_all``: the position of the write that was refused."""
 
 
 class NotFound(StoreError):
@@ -96,6 +99,16 @@ EVENT_TTL_SECONDS = 3600
 EVENT_AGGREGATE_SECONDS = 600
 
 
+@dataclass(frozen=True)
+class Write:
+    """One write of ``Store.write_all``: create or replace ``agent``, or mark agent ``name`` deleted."""
+
+    op: Literal["create", "replace", "delete"]
+    name: str
+    agent: Agent | None = None
+    expected_rv: str | None = None
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -105,6 +118,7 @@ class Store(Protocol):
     async def create(self, agent: Agent) -> Agent: ...
     async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent: ...
     async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent: ...
+    async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]: ...
     async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None: ...
     async def purge(self, name: str, uid: str) -> bool: ...
     def subscribe(self) -> asyncio.Queue[Change]: ...
@@ -157,6 +171,27 @@ class _Write:
     after: Callable[[Any], Any]
     """Called on the event loop once the batch is durable, with what ``run`` returned; its result is the
     caller's answer (and it is where the cache is updated and watchers are told, in commit order)."""
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A checked write: the record to answer with, and the change to commit (None: nothing to write)."""
+
+    name: str
+    answer: Agent
+    change: Change | None
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _constant(value: T, _: Any) -> T:
+    return value
+
+
+async def _resolved(value: T) -> T:
+    return value
 
 
 class SqliteStore:
@@ -291,26 +326,35 @@ class SqliteStore:
         self._assigned_rv += 1
         return self._assigned_rv
 
-    async def _submit(self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], T], rv: int = 0) -> T:
+    def _enqueue(
+        self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], Any], rv: int = 0
+    ) -> Awaitable[Any]:
+        """Queue a write for the next group commit; the returned awaitable is its answer once durable."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Write(run, rv, future, after))
         if self._flusher is None:
             self._idle.clear()
             self._flusher = asyncio.create_task(self._flush(), name="store-group-commit")
         # The write is in a batch now: a caller that gives up does not take it back.
-        return cast(T, await asyncio.shield(future))
+        return asyncio.shield(future)
 
-    async def _put(self, agent: Agent | None, name: str, change: Change) -> Agent:
-        """Queue writing (or, with ``agent`` None, deleting) a record; ``change`` is announced once durable."""
+    async def _submit(self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], T], rv: int = 0) -> T:
+        return cast(T, await self._enqueue(run, after, rv))
+
+    def _put(self, staged: _Staged) -> Awaitable[Any]:
+        """Queue writing (or, for a purge, deleting) a staged record; its change is announced once durable."""
+        name, change = staged.name, staged.change
+        assert change is not None
         self._seq += 1
         seq = self._seq
-        self._pending[name] = (seq, agent)
-        if agent is None:
+        self._pending[name] = (seq, None if change.type == "DELETED" else change.agent)
+        if change.type == "DELETED":
 
             def run(conn: sqlite3.Connection) -> Any:
                 return conn.execute("DELETE FROM agents WHERE name = ?", (name,))
 
         else:
+            agent = change.agent
             row = (name, agent.metadata.uid, container_name(name), json.dumps(agent.to_manifest(redact=False)))
 
             def run(conn: sqlite3.Connection) -> Any:
@@ -326,7 +370,21 @@ class SqliteStore:
             self._notify(change)
             return change.agent.copy()
 
-        return await self._submit(run, after, change.agent.metadata.resource_version)
+        return self._enqueue(run, after, change.agent.metadata.resource_version)
+
+    async def _write_staged(self, staged: builtins.list[_Staged]) -> builtins.list[Agent]:
+        """Queue the staged writes together (so they share one commit) and answer once they are durable.
+        A record that needs no write still waits for a queued write of it that its answer has seen."""
+        waits: builtins.list[Awaitable[Any]] = []
+        for item in staged:
+            answer = item.answer.copy()
+            if item.change is not None:
+                waits.append(self._put(item))
+            elif item.name in self._pending:
+                waits.append(self._enqueue(_nothing, functools.partial(_constant, answer)))
+            else:
+                waits.append(_resolved(answer))
+        return list(await asyncio.gather(*waits))
 
     async def _flush(self) -> None:
         """The group-commit loop: one transaction for everything queued, until the queue is empty."""
@@ -380,8 +438,11 @@ class SqliteStore:
             if not write.future.done():
                 write.future.set_exception(StoreUnavailable(error))
 
-    async def create(self, agent: Agent) -> Agent:
-        if self._view(agent.name) is not None:
+    # Staging: the checks of one write against a view of the records, and the record it would write.
+    # Synchronous, so nothing else can write between a check and the queueing of what it allowed.
+
+    def _stage_create(self, agent: Agent, view: Callable[[str], Agent | None]) -> _Staged:
+        if view(agent.name) is not None:
             raise AlreadyExists(f"agent {agent.name!r} already exists")
         container = container_name(agent.name)
         owner = self._owners.get(container)
@@ -395,11 +456,10 @@ class SqliteStore:
         new.metadata.deletion_timestamp = None
         new.status = {"phase": "Pending", "observedGeneration": 0, "restartCount": 0}
         self._owners[container] = agent.name
-        return await self._put(new, new.name, Change("ADDED", new, True))
+        return _Staged(new.name, new, Change("ADDED", new, True))
 
-    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
-        """Replace spec, labels and annotations; generation moves only when the spec changes."""
-        current = self._view(agent.name)
+    def _stage_replace(self, agent: Agent, expected_rv: str | None, view: Callable[[str], Agent | None]) -> _Staged:
+        current = view(agent.name)
         if current is None:
             raise NotFound(f"agent {agent.name!r} not found")
         _check_rv(current, expected_rv)
@@ -411,7 +471,7 @@ class SqliteStore:
             and current.metadata.labels == agent.metadata.labels
             and current.metadata.annotations == agent.metadata.annotations
         ):
-            return await self._settled(current)
+            return _Staged(current.name, current, None)
         new = current.copy()
         new.spec = agent.spec
         new.metadata.labels = dict(agent.metadata.labels)
@@ -419,26 +479,61 @@ class SqliteStore:
         if spec_changed:
             new.metadata.generation += 1
         new.metadata.resource_version = self._next_rv()
-        return await self._put(new, new.name, Change("MODIFIED", new, True))
+        return _Staged(new.name, new, Change("MODIFIED", new, True))
 
-    async def _settled(self, current: Agent) -> Agent:
-        """``current`` once it is durable: an answer that changes nothing still waits for what it saw."""
-        if current.name in self._pending:
-            await self._submit(lambda conn: None, lambda _: None)
-        return current.copy()
-
-    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
-        current = self._view(name)
+    def _stage_delete(self, name: str, expected_rv: str | None, view: Callable[[str], Agent | None]) -> _Staged:
+        current = view(name)
         if current is None:
             raise NotFound(f"agent {name!r} not found")
         _check_rv(current, expected_rv)
         if current.metadata.deletion_timestamp is not None:
-            return await self._settled(current)
+            return _Staged(name, current, None)
         new = current.copy()
         new.metadata.deletion_timestamp = now_iso()
         new.metadata.resource_version = self._next_rv()
         new.status["phase"] = "Terminating"
-        return await self._put(new, name, Change("MODIFIED", new, True))
+        return _Staged(name, new, Change("MODIFIED", new, True))
+
+    async def create(self, agent: Agent) -> Agent:
+        return (await self._write_staged([self._stage_create(agent, self._view)]))[0]
+
+    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
+        """Replace spec, labels and annotations; generation moves only when the spec changes."""
+        return (await self._write_staged([self._stage_replace(agent, expected_rv, self._view)]))[0]
+
+    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
+        return (await self._write_staged([self._stage_delete(name, expected_rv, self._view)]))[0]
+
+    async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]:
+        """All or nothing, in one commit: each write is checked as if those before it were made, and if
+        one is refused (its error is raised, naming the agent) none of them is written."""
+        overlay: dict[str, Agent | None] = {}
+
+        def view(name: str) -> Agent | None:
+            return overlay[name] if name in overlay else self._view(name)
+
+        owners, assigned = dict(self._owners), self._assigned_rv
+        staged: builtins.list[_Staged] = []
+        try:
+            for write in writes:
+                if write.op == "delete":
+                    item = self._stage_delete(write.name, write.expected_rv, view)
+                elif write.agent is None:
+                    raise ValueError(f"a {write.op} needs the agent")
+                elif write.op == "create":
+                    item = self._stage_create(write.agent, view)
+                else:
+                    item = self._stage_replace(write.agent, write.expected_rv, view)
+                overlay[item.name] = item.answer
+                staged.append(item)
+        except StoreError as exc:
+            self._owners, self._assigned_rv = owners, assigned
+            exc.index = len(staged)  # the writes before it were staged
+            raise
+        except ValueError:
+            self._owners, self._assigned_rv = owners, assigned
+            raise
+        return await self._write_staged(staged)
 
     async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
         """Write status (the controller's only write); None when the record is gone or was replaced."""
@@ -446,11 +541,11 @@ class SqliteStore:
         if current is None or current.metadata.uid != uid:
             return None
         if current.status == status:
-            return await self._settled(current)  # unchanged: nothing to write
+            return (await self._write_staged([_Staged(name, current, None)]))[0]  # unchanged: nothing to write
         new = current.copy()
         new.status = copy.deepcopy(status)
         new.metadata.resource_version = self._next_rv()
-        return await self._put(new, name, Change("MODIFIED", new, False))
+        return (await self._write_staged([_Staged(name, new, Change("MODIFIED", new, False))]))[0]
 
     async def purge(self, name: str, uid: str) -> bool:
         current = self._view(name)
@@ -459,7 +554,7 @@ class SqliteStore:
         gone = current.copy()
         gone.metadata.resource_version = self._next_rv()
         self._owners.pop(container_name(name), None)
-        await self._put(None, name, Change("DELETED", gone, True))
+        await self._write_staged([_Staged(name, gone, Change("DELETED", gone, True))])
         return True
 
     async def current_rv(self) -> int:

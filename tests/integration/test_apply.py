@@ -18,6 +18,7 @@ from controller.apply import Applier
 from controller.config import Settings
 from controller.specs_dir import FILE_ANNOTATION, SOURCE_LABEL, SpecsDirFollower
 from controller.store import SqliteStore
+from controller.yaml_loader import load_documents
 from tests.harness import REPO, Controller, inspect, running
 
 pytestmark = pytest.mark.docker
@@ -366,3 +367,39 @@ async def test_concurrent_applies_do_not_interleave(controller: Controller) -> N
     _, listing = await controller.request("GET", "/agents?labelSelector=app=apply-race")
     alive = [a for a in listing["items"] if a["metadata"]["deletionTimestamp"] is None]
     assert len(alive) == 1
+
+
+async def test_a_write_landing_during_an_apply_stops_all_of_it(tmp_path: Path) -> None:
+    """A POST accepted while an apply is being planned (not yet committed when the apply read the store)
+    conflicts with one document: nothing of the apply is written, and the answer names that document."""
+    settings = Settings(store_path=str(tmp_path / "store" / "agents.db"))
+    store = SqliteStore(settings.store_path, spec_defaults(settings))
+    await store.open()
+    try:
+        await store.create(admit({"name": "apply-atom-kept", "type": "claude", "suspend": True}, settings)[0])
+        racing = asyncio.create_task(
+            store.create(admit({"name": "apply-atom-b", "type": "codex", "suspend": True}, settings)[0])
+        )
+        await asyncio.sleep(0)  # the POST is queued for commit, not yet committed
+        docs = load_documents(
+            stream(
+                suspended("apply-atom-a"),
+                suspended("apply-atom-b"),
+                suspended("apply-atom-kept", {"edited": "yes"}),
+            )
+        )
+        report = await Applier(store, settings).apply(docs)
+        await racing
+        outcomes = [(r.name, r.outcome) for r in report.results]
+        assert outcomes == [
+            ("apply-atom-a", "skipped"),
+            ("apply-atom-b", "error"),
+            ("apply-atom-kept", "skipped"),
+        ], outcomes
+        assert "already exists" in report.results[1].errors[0].message
+        stored = {a.name: a for a in await store.list()}
+        assert set(stored) == {"apply-atom-kept", "apply-atom-b"}
+        assert stored["apply-atom-b"].spec.type == "codex", "the racing POST won; apply wrote nothing"
+        assert "edited" not in stored["apply-atom-kept"].metadata.labels
+    finally:
+        await store.close()

@@ -14,7 +14,7 @@ import pytest
 from controller.admission import admit, spec_defaults
 from controller.config import Settings
 from controller.model import Agent
-from controller.store import AlreadyExists, Conflict, NotFound, SqliteStore, StoreUnavailable
+from controller.store import AlreadyExists, Conflict, NotFound, SqliteStore, StoreUnavailable, Write
 
 
 def settings(tmp_path: Path) -> Settings:
@@ -225,3 +225,37 @@ async def test_a_failed_commit_refuses_its_batch_and_keeps_what_was_stored(
     again = await store.create(agent({"name": "new", "type": "claude"}, s))
     assert again.metadata.resource_version == kept.metadata.resource_version + 1
     assert store.write_error is None
+
+
+async def test_write_all_commits_everything_together_or_nothing(store: SqliteStore, tmp_path: Path):
+    s = settings(tmp_path)
+    old = await store.create(agent({"name": "old", "type": "claude"}, s))
+    feed = store.subscribe()
+    rv, batches = await store.current_rv(), store.batches
+    refused = [
+        Write("create", "fresh", agent({"name": "fresh", "type": "claude"}, s)),
+        Write("replace", "old", agent({"name": "old", "type": "codex"}, s)),
+        Write("create", "agent-fresh", agent({"name": "agent-fresh", "type": "claude"}, s)),  # same container
+    ]
+    with pytest.raises(AlreadyExists, match="parallax-agent-fresh") as caught:
+        await store.write_all(refused)
+    assert caught.value.index == 2
+    assert feed.empty() and await store.current_rv() == rv and store.batches == batches
+    assert [a.name for a in await store.list()] == ["old"] and (await store.get("old")).spec.type == "claude"
+
+    written = await store.write_all(
+        [
+            Write("create", "fresh", agent({"name": "fresh", "type": "claude"}, s)),
+            Write("replace", "old", agent({"name": "old", "type": "codex"}, s)),
+            Write("delete", "old"),
+        ]
+    )
+    assert store.batches == batches + 1, "one commit for the three writes"
+    assert [w.metadata.resource_version for w in written] == [rv + 1, rv + 2, rv + 3]
+    assert written[1].spec.type == "codex" and written[1].metadata.generation == old.metadata.generation + 1
+    assert written[2].metadata.deletion_timestamp is not None
+    assert [(c.type, c.agent.name) for c in (feed.get_nowait() for _ in range(3))] == [
+        ("ADDED", "fresh"),
+        ("MODIFIED", "old"),
+        ("MODIFIED", "old"),
+    ]
