@@ -15,8 +15,10 @@ from typing import Any
 
 from controller.config import Settings
 from controller.docker_driver import ContainerInfo, DockerDriver, parse_docker_time
-from controller.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, RESOURCE_LIMIT, AgentError
-from controller.model import Agent, container_name, parse_iso
+from controller.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, RESOURCE_LIMIT, AgentError
+from controller.model import Agent, AgentSpec, container_name, parse_iso
+from controller.mounts import parse_volume
+from controller.policy import mount_refusal
 from controller.quantity import parse_memory
 from controller.render import desired_container, workspace_labels, workspace_volume
 from controller.restarts import decide_exit, should_restart
@@ -175,6 +177,9 @@ class Reconciler:
             status.pop("lastState", None)
 
         if current is None:
+            refusal = self._mount_refusal(spec)
+            if refusal is not None:
+                raise AgentError(CONTAINER_ERROR, refusal)
             image = config["Image"]
             if not await self.driver.image_exists(image):
                 raise AgentError(IMAGE_NOT_FOUND, f"image {image} is not present locally (nothing is pulled)")
@@ -239,6 +244,15 @@ class Reconciler:
             status["credentials"] = {"containerId": info.id, "message": need}
         await self._write(agent, status)
         return result
+
+    def _mount_refusal(self, spec: AgentSpec) -> str | None:
+        """The mount policy again, just before a container is made: a path admitted earlier may have been
+        swapped for a symlink out of its root since, and Docker would follow it."""
+        for i, volume in enumerate(spec.volumes):
+            why = mount_refusal(parse_volume(volume), self.settings)
+            if why is not None:
+                return f"volumes[{i}]: {why}; the container is not created (the path changed since admission?)"
+        return None
 
     async def _credentials_needed(self, info: ContainerInfo) -> str | None:
         """The agent image's own word that it has no credentials (its ``parallax: needs credentials:`` line)."""

@@ -21,7 +21,7 @@ import pytest
 
 from controller.render import workspace_volume
 from tests.conftest import StartController
-from tests.harness import REPO, Controller, docker_exec, inspect, running, wait_for
+from tests.harness import REPO, TEST_IMAGE, Controller, docker_cli, docker_exec, inspect, running, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -491,3 +491,34 @@ async def test_serve_says_at_start_that_it_runs_without_a_token(tmp_path: Path):
         out, _ = proc.communicate(timeout=20)
     text = out.decode()
     assert "no PARALLAX_API_TOKEN" in text and "unauthenticated" in text and "127.0.0.1" in text
+
+
+async def test_a_path_swapped_for_a_symlink_after_admission_is_refused_at_creation(
+    start_controller: StartController, docker: aiodocker.Docker, tmp_path: Path
+):
+    """Admission judged the path; by the time the container is made (here: once its image exists) the
+    directory has become a link to /etc. The policy is applied again then, and nothing is mounted."""
+    allowed = tmp_path / "allowed"
+    (allowed / "data").mkdir(parents=True)
+    controller = await start_controller(allowed_volume_roots=(str(allowed),))
+    image = f"parallax-test/swap-{uuid.uuid4().hex[:8]}:1"
+    body = {"name": "sec-swap", "type": "custom", "image": image, "volumes": [f"{allowed}/data:/data:ro"]}
+    status, created = await controller.request("POST", "/agents", body)
+    assert status == 201, created
+    try:
+        await controller.wait_agent("sec-swap", lambda a: a["status"].get("error", {}).get("code") == "IMAGE_NOT_FOUND")
+        (allowed / "data").rmdir()
+        (allowed / "data").symlink_to("/etc")  # swapped behind the controller's back
+        code, out = await docker_cli("tag", TEST_IMAGE, image)
+        assert code == 0, out
+        agent = await controller.wait_agent(
+            "sec-swap", lambda a: a["status"].get("error", {}).get("code") == "CONTAINER_ERROR"
+        )
+        assert "volumes[0]" in agent["status"]["error"]["message"]
+        assert "exposes the host" in agent["status"]["error"]["message"]
+        assert await inspect(docker, "parallax-agent-sec-swap") is None
+        (allowed / "data").unlink()
+        (allowed / "data").mkdir()  # put right: the next retry creates it
+        await controller.wait_agent("sec-swap", running)
+    finally:
+        await docker_cli("rmi", image)
