@@ -224,6 +224,7 @@ class DockerDriver:
         # Networks known to exist and be usable; cleared by network events, so a steady-state reconcile
         # makes no network calls at all.
         self._networks_seen: set[str] = set()
+        self._images_seen: set[str] = set()
         self.slots = asyncio.Semaphore(settings.docker_concurrency)
 
     async def open(self) -> None:
@@ -278,10 +279,24 @@ class DockerDriver:
 
     @_timed
     async def image_exists(self, image: str) -> bool:
+        """Whether ``image`` is present locally. A yes is remembered until an image is deleted or untagged
+        (``forget_images``, from the event stream), so a steady stream of new agents inspects it once."""
+        if image in self._images_seen:
+            return True
         with _DockerCall(f"inspecting image {image}", IMAGE_NOT_FOUND, absent_ok=True):
             await self.docker.images.inspect(image)
+            self._images_seen.add(image)
             return True
         return False
+
+    def forget_images(self) -> None:
+        """Ask Docker again about every image (one was deleted or untagged, or creating from one failed)."""
+        self._images_seen.clear()
+
+    def forget_cached(self) -> None:
+        """Forget every remembered network and image: after a gap in the event stream, nothing is known."""
+        self._networks_seen.clear()
+        self._images_seen.clear()
 
     @_timed
     async def ensure_network(self, name: str) -> bool:
@@ -396,20 +411,18 @@ class DockerDriver:
             await (await self.docker.networks.get(network_id)).delete()
 
     @_timed
-    async def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
-        """Create the named volume with ``labels``; True when created. An existing volume is used only
-        if it carries the same labels: a volume of someone else's is never mounted into an agent."""
-        with _DockerCall(f"inspecting volume {name}", CONTAINER_ERROR, absent_ok=True):
-            data = await (await self.docker.volumes.get(name)).show()  # type: ignore[no-untyped-call]
-            found = data.get("Labels") or {}
-            if any(found.get(key) != value for key, value in labels.items()):
-                raise AgentError(
-                    CONTAINER_ERROR, f"volume {name} exists but is not this agent's (labels differ); remove it"
-                )
-            return False
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Create the named volume with ``labels``, in one call: Docker answers a create of an existing
+        volume with that volume, unchanged. It is used only if it carries the same labels: a volume of
+        someone else's is never mounted into an agent."""
+        body = json.dumps({"Name": name, "Driver": "local", "Labels": labels}).encode()
         with _DockerCall(f"creating volume {name}", CONTAINER_ERROR):
-            await self.docker.volumes.create({"Name": name, "Driver": "local", "Labels": labels})  # type: ignore[no-untyped-call]
-        return True
+            data = await self.docker._query_json("volumes/create", method="POST", data=body)
+        found = (data or {}).get("Labels") or {}
+        if any(found.get(key) != value for key, value in labels.items()):
+            raise AgentError(
+                CONTAINER_ERROR, f"volume {name} exists but is not this agent's (labels differ); remove it"
+            )
 
     @_timed
     async def remove_volume(self, name: str, labels: dict[str, str]) -> None:

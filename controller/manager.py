@@ -137,6 +137,7 @@ class Controller:
             try:
                 await self.driver.ping()
                 self._docker_ok()
+                self.driver.forget_cached()  # events were missed while the stream was down
                 relist = asyncio.create_task(self.enqueue_all())
                 async for event in self.driver.events():
                     delay = 0.5
@@ -169,6 +170,8 @@ class Controller:
                     if agent.spec.network == network:
                         self.queue.add(agent.name)
         elif kind == "image" and action in IMAGE_ACTIONS:
+            if action in ("delete", "untag"):
+                self.driver.forget_images()
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
                     if agent.phase in ("Pending", "Failed") or agent.status.get("error"):

@@ -118,6 +118,8 @@ class Reconciler:
     async def _fail(self, agent: Agent, err: AgentError) -> None:
         if err.code == NETWORK_ERROR:
             self.driver.forget_network(agent.spec.network)
+        elif err.code == IMAGE_NOT_FOUND:
+            self.driver.forget_images()
         previous = agent.status.get("error") or {}
         level = logging.DEBUG if previous.get("code") == err.code else logging.WARNING
         log.log(level, "agent %s: %s", agent.name, err)

@@ -101,3 +101,22 @@ async def test_socket_error_on_live_endpoints_when_docker_is_unreachable(start_c
         assert body["error"]["code"] == "SOCKET_ERROR"
         assert "Docker daemon" in body["error"]["message"]
     assert "SOCKET_ERROR" in await _event_reasons(controller, "err-socket")
+
+
+async def test_an_image_removed_after_agents_used_it_is_image_not_found_for_the_next(controller: Controller):
+    """The controller remembers which images exist; removing one must still make the next agent that
+    asks for it IMAGE_NOT_FOUND, not a confusing create failure."""
+    image = f"parallax-test/gone-{uuid.uuid4().hex[:8]}:1"
+    code, out = await docker_cli("tag", TEST_IMAGE, image)
+    assert code == 0, out
+    try:
+        await controller.request("POST", "/agents", {"name": "err-gone-1", "type": "custom", "image": image})
+        await controller.wait_agent("err-gone-1", running)
+        code, out = await docker_cli("rmi", image)
+        assert code == 0, out
+        await controller.request("POST", "/agents", {"name": "err-gone-2", "type": "custom", "image": image})
+        agent = await controller.wait_agent("err-gone-2", _has_error("IMAGE_NOT_FOUND"))
+        assert agent["status"]["phase"] == "Pending"
+        assert (await controller.agent("err-gone-1") or {})["status"]["phase"] == "Running"
+    finally:
+        await docker_cli("rmi", image)
