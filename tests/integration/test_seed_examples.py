@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiodocker
 import pytest
 
@@ -10,17 +12,22 @@ from tests.harness import Controller, docker_exec, inspect, running, wait_for
 pytestmark = pytest.mark.docker
 
 
-async def test_spawn_with_resources_gets_memory_and_cpu_limits(controller: Controller, docker: aiodocker.Docker):
-    status, body = await controller.request(
-        "POST",
-        "/agents",
-        raw='{\n"name": "heavy-analyzer",\n"type": "claude",\n"resources": {\n"memory": "1g",\n"cpu": 1.0\n}\n}',
-    )
+async def post_seed_example(
+    controller: Controller, docker: aiodocker.Docker, name: str, raw: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """POST the seed's body byte for byte; wait until the agent runs: (the POST's answer, docker inspect)."""
+    status, body = await controller.request("POST", "/agents", raw=raw)
     assert status == 201, body
-    agent = await controller.wait_agent("heavy-analyzer", running)
-    info = await inspect(docker, "parallax-agent-heavy-analyzer")
+    agent = await controller.wait_agent(name, running)
+    info = await inspect(docker, f"parallax-agent-{name}")
     assert info is not None and info["State"]["Running"]
     assert info["Id"] == agent["status"]["containerId"]
+    return body, info
+
+
+async def test_spawn_with_resources_gets_memory_and_cpu_limits(controller: Controller, docker: aiodocker.Docker):
+    raw = '{\n"name": "heavy-analyzer",\n"type": "claude",\n"resources": {\n"memory": "1g",\n"cpu": 1.0\n}\n}'
+    _, info = await post_seed_example(controller, docker, "heavy-analyzer", raw)
     assert info["HostConfig"]["Memory"] == 1024**3
     assert info["HostConfig"]["NanoCpus"] == 1_000_000_000
     assert info["Config"]["Labels"]["parallax.agent"] == "heavy-analyzer"
@@ -28,15 +35,8 @@ async def test_spawn_with_resources_gets_memory_and_cpu_limits(controller: Contr
 
 
 async def test_spawn_with_volume_mounts_it_read_only(controller: Controller, docker: aiodocker.Docker):
-    status, body = await controller.request(
-        "POST",
-        "/agents",
-        raw='{\n"name": "file-processor",\n"type": "claude",\n"volumes": [\n"/host/data:/data:ro"\n]\n}',
-    )
-    assert status == 201, body
-    await controller.wait_agent("file-processor", running)
-    info = await inspect(docker, "parallax-agent-file-processor")
-    assert info is not None
+    raw = '{\n"name": "file-processor",\n"type": "claude",\n"volumes": [\n"/host/data:/data:ro"\n]\n}'
+    _, info = await post_seed_example(controller, docker, "file-processor", raw)
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/data"]["Source"] == "/host/data"
     assert mounts["/data"]["RW"] is False
@@ -45,18 +45,12 @@ async def test_spawn_with_volume_mounts_it_read_only(controller: Controller, doc
 
 
 async def test_spawn_with_secret_passes_env_and_never_echoes_it(controller: Controller, docker: aiodocker.Docker):
-    status, body = await controller.request(
-        "POST",
-        "/agents",
-        raw='{\n"name": "secure-agent",\n"type": "claude",\n"env": {\n"API_KEY": "sk-..."\n}\n}',
-    )
-    assert status == 201, body
+    raw = '{\n"name": "secure-agent",\n"type": "claude",\n"env": {\n"API_KEY": "sk-..."\n}\n}'
+    body, info = await post_seed_example(controller, docker, "secure-agent", raw)
     assert "sk-..." not in str(body)
     assert body["spec"]["env"] == {"API_KEY": "<redacted>"}
-    agent = await controller.wait_agent("secure-agent", running)
-    assert "sk-..." not in str(agent)
-    info = await inspect(docker, "parallax-agent-secure-agent")
-    assert info is not None and "API_KEY=sk-..." in info["Config"]["Env"]
+    assert "sk-..." not in str(await controller.agent("secure-agent"))
+    assert "API_KEY=sk-..." in info["Config"]["Env"]
     code, out = await docker_exec("parallax-agent-secure-agent", "sh", "-c", 'echo "$API_KEY"')
     assert code == 0 and out.strip() == "sk-..."
     _, listing = await controller.request("GET", "/agents")
@@ -64,15 +58,8 @@ async def test_spawn_with_secret_passes_env_and_never_echoes_it(controller: Cont
 
 
 async def test_custom_network_is_created_and_joined(controller: Controller, docker: aiodocker.Docker):
-    status, body = await controller.request(
-        "POST",
-        "/agents",
-        raw='{\n"name": "isolated-agent",\n"type": "claude",\n"network": "custom-network"\n}',
-    )
-    assert status == 201, body
-    await controller.wait_agent("isolated-agent", running)
-    info = await inspect(docker, "parallax-agent-isolated-agent")
-    assert info is not None
+    raw = '{\n"name": "isolated-agent",\n"type": "claude",\n"network": "custom-network"\n}'
+    _, info = await post_seed_example(controller, docker, "isolated-agent", raw)
     assert list(info["NetworkSettings"]["Networks"]) == ["custom-network"]
     assert "isolated-agent" in info["NetworkSettings"]["Networks"]["custom-network"]["Aliases"]
     network = await (await docker.networks.get("custom-network")).show()
