@@ -1,10 +1,13 @@
 """deploy/'s Prometheus pieces, checked with the real Prometheus (Debian's `prometheus` package, which
 scripts/test.sh installs): the alert rules and their unit tests, promtool's lint of a live scrape, and a
-Prometheus server scraping a controller with the shipped prometheus.yml (bearer token from a file)."""
+Prometheus server scraping a controller with the shipped prometheus.yml (bearer token from a file), which
+also answers every query of the Grafana dashboard."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -48,6 +51,13 @@ async def test_a_live_scrape_passes_promtools_metric_lint(controller: Controller
     assert "_created" not in text, "no *_created series (controller-runtime has none)"
     lint = subprocess.run([tool("promtool"), "check", "metrics"], input=text.encode(), capture_output=True)
     assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "parallax.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", []) if t.get("expr")]
+    assert len(queries) >= 20
+    return queries
 
 
 def free_port() -> int:
@@ -115,6 +125,17 @@ async def test_prometheus_scrapes_the_controller_with_the_shipped_config(
             await wait_for(running_seen, timeout=30, what="Prometheus to see one Running agent")
             reconciles = await get("/query", query='sum(controller_runtime_reconcile_total{controller="agent"})')
             assert float(reconciles["result"][0]["value"][1]) >= 1
+            async with controller.session.get(controller.base_url + "/metrics", headers=auth) as resp:
+                assert resp.status == 200
+                exposition = await resp.text()
+            for expr in dashboard_queries():
+                result = await get("/query", query=expr.replace("$instance", ".*").replace("$__rate_interval", "1m"))
+                assert result is not None, f"Prometheus refused the dashboard's query {expr!r}"
+                for metric in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr):
+                    family = metric.removesuffix("_bucket")
+                    assert f"# TYPE {metric} " in exposition or f"# TYPE {family} histogram" in exposition, (
+                        f"the dashboard's {expr!r} reads {metric}, which the controller does not export"
+                    )
             rules = await get("/rules")
             loaded = [r for group in rules["groups"] for r in group["rules"]]
             assert len(loaded) == 7 and all(r["health"] == "ok" for r in loaded), loaded
