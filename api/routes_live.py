@@ -133,6 +133,14 @@ async def restart(request: web.Request) -> web.Response:
     raise ApiError(409, "CONFLICT", f"agent {name!r} kept changing; try the restart again")
 
 
+def frame_message(message: str) -> bytes:
+    r"""One message as one line of the agent's stdin: backslashes, newlines and carriage returns inside it
+    are written as ``\\``, ``\n`` and ``\r``, which the agent entrypoint turns back with ``printf %b``.
+    So a multi-line prompt arrives as one message, with every backslash it had."""
+    escaped = message.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return escaped.encode() + b"\n"
+
+
 @routes.post("/agents/{name}/send")
 async def send(request: web.Request) -> web.Response:
     agent = await request.app[STORE].get(request.match_info["name"])
@@ -159,8 +167,7 @@ async def send(request: web.Request) -> web.Response:
     info = await _running_container(request, agent)
     if not info.running:
         raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
-    if not data.endswith(b"\n"):
-        data += b"\n"
+    data = frame_message(message)
     await request.app[LIVE].write_stdin(info.id, data)
     return web.json_response({"agent": agent.name, "containerId": info.id, "bytes": len(data)}, status=202)
 

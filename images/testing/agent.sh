@@ -6,7 +6,8 @@
 #   TICK_SECONDS=S  otherwise run forever, printing "tick <n>" every S seconds (default 5)
 #   LISTEN_PORT=P   also serve TCP port P: every connection gets "hello from <hostname>" (for network
 #                   tests: `nc <alias> P` from another container; ping needs NET_RAW, which is dropped)
-# While running forever it echoes every stdin line as "received: <line>".
+# While running forever it echoes every stdin line as "received: <message>", the message decoded as the
+# real entrypoint does (\n, \r and \\ inside a line are a newline, a carriage return and a backslash).
 # SIGTERM/SIGINT: prints "agent stopping" and exits 0.
 
 host="$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null)"
@@ -90,7 +91,7 @@ fi
 # Echo stdin. An asynchronous list gets /dev/null as stdin, so hand it the real one on fd 3.
 exec 3<&0
 while IFS= read -r line <&3; do
-    echo "received: ${line}"
+    printf 'received: %s\n' "$(printf '%b' "$line")"
 done &
 pids="$pids $!"
 
