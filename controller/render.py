@@ -29,7 +29,9 @@ ANNOTATION_RESTARTED_AT = "parallax.ai/restartedAt"
 AGENT_HOME = "/home/agent"
 WORKSPACE_PATH = "/workspace"
 WORKSPACE_PREFIX = "parallax-workspace-"
-TMPFS_OPTIONS = "rw,nosuid,nodev,mode=1777,size=64m"
+# exec: coding agents run what they install in their home or /tmp (npx, pip --user, downloaded tools), as
+# they may in /workspace; Docker's tmpfs default is noexec. nosuid and nodev stay.
+TMPFS_OPTIONS = "rw,exec,nosuid,nodev,mode=1777,size=64m"
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
 

@@ -103,6 +103,14 @@ async def test_created_container_carries_every_hardening_item(controller: Contro
     assert (code, out.strip()) == (0, "tmp-ok")
     code, out = await docker_exec(name, "sh", "-c", "echo home-ok > /home/agent/f && cat /home/agent/f")
     assert (code, out.strip()) == (0, "home-ok")
+    for scratch in ("/tmp", "/home/agent"):  # tools an agent installs there must run (npx, pip --user)
+        code, out = await docker_exec(
+            name,
+            "sh",
+            "-c",
+            f"printf '#!/bin/sh\\necho ran-from-{scratch}\\n' > {scratch}/t && chmod +x {scratch}/t && {scratch}/t",
+        )
+        assert (code, out.strip()) == (0, f"ran-from-{scratch}"), out
     code, out = await docker_exec(name, "sh", "-c", "echo ws-ok > /workspace/f && cat /workspace/f")
     assert (code, out.strip()) == (0, "ws-ok")
     code, out = await docker_exec(name, "id", "-u")
