@@ -293,7 +293,8 @@ async def test_messages_sent_through_the_api_reach_claude_and_its_answers_are_lo
         return logs if text in logs else None
 
     await wait_for(lambda: logs_with("parallax: claude agent ready"), timeout=30, what="the ready line")
-    for number, message in enumerate(["first question from the slow test", "second question"], start=1):
+    second = "second question,\nover two lines, with a literal \\n and $(id) kept as written"
+    for number, message in enumerate(["first question from the slow test", second], start=1):
         status, body = await controller.request("POST", f"/agents/{name}/send", {"message": message})
         assert status == 202, body
         done = f"parallax: message {number}: done"
@@ -307,6 +308,9 @@ async def test_messages_sent_through_the_api_reach_claude_and_its_answers_are_lo
     assert any("first question from the slow test" in t for t in asked[0]), asked
     # The second call continues the conversation: it carries the first question too.
     assert any("first question" in t for t in asked[-1]) and any("second question" in t for t in asked[-1]), asked
+    # The multi-line message reached claude as one message, exactly as sent.
+    assert any(second in t for t in asked[-1]), asked
+    assert "message 3" not in logs
 
     status, _ = await controller.request("DELETE", f"/agents/{name}")
     assert status == 202
