@@ -58,7 +58,9 @@ async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
     from api.app import make_app
 
     app = make_app(settings, specs_dir=specs_dir)
-    runner = web.AppRunner(app, handle_signals=False)
+    # aiohttp's keep-alive timer also runs from the moment a connection opens until its request's headers
+    # are complete, so it is the header timeout as well.
+    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=settings.idle_timeout_seconds)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

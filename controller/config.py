@@ -50,6 +50,9 @@ class Settings:
     allowed_volume_roots: tuple[str, ...] | None = None
     metrics_auth: bool = True
     body_timeout_seconds: float = 30.0
+    # A connection without a complete request for this long is closed: an idle keep-alive connection, or
+    # a client sending its headers a byte at a time (slowloris), which would otherwise hold it forever.
+    idle_timeout_seconds: float = 60.0
 
     @property
     def docker_url(self) -> str:
@@ -93,6 +96,7 @@ class Settings:
             allowed_volume_roots=_volume_roots(env, "PARALLAX_ALLOWED_VOLUME_ROOTS"),
             metrics_auth=_switch(env, "PARALLAX_METRICS_AUTH", base.metrics_auth),
             body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),
+            idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(

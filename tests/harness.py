@@ -118,7 +118,12 @@ class Controller:
         self.base_url = ""
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(make_app(self.settings), handle_signals=False, access_log=None)
+        self.runner = web.AppRunner(
+            make_app(self.settings),
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.settings.idle_timeout_seconds,  # as `parallax serve` does
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -446,6 +446,36 @@ async def test_a_client_that_stalls_mid_body_gets_408(start_controller: StartCon
     assert listing["items"] == []
 
 
+async def test_a_client_that_trickles_its_headers_is_disconnected(start_controller: StartController):
+    """Slowloris: one header line every 0.3 s never completes a request; PARALLAX_IDLE_TIMEOUT closes the
+    connection, while a normal request on another connection is answered meanwhile."""
+    controller = await start_controller(idle_timeout_seconds=1.5)
+    host, port = controller.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /agents HTTP/1.1\r\nHost: x\r\n")
+    started = asyncio.get_running_loop().time()
+    closed_after = None
+    try:
+        for i in range(40):  # up to 12 s of trickling
+            if writer.is_closing() or reader.at_eof():
+                break
+            try:
+                writer.write(f"X-Slow-{i}: y\r\n".encode())
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(1), 0.3) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+        closed_after = asyncio.get_running_loop().time() - started
+        status, _ = await controller.request("GET", "/agents")
+        assert status == 200
+    finally:
+        writer.close()
+    assert closed_after is not None and closed_after < 6, f"still open after {closed_after:.1f} s"
+
+
 # --- parallax serve ------------------------------------------------------------------------------------
 
 

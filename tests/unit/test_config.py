@@ -48,8 +48,10 @@ def test_values_are_read_from_the_environment() -> None:
             "PARALLAX_WORKERS": "8",
             "PARALLAX_RESYNC_SECONDS": "5",
             "PARALLAX_INSTANCE": "ci",
+            "PARALLAX_IDLE_TIMEOUT": "15",
         }
     )
+    assert settings.idle_timeout_seconds == 15.0
     assert settings.port == 8080
     assert settings.docker_socket == "/tmp/docker.sock"
     assert settings.docker_url == "unix:///tmp/docker.sock"
