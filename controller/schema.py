@@ -19,7 +19,8 @@ from jsonschema.exceptions import ValidationError
 from controller.mounts import MountError, parse_volume
 from controller.quantity import QuantityError, parse_cpu, parse_memory
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "specs" / "agent.schema.json"
+# Shipped inside the package (so an installed wheel has it); specs/agent.schema.json links to it.
+SCHEMA_PATH = Path(__file__).resolve().parent / "agent.schema.json"
 
 # Keys of the seed's flat POST body that belong in metadata; every other key is spec.
 FLAT_METADATA_KEYS = ("name", "labels", "annotations", "resourceVersion")
