@@ -127,6 +127,7 @@ class Store(Protocol):
     async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent: ...
     async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]: ...
     def subscribe_events(self) -> asyncio.Queue[AgentEvent]: ...
+    def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]: ...
     def unsubscribe_events(self, queue: asyncio.Queue[AgentEvent]) -> None: ...
 
 
@@ -171,6 +172,8 @@ class _Write:
     after: Callable[[Any], Any]
     """Called on the event loop once the batch is durable, with what ``run`` returned; its result is the
     caller's answer (and it is where the cache is updated and watchers are told, in commit order)."""
+    group: int = 0
+    """Writes of one ``write_all`` share a group (non-zero), and a batch never splits a group."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._subscribers: set[asyncio.Queue[Change]] = set()
         self._event_subscribers: set[asyncio.Queue[AgentEvent]] = set()
+        self._feed_subscribers: set[asyncio.Queue[Change | AgentEvent]] = set()
         self.write_error: str | None = None
         self._cache: dict[str, Agent] = {}  # committed records
         self._pending: dict[str, tuple[int, Agent | None]] = {}  # name -> (write seq, record or None if purged)
@@ -327,11 +331,13 @@ class SqliteStore:
         return self._assigned_rv
 
     def _enqueue(
-        self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], Any], rv: int = 0
+        self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], Any], rv: int = 0, group: int = 0
     ) -> Awaitable[Any]:
         """Queue a write for the next group commit; the returned awaitable is its answer once durable."""
+        if self._conn is None:
+            raise StoreUnavailable("store is not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(run, rv, future, after))
+        self._queue.append(_Write(run, rv, future, after, group))
         if self._flusher is None:
             self._idle.clear()
             self._flusher = asyncio.create_task(self._flush(), name="store-group-commit")
@@ -341,7 +347,7 @@ class SqliteStore:
     async def _submit(self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], T], rv: int = 0) -> T:
         return cast(T, await self._enqueue(run, after, rv))
 
-    def _put(self, staged: _Staged) -> Awaitable[Any]:
+    def _put(self, staged: _Staged, group: int = 0) -> Awaitable[Any]:
         """Queue writing (or, for a purge, deleting) a staged record; its change is announced once durable."""
         name, change = staged.name, staged.change
         assert change is not None
@@ -355,7 +361,8 @@ class SqliteStore:
 
         else:
             agent = change.agent
-            row = (name, agent.metadata.uid, container_name(name), json.dumps(agent.to_manifest(redact=False)))
+            manifest = json.dumps(agent.to_manifest(redact=False), sort_keys=True)
+            row = (name, agent.metadata.uid, container_name(name), manifest)
 
             def run(conn: sqlite3.Connection) -> Any:
                 return conn.execute(
@@ -370,18 +377,22 @@ class SqliteStore:
             self._notify(change)
             return change.agent.copy()
 
-        return self._enqueue(run, after, change.agent.metadata.resource_version)
+        return self._enqueue(run, after, change.agent.metadata.resource_version, group)
 
     async def _write_staged(self, staged: builtins.list[_Staged]) -> builtins.list[Agent]:
         """Queue the staged writes together (so they share one commit) and answer once they are durable.
         A record that needs no write still waits for a queued write of it that its answer has seen."""
         waits: builtins.list[Awaitable[Any]] = []
+        group = 0
+        if len(staged) > 1:
+            self._seq += 1
+            group = self._seq
         for item in staged:
             answer = item.answer.copy()
             if item.change is not None:
-                waits.append(self._put(item))
+                waits.append(self._put(item, group))
             elif item.name in self._pending:
-                waits.append(self._enqueue(_nothing, functools.partial(_constant, answer)))
+                waits.append(self._enqueue(_nothing, functools.partial(_constant, answer), 0, group))
             else:
                 waits.append(_resolved(answer))
         return list(await asyncio.gather(*waits))
@@ -390,7 +401,12 @@ class SqliteStore:
         """The group-commit loop: one transaction for everything queued, until the queue is empty."""
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
+                cut = min(self.MAX_BATCH, len(self._queue))
+                while cut < len(self._queue) and self._queue[cut].group != 0:
+                    if self._queue[cut].group != self._queue[cut - 1].group:
+                        break
+                    cut += 1  # the rest of a write_all goes into the same transaction
+                batch, self._queue = self._queue[:cut], self._queue[cut:]
                 rv = max([self._committed_rv, *(write.rv for write in batch)])
                 try:
                     results = await self._run(functools.partial(self._commit, batch, rv))
@@ -599,6 +615,8 @@ class SqliteStore:
             event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
             for queue in self._event_subscribers:
                 queue.put_nowait(event)
+            for feed in self._feed_subscribers:
+                feed.put_nowait(event)
             return event
 
         return await self._submit(run, after, rv)
@@ -618,6 +636,15 @@ class SqliteStore:
         return [
             AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
         ]
+
+    def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]:
+        """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
+        queue: asyncio.Queue[Change | AgentEvent] = asyncio.Queue()
+        self._feed_subscribers.add(queue)
+        return queue
+
+    def unsubscribe_feed(self, queue: asyncio.Queue[Change | AgentEvent]) -> None:
+        self._feed_subscribers.discard(queue)
 
     def subscribe_events(self) -> asyncio.Queue[AgentEvent]:
         queue: asyncio.Queue[AgentEvent] = asyncio.Queue()
@@ -642,6 +669,8 @@ class SqliteStore:
             self._cache[change.agent.name] = change.agent.copy()
         for queue in self._subscribers:
             queue.put_nowait(change)
+        for feed in self._feed_subscribers:
+            feed.put_nowait(change)
 
 
 def _check_rv(current: Agent, expected_rv: str | None) -> None:

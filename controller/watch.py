@@ -77,13 +77,9 @@ class WatchHub:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        changes = self.store.subscribe()
-        events = self.store.subscribe_events()
+        feed = self.store.subscribe_feed()  # changes and events in one queue: in resourceVersion order
         self._floor = self.last_rv = await self.store.current_rv()
-        self._tasks = [
-            asyncio.create_task(self._pump(changes, item_for_change)),
-            asyncio.create_task(self._pump(events, item_for_event)),
-        ]
+        self._tasks = [asyncio.create_task(self._pump(feed))]
 
     def end_listeners(self) -> None:
         """End every open watch (at shutdown, so the server need not wait for streams to time out)."""
@@ -94,9 +90,10 @@ class WatchHub:
         self.end_listeners()
         await cancel_all(self._tasks)
 
-    async def _pump(self, source: asyncio.Queue[Any], convert: Callable[[Any], WatchItem]) -> None:
+    async def _pump(self, feed: asyncio.Queue[Change | AgentEvent]) -> None:
         while True:
-            self.publish(convert(await source.get()))
+            entry = await feed.get()
+            self.publish(item_for_event(entry) if isinstance(entry, AgentEvent) else item_for_change(entry))
 
     def publish(self, item: WatchItem) -> None:
         if len(self._ring) == self._ring.maxlen:

@@ -403,3 +403,25 @@ async def test_a_write_landing_during_an_apply_stops_all_of_it(tmp_path: Path) -
         assert "edited" not in stored["apply-atom-kept"].metadata.labels
     finally:
         await store.close()
+
+
+async def test_an_apply_never_overwrites_a_put_it_did_not_see(tmp_path: Path) -> None:
+    """A PUT rotating a secret is queued (accepted, not yet committed) when an apply of the same agent,
+    planned from the older record, is written: the apply conflicts instead of putting the old secret back."""
+    settings = Settings(store_path=str(tmp_path / "store" / "agents.db"))
+    store = SqliteStore(settings.store_path, spec_defaults(settings))
+    await store.open()
+    try:
+        body = {"name": "apply-lost", "type": "claude", "suspend": True, "env": {"TOKEN": "old"}}
+        await store.create(admit(body, settings)[0])
+        rotated = asyncio.create_task(store.replace(admit({**body, "env": {"TOKEN": "new"}}, settings)[0]))
+        await asyncio.sleep(0)  # the PUT is queued for commit, not yet committed
+        docs = load_documents(stream(suspended("apply-lost", {"team": "x"}, env={"TOKEN": "<redacted>"})))
+        report = await Applier(store, settings).apply(docs)
+        assert (await rotated).spec.env == {"TOKEN": "new"}
+        result = report.results[0]
+        assert result.outcome == "error" and "apply again" in result.errors[0].message, result
+        stored = await store.get("apply-lost")
+        assert stored.spec.env == {"TOKEN": "new"} and "team" not in stored.metadata.labels
+    finally:
+        await store.close()

@@ -14,7 +14,7 @@ import pytest
 from controller.admission import admit, spec_defaults
 from controller.config import Settings
 from controller.model import Agent
-from controller.store import AlreadyExists, Conflict, NotFound, SqliteStore, StoreUnavailable, Write
+from controller.store import AgentEvent, AlreadyExists, Conflict, NotFound, SqliteStore, StoreUnavailable, Write
 
 
 def settings(tmp_path: Path) -> Settings:
@@ -259,3 +259,45 @@ async def test_write_all_commits_everything_together_or_nothing(store: SqliteSto
         ("MODIFIED", "old"),
         ("MODIFIED", "old"),
     ]
+
+
+async def test_the_feed_carries_changes_and_events_in_version_order(store: SqliteStore, tmp_path: Path):
+    """One batch with status writes and an event between them: a watcher must see them in version order,
+    or a client resuming after the later one would never get the event."""
+    created = await store.create(agent({"name": "a", "type": "claude"}, settings(tmp_path)))
+    feed = store.subscribe_feed()
+    uid = created.metadata.uid
+    await asyncio.gather(
+        store.update_status("a", uid, {"phase": "Pending", "step": 1}),
+        store.record_event(created, "Normal", "Created", "created container x"),
+        store.update_status("a", uid, {"phase": "Running", "step": 2}),
+    )
+    seen = [feed.get_nowait() for _ in range(feed.qsize())]
+    kinds = ["event" if isinstance(item, AgentEvent) else "change" for item in seen]
+    versions = [
+        item.resource_version if isinstance(item, AgentEvent) else item.agent.metadata.resource_version for item in seen
+    ]
+    assert kinds == ["change", "event", "change"] and versions == sorted(versions), (kinds, versions)
+
+
+async def test_a_write_all_is_never_split_across_commits(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    s = settings(tmp_path)
+    sizes: list[list[str]] = []
+    commit = store._commit
+
+    def recording(batch: list, rv: int) -> list:
+        sizes.append([str(w.rv) for w in batch])
+        return commit(batch, rv)
+
+    monkeypatch.setattr(store, "_commit", recording)
+    store.MAX_BATCH = 2
+    lone = asyncio.ensure_future(store.create(agent({"name": "lone", "type": "claude"}, s)))
+    await asyncio.sleep(0)
+    written = await store.write_all(
+        [Write("create", f"w{i}", agent({"name": f"w{i}", "type": "claude"}, s)) for i in range(5)]
+    )
+    await lone
+    assert len(written) == 5
+    assert len(sizes[-1]) >= 5, f"the write_all was split: {sizes}"
