@@ -193,21 +193,18 @@ class Applier:
         """Every change and every prune in one store commit, or none of them: a write made meanwhile by
         someone else (a direct PUT, say) that one of them now conflicts with stops them all."""
         changing = [r for r in results if r.plan is not None and r.plan.outcome in ("created", "configured")]
-        # Each replace and prune expects the version it was planned from: a write queued meanwhile by someone
-        # else is a conflict, never silently overwritten.
+        # Each write names the record it was planned from: a change to it queued meanwhile by someone else
+        # (a PUT, a delete) is a conflict, never silently overwritten. The controller's status writes are not.
         writes = [
             Write(
                 "create" if r.plan.outcome == "created" else "replace",
                 r.submitted.name,
                 r.submitted,
-                str(r.stored.metadata.resource_version) if r.stored is not None else None,
+                planned_from=r.stored,
             )
             for r in changing
             if r.plan is not None and r.submitted is not None
-        ] + [
-            Write("delete", r.name or "", None, str(r.stored.metadata.resource_version) if r.stored else None)
-            for r in pruned
-        ]
+        ] + [Write("delete", r.name or "", planned_from=r.stored) for r in pruned]
         try:
             written = await self.store.write_all(writes)
         except StoreError as exc:

@@ -107,6 +107,9 @@ class Write:
     name: str
     agent: Agent | None = None
     expected_rv: str | None = None
+    planned_from: Agent | None = None
+    """The record this write was decided from: if its desired state (spec, labels, annotations, deletion)
+    changed since, the write is a conflict. Status writes do not count, unlike ``expected_rv``."""
 
 
 class Store(Protocol):
@@ -532,6 +535,8 @@ class SqliteStore:
         staged: builtins.list[_Staged] = []
         try:
             for write in writes:
+                if write.planned_from is not None and _desired(view(write.name)) != _desired(write.planned_from):
+                    raise Conflict(f"agent {write.name!r} was changed after it was read; read it again")
                 if write.op == "delete":
                     item = self._stage_delete(write.name, write.expected_rv, view)
                 elif write.agent is None:
@@ -671,6 +676,14 @@ class SqliteStore:
             queue.put_nowait(change)
         for feed in self._feed_subscribers:
             feed.put_nowait(change)
+
+
+def _desired(agent: Agent | None) -> tuple[Any, ...] | None:
+    """What a user decided about an agent (everything but its status and resourceVersion)."""
+    if agent is None:
+        return None
+    meta = agent.metadata
+    return (meta.uid, meta.generation, meta.labels, meta.annotations, meta.deletion_timestamp, agent.spec)
 
 
 def _check_rv(current: Agent, expected_rv: str | None) -> None:

@@ -301,3 +301,26 @@ async def test_a_write_all_is_never_split_across_commits(
     await lone
     assert len(written) == 5
     assert len(sizes[-1]) >= 5, f"the write_all was split: {sizes}"
+
+
+async def test_write_all_conflicts_on_a_desired_state_change_it_did_not_see_but_not_on_status(
+    store: SqliteStore, tmp_path: Path
+):
+    s = settings(tmp_path)
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    planned = await store.get("a")
+    # The controller's status write, queued meanwhile: not a reason to refuse.
+    status = asyncio.ensure_future(store.update_status("a", created.metadata.uid, {"phase": "Suspended"}))
+    await asyncio.sleep(0)
+    relabelled = agent({"name": "a", "type": "claude", "labels": {"by": "apply"}}, s)
+    (written,) = await store.write_all([Write("replace", "a", relabelled, planned_from=planned)])
+    assert written.metadata.labels == {"by": "apply"} and (await status) is not None
+    # A user's change queued meanwhile: refused, and it wins.
+    planned = await store.get("a")
+    put = asyncio.ensure_future(store.replace(agent({"name": "a", "type": "codex", "labels": {"by": "put"}}, s)))
+    await asyncio.sleep(0)
+    with pytest.raises(Conflict, match="changed after it was read"):
+        await store.write_all([Write("delete", "a", planned_from=planned)])
+    await put
+    current = await store.get("a")
+    assert current.spec.type == "codex" and current.metadata.deletion_timestamp is None
