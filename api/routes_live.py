@@ -7,6 +7,7 @@ config hash, so the reconciler recreates the container.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from controller.errors import SOCKET_ERROR, AgentError
 from controller.model import Agent, now_iso
 from controller.render import ANNOTATION_RESTARTED_AT
 from controller.stats import summarize
-from controller.store import Conflict, NotFound
+from controller.store import Conflict, NotFound, Write
 
 routes = web.RouteTableDef()
 
@@ -124,10 +125,13 @@ async def restart(request: web.Request) -> web.Response:
         annotations = {**agent.metadata.annotations, ANNOTATION_RESTARTED_AT: now_iso()}
         wanted = Agent(replace(agent.metadata, annotations=annotations), agent.spec, agent.status)
         try:
-            updated = await store.replace(wanted, expected_rv=str(agent.metadata.resource_version))
+            # Refused only if the desired state changed since the read (not for the controller's status
+            # writes); then the change is let through to commit, read, and the restart made on top of it.
+            (updated,) = await store.write_all([Write("replace", name, wanted, planned_from=agent)])
         except Conflict:
             if (await store.get(name)).metadata.deletion_timestamp is not None:
                 raise
+            await asyncio.sleep(0.05)
             continue
         return web.json_response(updated.to_manifest(), status=202)
     raise ApiError(409, "CONFLICT", f"agent {name!r} kept changing; try the restart again")

@@ -481,7 +481,7 @@ class SqliteStore:
         current = view(agent.name)
         if current is None:
             raise NotFound(f"agent {agent.name!r} not found")
-        _check_rv(current, expected_rv)
+        _check_rv(current, expected_rv, self._cache.get(current.name))
         if current.metadata.deletion_timestamp is not None:
             raise Conflict(f"agent {agent.name!r} is being deleted")
         spec_changed = current.spec != agent.spec
@@ -504,7 +504,7 @@ class SqliteStore:
         current = view(name)
         if current is None:
             raise NotFound(f"agent {name!r} not found")
-        _check_rv(current, expected_rv)
+        _check_rv(current, expected_rv, self._cache.get(current.name))
         if current.metadata.deletion_timestamp is not None:
             return _Staged(name, current, None)
         new = current.copy()
@@ -686,9 +686,19 @@ def _desired(agent: Agent | None) -> tuple[Any, ...] | None:
     return (meta.uid, meta.generation, meta.labels, meta.annotations, meta.deletion_timestamp, agent.spec)
 
 
-def _check_rv(current: Agent, expected_rv: str | None) -> None:
-    if expected_rv is not None and str(current.metadata.resource_version) != str(expected_rv):
-        raise Conflict(
-            f"agent {current.name!r} was modified: resourceVersion {expected_rv} is stale "
-            f"(current {current.metadata.resource_version}); re-read it and try again"
-        )
+def _check_rv(current: Agent, expected_rv: str | None, committed: Agent | None = None) -> None:
+    """Compare-and-set against ``current`` (the record including queued writes). A client can only have
+    read ``committed``: if it holds that version and only the controller's status is queued on top of it,
+    nothing it decided on has changed, so it is not stale."""
+    if expected_rv is None or str(current.metadata.resource_version) == str(expected_rv):
+        return
+    if (
+        committed is not None
+        and str(committed.metadata.resource_version) == str(expected_rv)
+        and _desired(committed) == _desired(current)
+    ):
+        return
+    raise Conflict(
+        f"agent {current.name!r} was modified: resourceVersion {expected_rv} is stale "
+        f"(current {current.metadata.resource_version}); re-read it and try again"
+    )

@@ -324,3 +324,20 @@ async def test_write_all_conflicts_on_a_desired_state_change_it_did_not_see_but_
     await put
     current = await store.get("a")
     assert current.spec.type == "codex" and current.metadata.deletion_timestamp is None
+
+
+async def test_a_client_holding_the_committed_version_is_not_stale_because_of_a_queued_status_write(
+    store: SqliteStore, tmp_path: Path
+):
+    s = settings(tmp_path)
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    read = await store.get("a")  # what a client can see
+    status = asyncio.ensure_future(store.update_status("a", created.metadata.uid, {"phase": "Running"}))
+    await asyncio.sleep(0)  # queued, not committed: no client could have read its version
+    rv = str(read.metadata.resource_version)
+    updated = await store.replace(agent({"name": "a", "type": "codex"}, s), expected_rv=rv)
+    assert updated.spec.type == "codex" and updated.status["phase"] == "Running"
+    await status
+    # A version that is really stale is still refused.
+    with pytest.raises(Conflict):
+        await store.mark_deleted("a", expected_rv=rv)
