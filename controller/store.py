@@ -106,10 +106,9 @@ class Write:
     op: Literal["create", "replace", "delete"]
     name: str
     agent: Agent | None = None
-    expected_rv: str | None = None
     planned_from: Agent | None = None
     """The record this write was decided from: if its desired state (spec, labels, annotations, deletion)
-    changed since, the write is a conflict. Status writes do not count, unlike ``expected_rv``."""
+    changed since, the write is a conflict. The controller's status writes do not count."""
 
 
 class Store(Protocol):
@@ -129,9 +128,7 @@ class Store(Protocol):
     async def current_rv(self) -> int: ...
     async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent: ...
     async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]: ...
-    def subscribe_events(self) -> asyncio.Queue[AgentEvent]: ...
     def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]: ...
-    def unsubscribe_events(self, queue: asyncio.Queue[AgentEvent]) -> None: ...
 
 
 _SCHEMA = """
@@ -196,10 +193,6 @@ def _constant(value: T, _: Any) -> T:
     return value
 
 
-async def _resolved(value: T) -> T:
-    return value
-
-
 class SqliteStore:
     """SQLite in WAL mode, written by group commit.
 
@@ -221,7 +214,6 @@ class SqliteStore:
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
         self._subscribers: set[asyncio.Queue[Change]] = set()
-        self._event_subscribers: set[asyncio.Queue[AgentEvent]] = set()
         self._feed_subscribers: set[asyncio.Queue[Change | AgentEvent]] = set()
         self.write_error: str | None = None
         self._cache: dict[str, Agent] = {}  # committed records
@@ -385,7 +377,7 @@ class SqliteStore:
     async def _write_staged(self, staged: builtins.list[_Staged]) -> builtins.list[Agent]:
         """Queue the staged writes together (so they share one commit) and answer once they are durable.
         A record that needs no write still waits for a queued write of it that its answer has seen."""
-        waits: builtins.list[Awaitable[Any]] = []
+        answers: builtins.list[Any] = []  # an Agent, or an awaitable of one
         group = 0
         if len(staged) > 1:
             self._seq += 1
@@ -393,12 +385,16 @@ class SqliteStore:
         for item in staged:
             answer = item.answer.copy()
             if item.change is not None:
-                waits.append(self._put(item, group))
+                answers.append(self._put(item, group))
             elif item.name in self._pending:
-                waits.append(self._enqueue(_nothing, functools.partial(_constant, answer), 0, group))
+                answers.append(self._enqueue(_nothing, functools.partial(_constant, answer), 0, group))
             else:
-                waits.append(_resolved(answer))
-        return list(await asyncio.gather(*waits))
+                answers.append(answer)  # nothing to wait for (the steady state's unchanged status)
+        waits = [a for a in answers if not isinstance(a, Agent)]
+        if not waits:
+            return answers
+        done = iter(await asyncio.gather(*waits))
+        return [a if isinstance(a, Agent) else next(done) for a in answers]
 
     async def _flush(self) -> None:
         """The group-commit loop: one transaction for everything queued, until the queue is empty."""
@@ -538,13 +534,13 @@ class SqliteStore:
                 if write.planned_from is not None and _desired(view(write.name)) != _desired(write.planned_from):
                     raise Conflict(f"agent {write.name!r} was changed after it was read; read it again")
                 if write.op == "delete":
-                    item = self._stage_delete(write.name, write.expected_rv, view)
+                    item = self._stage_delete(write.name, None, view)
                 elif write.agent is None:
                     raise ValueError(f"a {write.op} needs the agent")
                 elif write.op == "create":
                     item = self._stage_create(write.agent, view)
                 else:
-                    item = self._stage_replace(write.agent, write.expected_rv, view)
+                    item = self._stage_replace(write.agent, None, view)
                 overlay[item.name] = item.answer
                 staged.append(item)
         except StoreError as exc:
@@ -618,8 +614,6 @@ class SqliteStore:
         def after(result: tuple[int, str]) -> AgentEvent:
             count, first = result
             event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
-            for queue in self._event_subscribers:
-                queue.put_nowait(event)
             for feed in self._feed_subscribers:
                 feed.put_nowait(event)
             return event
@@ -650,14 +644,6 @@ class SqliteStore:
 
     def unsubscribe_feed(self, queue: asyncio.Queue[Change | AgentEvent]) -> None:
         self._feed_subscribers.discard(queue)
-
-    def subscribe_events(self) -> asyncio.Queue[AgentEvent]:
-        queue: asyncio.Queue[AgentEvent] = asyncio.Queue()
-        self._event_subscribers.add(queue)
-        return queue
-
-    def unsubscribe_events(self, queue: asyncio.Queue[AgentEvent]) -> None:
-        self._event_subscribers.discard(queue)
 
     def subscribe(self) -> asyncio.Queue[Change]:
         queue: asyncio.Queue[Change] = asyncio.Queue()

@@ -147,7 +147,7 @@ async def test_store_file_and_directory_are_private(store: SqliteStore, tmp_path
 async def test_repeated_events_are_counted_not_repeated_and_bounded(store: SqliteStore, tmp_path: Path):
     s = settings(tmp_path)
     created = await store.create(agent({"name": "a", "type": "claude"}, s))
-    feed = store.subscribe_events()
+    feed = store.subscribe_feed()
     for _ in range(3):
         await store.record_event(created, "Warning", "IMAGE_NOT_FOUND", "image x is not present locally")
     await store.record_event(created, "Normal", "Started", "started container abc")
