@@ -1,14 +1,14 @@
 """What an agent may ask for: the security policy applied when a body is admitted.
 
 Each refusal is a ``FieldError`` whose message names the rule, so a 403 tells the user what to change.
-Everything here is a pure decision, except that host paths are resolved with ``os.path.realpath``:
-a symlink must be judged by where it points.
+Everything here is a pure decision, except that host paths are resolved on the host's filesystem:
+a symlink must be judged by where it points, and a path by every directory it is looked up in.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +162,9 @@ def check_spec(spec: AgentSpec, settings: Settings, prefix: str) -> Verdict:
         refusal = mount_refusal(mount, settings, roots)
         if refusal:
             forbidden.append(FieldError(field, refusal))
+    forbidden += [
+        FieldError(f"{prefix}volumes[{i}]", why) for i, why in redirectable(resolve_mounts(spec.volumes, prefix))
+    ]
     context = spec.security_context
     if context.run_as_user == 0:
         forbidden.append(FieldError(f"{prefix}securityContext.runAsUser", "running as root (uid 0) is not allowed"))
@@ -205,3 +208,111 @@ def mount_refusal(mount: BindMount, settings: Settings, roots: Iterable[VolumeRo
             f"(add :ro, or allow writes with {root.path}:rw in PARALLAX_ALLOWED_VOLUME_ROOTS)"
         )
     return None
+
+
+# --- mounts that another mount could redirect ---------------------------------------------------
+#
+# Docker resolves a bind mount's host path again at every start of a container, following symlinks.
+# Whoever can change an entry of a directory that the path is looked up in can point it anywhere.
+# Agents can change entries only below their read-write bind mounts, so the guarantee is structural:
+# no directory that any agent's host path is looked up in lies inside any agent's read-write mount.
+# Then no sequence of actions by agents can redirect a mount, and the check before every start
+# (``mount_refusal`` plus this one) sees what Docker is about to mount.
+
+MAX_SYMLINK_HOPS = 40  # the kernel's limit (ELOOP)
+
+
+def resolve_lookups(path: str) -> tuple[str, tuple[str, ...]]:
+    """Resolve ``path`` as the kernel does: its final host path, and every directory an entry was looked
+    up in on the way (the parent of each component, the components of symlink targets included).
+    Components that do not exist are taken literally (Docker creates a missing bind source)."""
+    pending = [part for part in path.split("/") if part]
+    current = "/"
+    lookups: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        lookups.append(current)
+        candidate = os.path.join(current, part)
+        try:
+            target = os.readlink(candidate)
+        except OSError:  # not a link, or missing: an ordinary component
+            current = candidate
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise OSError(f"too many levels of symbolic links in {path!r}")
+        if target.startswith("/"):
+            current = "/"
+        pending[:0] = [p for p in target.split("/") if p]
+    return current, tuple(dict.fromkeys(lookups))
+
+
+@dataclass(frozen=True)
+class ResolvedMount:
+    """A bind mount with where its host path leads now; ``owner`` names it in messages."""
+
+    owner: str
+    mount: BindMount
+    target: str
+    lookups: tuple[str, ...]
+
+
+def resolve_mounts(volumes: Sequence[str], owner: str = "") -> list[ResolvedMount]:
+    resolved = []
+    for i, volume in enumerate(volumes):
+        mount = parse_volume(volume)
+        try:
+            target, lookups = resolve_lookups(mount.host_path)
+        except OSError:
+            target, lookups = mount.host_path, tuple(_ancestors(mount.host_path))
+        resolved.append(ResolvedMount(f"{owner}volumes[{i}]", mount, target, lookups))
+    return resolved
+
+
+def _ancestors(path: str) -> Iterable[str]:
+    while path != "/":
+        path = os.path.dirname(path)
+        yield path
+
+
+def redirectable(mounts: Sequence[ResolvedMount], others: Sequence[ResolvedMount] = ()) -> list[tuple[int, str]]:
+    """``(index into mounts, why)`` for each of ``mounts`` that a read-write mount could redirect (one of
+    its lookup directories is inside a read-write mount, of this agent or of ``others``), and for each
+    read-write one of ``mounts`` that could redirect one of ``others``."""
+    found: list[tuple[int, str]] = []
+    writable_others = [w for w in others if not w.mount.read_only]
+    for i, mine in enumerate(mounts):
+        for writer in [*(w for w in mounts if w is not mine and not w.mount.read_only), *writable_others]:
+            inside = next((d for d in mine.lookups if is_within(d, writer.target)), None)
+            if inside is not None:
+                found.append(
+                    (
+                        i,
+                        f"host path {mine.mount.host_path!r} is looked up in {inside}, inside {writer.owner} "
+                        f"({writer.target}, read-write): whatever runs there could swap a path component for a "
+                        "symlink and redirect this mount; mount the read-write directory itself, or keep the "
+                        "two apart",
+                    )
+                )
+                break
+        if mine.mount.read_only:
+            continue
+        for other in others:
+            inside = next((d for d in other.lookups if is_within(d, mine.target)), None)
+            if inside is not None:
+                found.append(
+                    (
+                        i,
+                        f"read-write host path {mine.mount.host_path!r} contains {inside}, where the host path of "
+                        f"{other.owner} ({other.mount.host_path!r}) is looked up: whatever runs here could "
+                        "redirect that mount; keep the two apart",
+                    )
+                )
+                break
+    return found

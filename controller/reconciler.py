@@ -16,9 +16,9 @@ from typing import Any
 from controller.config import Settings
 from controller.docker_driver import ContainerInfo, DockerDriver, parse_docker_time
 from controller.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, RESOURCE_LIMIT, AgentError
-from controller.model import Agent, AgentSpec, container_name, parse_iso
+from controller.model import Agent, container_name, parse_iso
 from controller.mounts import parse_volume
-from controller.policy import mount_refusal
+from controller.policy import mount_refusal, redirectable, resolve_mounts
 from controller.quantity import parse_memory
 from controller.render import desired_container, workspace_labels, workspace_volume
 from controller.restarts import decide_exit, should_restart
@@ -179,9 +179,7 @@ class Reconciler:
             status.pop("lastState", None)
 
         if current is None:
-            refusal = self._mount_refusal(spec)
-            if refusal is not None:
-                raise AgentError(CONTAINER_ERROR, refusal)
+            await self._guard_mounts(agent, "created")
             image = config["Image"]
             if not await self.driver.image_exists(image):
                 raise AgentError(IMAGE_NOT_FOUND, f"image {image} is not present locally (nothing is pulled)")
@@ -192,7 +190,7 @@ class Reconciler:
             await self._event(agent, NORMAL, "Created", f"created container {container_id[:12]} from image {image}")
             status["containerId"] = container_id
             await self._write(agent, status)
-            await self.driver.start(container_id)
+            await self._start(agent, container_id)
             log.info("agent %s: started container %s", agent.name, container_id[:12])
             await self._event(agent, NORMAL, "Started", f"started container {container_id[:12]}")
             info = await self.driver.inspect(container_id)
@@ -207,7 +205,7 @@ class Reconciler:
             await self.driver.connect_network(current.id, spec.network, [agent.name])
             await self._event(agent, WARNING, "Reconnected", f"container was off network {spec.network}; reconnected")
         if current.status == "created":
-            await self.driver.start(current.id)
+            await self._start(agent, current.id)
             info = await self.driver.inspect(current.id)
             return await self._observe(agent, status, info, stamp)
         if current.running:
@@ -247,14 +245,33 @@ class Reconciler:
         await self._write(agent, status)
         return result
 
-    def _mount_refusal(self, spec: AgentSpec) -> str | None:
-        """The mount policy again, just before a container is made: a path admitted earlier may have been
-        swapped for a symlink out of its root since, and Docker would follow it."""
+    async def _start(self, agent: Agent, container_id: str) -> None:
+        """Every start of a container goes through here: Docker resolves bind-mount host paths again at
+        each start, so the mount policy is applied again at each start, not only at creation."""
+        await self._guard_mounts(agent, "started")
+        await self.driver.start(container_id)
+
+    async def _guard_mounts(self, agent: Agent, doing: str) -> None:
+        """The mount policy on the host paths as they are now: each must still lie in an allowed root and
+        expose nothing of the host (a path may have become a symlink since admission), and none may be
+        redirectable through a read-write mount of this or any other agent (``policy.redirectable``).
+        Other agents' records count while they exist, deleting ones included, so of two agents whose
+        mounts conflict, whichever starts second is refused, however the two were admitted."""
+        spec = agent.spec
+        if not spec.volumes:
+            others: list[Agent] = []
+        else:
+            others = [a for a in await self.store.list() if a.name != agent.name and a.spec.volumes]
         for i, volume in enumerate(spec.volumes):
             why = mount_refusal(parse_volume(volume), self.settings)
             if why is not None:
-                return f"volumes[{i}]: {why}; the container is not created (the path changed since admission?)"
-        return None
+                raise AgentError(
+                    CONTAINER_ERROR,
+                    f"volumes[{i}]: {why}; the container is not {doing} (the path changed since admission?)",
+                )
+        theirs = [m for other in others for m in resolve_mounts(other.spec.volumes, f"agent {other.name!r} ")]
+        for i, why in redirectable(resolve_mounts(spec.volumes), theirs):
+            raise AgentError(CONTAINER_ERROR, f"volumes[{i}]: {why}; the container is not {doing}")
 
     async def _credentials_needed(self, info: ContainerInfo) -> str | None:
         """The agent image's own word that it has no credentials (its ``parallax: needs credentials:`` line)."""
@@ -341,7 +358,7 @@ class Reconciler:
             )
             await self._write(agent, status)
             return Result(requeue_after=wait)
-        await self.driver.start(current.id)
+        await self._start(agent, current.id)
         status["restartCount"] = int(status.get("restartCount", 0)) + 1
         log.info("agent %s: restarted container (restart %d)", agent.name, status["restartCount"])
         await self._event(
