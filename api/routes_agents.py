@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -114,8 +115,7 @@ async def replace_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     name = request.match_info["name"]
     agent, rv = admit(await read_json(request), settings, name=name)
-    current = await store.get(name)
-    updated = await store.replace(keep_stored_secrets(agent, current), expected_rv=rv)
+    updated = await store.update(name, functools.partial(keep_stored_secrets, agent), expected_rv=rv)
     return web.json_response(agent_json(updated))
 
 
@@ -142,16 +142,19 @@ async def patch_agent(request: web.Request) -> web.Response:
     if not is_manifest(patch):
         flat = flat_to_manifest(patch)
         patch = {key: flat[key] for key in ("metadata", "spec") if flat[key]}
-    current = await store.get(name)
-    base = current.to_manifest(redact=False)
-    base.pop("status", None)
-    base["metadata"] = {
-        k: v for k, v in base["metadata"].items() if k in ("name", "labels", "annotations") and v is not None
-    }
     rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
-    merged = merge_patch(base, patch)
-    agent, _ = admit(merged, settings, name=name)
-    updated = await store.replace(keep_stored_secrets(agent, current), expected_rv=str(rv) if rv is not None else None)
+
+    def patched(current: Agent) -> Agent:
+        base = current.to_manifest(redact=False)
+        base.pop("status", None)
+        base["metadata"] = {
+            k: v for k, v in base["metadata"].items() if k in ("name", "labels", "annotations") and v is not None
+        }
+        agent, _ = admit(merge_patch(base, patch), settings, name=name)
+        return keep_stored_secrets(agent, current)
+
+    # Merged onto the latest version, queued writes included: concurrent patches all take effect.
+    updated = await store.update(name, patched, expected_rv=str(rv) if rv is not None else None)
     return web.json_response(agent_json(updated))
 
 

@@ -119,6 +119,7 @@ class Store(Protocol):
     async def list(self) -> list[Agent]: ...
     async def create(self, agent: Agent) -> Agent: ...
     async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent: ...
+    async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent: ...
     async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent: ...
     async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]: ...
     async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None: ...
@@ -515,6 +516,17 @@ class SqliteStore:
     async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
         """Replace spec, labels and annotations; generation moves only when the spec changes."""
         return (await self._write_staged([self._stage_replace(agent, expected_rv, self._view)]))[0]
+
+    async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent:
+        """Replace agent ``name`` with ``build(latest)``: ``latest`` is the record with every write queued
+        so far, and reading it, building and queueing are one synchronous step. So a merge patch applies
+        to the latest version and a redacted secret keeps the latest value: no acknowledged write made
+        meanwhile is lost. ``build`` may raise (an invalid result): then nothing is written."""
+        current = self._view(name)
+        if current is None:
+            raise NotFound(f"agent {name!r} not found")
+        _check_rv(current, expected_rv, self._cache.get(name))
+        return (await self._write_staged([self._stage_replace(build(current.copy()), expected_rv, self._view)]))[0]
 
     async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
         return (await self._write_staged([self._stage_delete(name, expected_rv, self._view)]))[0]

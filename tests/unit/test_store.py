@@ -341,3 +341,31 @@ async def test_a_client_holding_the_committed_version_is_not_stale_because_of_a_
     # A version that is really stale is still refused.
     with pytest.raises(Conflict):
         await store.mark_deleted("a", expected_rv=rv)
+
+
+async def test_update_builds_on_the_latest_queued_version(store: SqliteStore, tmp_path: Path):
+    """Concurrent read-modify-writes (PATCH, PUT) each see the writes queued before them: none is lost."""
+    s = settings(tmp_path)
+    await store.create(agent({"name": "a", "type": "claude"}, s))
+
+    def label(key: str):
+        def build(current: Agent) -> Agent:
+            labels = {**current.metadata.labels, key: "v"}
+            return Agent(replace(current.metadata, labels=labels), current.spec, current.status)
+
+        return build
+
+    await asyncio.gather(*(store.update("a", label(f"k{i}")) for i in range(30)))
+    assert set((await store.get("a")).metadata.labels) == {f"k{i}" for i in range(30)}
+
+    def invalid(current: Agent) -> Agent:
+        raise ValueError("refused")
+
+    before = (await store.get("a")).metadata.resource_version
+    with pytest.raises(ValueError):
+        await store.update("a", invalid)
+    assert (await store.get("a")).metadata.resource_version == before
+    with pytest.raises(Conflict):
+        await store.update("a", label("late"), expected_rv=str(before - 1))
+    with pytest.raises(NotFound):
+        await store.update("missing", label("x"))
