@@ -11,7 +11,7 @@ from typing import Any
 
 from controller.config import Settings
 from controller.docker_driver import DockerDriver
-from controller.errors import SOCKET_ERROR, AgentError
+from controller.errors import IMAGE_NOT_FOUND, SOCKET_ERROR, AgentError
 from controller.logging_setup import reconcile_scope
 from controller.metrics import Metrics, reconcile_result
 from controller.reconciler import Reconciler
@@ -125,8 +125,8 @@ class Controller:
         try:
             while True:
                 change = await changes.get()
-                if change.spec_changed:
-                    self.queue.add(change.agent.name)
+                if change.spec_changed:  # a new desired state: act on it now, whatever the backoff
+                    self.queue.add_now(change.agent.name)
         finally:
             self.store.unsubscribe(changes)
 
@@ -162,20 +162,25 @@ class Controller:
                 if agent:
                     self.queue.add(agent)
         elif kind == "network" and action in NETWORK_ACTIONS:
-            network = attributes.get("name")
+            # A disconnect concerns one container (a failed start disconnects its own, for one): only
+            # its agent's outcome can change. A destroyed network concerns every agent on it.
+            network, container = attributes.get("name"), attributes.get("container")
             if action == "destroy" and network:
                 self.driver.forget_network(network)
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
-                    if agent.spec.network == network:
+                    if agent.spec.network == network and (
+                        action == "destroy" or agent.status.get("containerId") == container
+                    ):
                         self.queue.add(agent.name)
         elif kind == "image" and action in IMAGE_ACTIONS:
             if action in ("delete", "untag"):
                 self.driver.forget_images()
+                return  # agents already running keep their image; new ones find out at creation
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
-                    if agent.phase in ("Pending", "Failed") or agent.status.get("error"):
-                        self.queue.add(agent.name)
+                    if (agent.status.get("error") or {}).get("code") == IMAGE_NOT_FOUND:
+                        self.queue.add_now(agent.name)  # the image it was missing may be here now
 
     async def _resync_loop(self) -> None:
         while True:

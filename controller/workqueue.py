@@ -280,18 +280,53 @@ class RateLimitingQueue(DelayingQueue):
     ) -> None:
         super().__init__(clock=clock, observer=observer)
         self._rate_limiter: RateLimiter = rate_limiter or ItemExponentialFailureRateLimiter()
+        self._backoff_until: dict[str, float] = {}
         self.retries_total = 0
 
     def add_rate_limited(self, key: str) -> None:
-        """Add ``key`` again once the rate limiter says it may be retried."""
+        """Add ``key`` again once the rate limiter says it may be retried. Until then the key is backing
+        off: unlike client-go, plain ``add`` (any other trigger) waits for that time too, so a stream of
+        events about a failing key cannot turn its backoff into a hot loop."""
         if self._shutting_down:
             return
         self.retries_total += 1
-        self.add_after(key, self._rate_limiter.when(key))
+        delay = self._rate_limiter.when(key)
+        self._backoff_until[key] = self._clock.now() + delay
+        self.add_after(key, delay)
+
+    def _backoff_left(self, key: str) -> float:
+        until = self._backoff_until.get(key)
+        return 0.0 if until is None else until - self._clock.now()
+
+    def add(self, key: str) -> None:
+        left = self._backoff_left(key)
+        if left > 0:
+            self.add_after(key, left)  # already due then: the earlier time wins, so nothing changes
+            return
+        super().add(key)
+
+    def done(self, key: str) -> None:
+        """As ``WorkQueue.done``, but a key added while it was being processed and has failed since waits
+        for its backoff instead of being handed out again at once."""
+        left = self._backoff_left(key)
+        if left > 0 and key in self._dirty and key in self._processing:
+            self._dirty.discard(key)
+            self._added_at.pop(key, None)
+            super().done(key)
+            self.add_after(key, left)
+            return
+        super().done(key)
 
     def forget(self, key: str) -> None:
         """Reset ``key``'s backoff; call this when it was processed successfully."""
         self._rate_limiter.forget(key)
+        self._backoff_until.pop(key, None)
+
+    def add_now(self, key: str) -> None:
+        """Add ``key`` at once, ending its backoff: for news that may change its outcome (a new desired
+        state, the image it was missing), not for echoes of what it already tried."""
+        self.forget(key)
+        super().add(key)
 
     def num_requeues(self, key: str) -> int:
         return self._rate_limiter.num_requeues(key)

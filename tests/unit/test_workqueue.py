@@ -335,3 +335,51 @@ async def test_rate_limiting_queue_defaults_to_client_go_backoff(clock: FakeCloc
     assert len(q) == 1
     q.shut_down()
     await settle()
+
+
+async def test_a_backing_off_key_waits_whatever_adds_it(clock: FakeClock) -> None:
+    """Events and resyncs about a failing key (``add``) do not cut its backoff short."""
+    q = RateLimitingQueue(ItemExponentialFailureRateLimiter(base_delay=4, max_delay=60), clock=clock)
+    q.add_rate_limited("a")
+    for _ in range(10):
+        q.add("a")
+    clock.advance(3.9)
+    await settle()
+    assert len(q) == 0
+    clock.advance(0.2)
+    await settle()
+    assert len(q) == 1 and await q.get() == "a"
+    q.shut_down()
+    await settle()
+
+
+async def test_a_key_added_while_its_reconcile_fails_waits_for_the_backoff(clock: FakeClock) -> None:
+    """The hot loop of the defect: the failing reconcile's own echoes re-add the key while it is being
+    processed; ``done`` must not hand it out again before the backoff."""
+    q = RateLimitingQueue(ItemExponentialFailureRateLimiter(base_delay=4, max_delay=60), clock=clock)
+    q.add("a")
+    assert await q.get() == "a"
+    q.add("a")  # an event during processing
+    q.add_rate_limited("a")  # the reconcile failed
+    q.done("a")
+    assert len(q) == 0
+    clock.advance(4.1)
+    await settle()
+    assert await q.get() == "a"
+    q.shut_down()
+    await settle()
+
+
+async def test_add_now_ends_the_backoff_and_forget_resets_it(clock: FakeClock) -> None:
+    q = RateLimitingQueue(ItemExponentialFailureRateLimiter(base_delay=4, max_delay=60), clock=clock)
+    q.add_rate_limited("a")
+    q.add_now("a")  # a new desired state
+    assert len(q) == 1 and q.num_requeues("a") == 0
+    assert await q.get() == "a"
+    q.done("a")
+    q.add_rate_limited("b")
+    q.forget("b")
+    q.add("b")
+    assert len(q) == 1
+    q.shut_down()
+    await settle()
