@@ -12,8 +12,8 @@ from typing import Any
 import aiodocker
 import pytest
 
-from controller.schema import flat_to_manifest
-from tests.harness import Controller, running
+from controller.schema import flat_to_manifest, load_schema
+from tests.harness import Controller, docker_exec, running
 
 pytestmark = pytest.mark.docker
 
@@ -139,3 +139,22 @@ async def test_more_cpus_than_the_docker_host_has_is_admitted_and_reported_as_re
     error = agent["status"]["error"]
     assert error["code"] == "RESOURCE_LIMIT", error
     assert "spec.resources.cpu" in error["message"] and f"only {cpus} CPUs" in error["message"], error
+
+
+async def test_capabilities_added_do_not_reach_the_non_root_agent_process(controller: Controller) -> None:
+    """As the schema says (and as in Kubernetes): ``capabilities.add`` puts a capability in the bounding
+    set; a non-root process gets none in its effective set without file capabilities or ambient ones."""
+    description = load_schema()["$defs"]["spec"]["properties"]["securityContext"]["properties"]["capabilities"]
+    assert "non-root" in description["properties"]["add"]["description"]
+    body = {
+        "name": "adm-caps",
+        "type": "claude",
+        "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_BIND_SERVICE", "CHOWN"]}},
+    }
+    status, created = await controller.request("POST", "/agents?wait=true&timeout=45", body)
+    assert status == 201 and running(created), created
+    code, out = await docker_exec("parallax-agent-adm-caps", "sh", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status")
+    assert code == 0, out
+    caps = dict(line.split(":\t") for line in out.strip().splitlines())
+    assert int(caps["CapBnd"], 16) == (1 << 10) | (1 << 0), caps  # NET_BIND_SERVICE (10) and CHOWN (0)
+    assert int(caps["CapEff"], 16) == 0, caps
