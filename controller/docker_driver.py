@@ -166,6 +166,14 @@ def _resource_refusal(message: str) -> bool:
     )
 
 
+def _limit_field(lowered: str) -> str:
+    """`` (spec.resources.cpu)``: the field of the spec a refusal of the limits is about, when it says."""
+    for word, field in (("cpu", "cpu"), ("memory", "memory"), ("pids", "pids")):
+        if word in lowered:
+            return f" (spec.resources.{field})"
+    return ""
+
+
 def _classify(exc: aiodocker.DockerError, doing: str) -> AgentError:
     """The error code of a refused create or start, from what Docker said."""
     message = exc.message or str(exc)
@@ -175,7 +183,7 @@ def _classify(exc: aiodocker.DockerError, doing: str) -> AgentError:
     if "network" in lowered or "endpoint" in lowered or "address pool" in lowered:
         return AgentError(NETWORK_ERROR, f"{doing}: {message}")
     if _resource_refusal(message):
-        return AgentError(RESOURCE_LIMIT, f"{doing}: Docker refused the limits: {message}")
+        return AgentError(RESOURCE_LIMIT, f"{doing}: Docker refused the limits{_limit_field(lowered)}: {message}")
     return AgentError(CONTAINER_ERROR, f"{doing}: {message}")
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from controller.redact import scrub
+
 IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
 NETWORK_ERROR = "NETWORK_ERROR"
 RESOURCE_LIMIT = "RESOURCE_LIMIT"
@@ -24,6 +28,21 @@ class AgentError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    def scrub(self, env: Mapping[str, str]) -> AgentError:
+        """This error with ``env``'s values (an agent's secrets) taken out of its message, in place, so
+        every holder of it (status, events, logs, the raised exception) sees the same clean text.
+
+        Docker's own exception, the cause, quotes the same text: it is dropped (a traceback would print it).
+        """
+        message = scrub(self.message, env)
+        if message != self.message:
+            self.message = message
+            self.args = (f"{self.code}: {message}",)
+            self.__cause__ = None
+            self.__context__ = None
+            self.__suppress_context__ = True
+        return self
 
     @property
     def resolution(self) -> str:

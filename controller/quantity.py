@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses anything smaller
+INT64_MAX = 2**63 - 1  # Docker's Memory and NanoCpus are Go int64s: a larger number is refused as JSON
+MAX_MEMORY_BYTES = INT64_MAX
 MIN_CPU = 0.01  # Docker's smallest NanoCpus step that it accepts
+MAX_CPU = INT64_MAX // 1_000_000_000  # whole cores whose NanoCpus still fit an int64
 
 _MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 _MEMORY_UNITS = {
@@ -42,19 +46,18 @@ def parse_memory(value: object) -> int:
     if isinstance(value, bool):
         raise QuantityError(f"memory must be a size like 512m or 1g, not {value!r}")
     if isinstance(value, int):
-        amount = float(value)
-        unit = ""
+        amount, unit = Decimal(value), ""
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise QuantityError(f"memory must be a finite size, not {value!r}")
-        amount, unit = value, ""
+        amount, unit = Decimal(value), ""
     elif isinstance(value, str):
         match = _MEMORY_RE.match(value)
         if match is None or match.group(2).lower() not in _MEMORY_UNITS:
             raise QuantityError(
                 f"memory {value!r} is not a size: use bytes or a number with b, k, m, g, t, Ki, Mi, Gi, Ti"
             )
-        amount, unit = float(match.group(1)), match.group(2).lower()
+        amount, unit = Decimal(match.group(1)), match.group(2).lower()
     else:
         raise QuantityError(f"memory must be a string like 512m or a number of bytes, not {type(value).__name__}")
     size = int(amount * _MEMORY_UNITS[unit])
@@ -62,6 +65,8 @@ def parse_memory(value: object) -> int:
         raise QuantityError(f"memory {value!r} must be greater than zero")
     if size < MIN_MEMORY_BYTES:
         raise QuantityError(f"memory {value!r} is below Docker's minimum of 6m")
+    if size > MAX_MEMORY_BYTES:
+        raise QuantityError(f"memory {value!r} is more than Docker can take (at most 2^63-1 bytes, about 8 EiB)")
     return size
 
 
@@ -84,6 +89,8 @@ def parse_cpu(value: object) -> float:
         raise QuantityError(f"cpu {value!r} must be greater than zero")
     if cores < MIN_CPU:
         raise QuantityError(f"cpu {value!r} is below Docker's minimum of 0.01 cores")
+    if cores > MAX_CPU:
+        raise QuantityError(f"cpu {value!r} is more than Docker can take (its NanoCpus must fit in 64 bits)")
     return cores
 
 

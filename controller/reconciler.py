@@ -20,6 +20,7 @@ from controller.model import Agent, container_name, parse_iso
 from controller.mounts import parse_volume
 from controller.policy import mount_refusal, redirectable, resolve_mounts
 from controller.quantity import parse_memory
+from controller.redact import scrub
 from controller.render import desired_container, workspace_labels, workspace_volume
 from controller.restarts import decide_exit, should_restart
 from controller.status import clear_error, set_condition, set_error, with_phase
@@ -116,6 +117,7 @@ class Reconciler:
             raise
 
     async def _fail(self, agent: Agent, err: AgentError) -> None:
+        err.scrub(agent.spec.env)  # Docker's text may quote an env entry: status, events, log and raise get it clean
         if err.code == NETWORK_ERROR:
             self.driver.forget_network(agent.spec.network)
         elif err.code == IMAGE_NOT_FOUND:
@@ -130,6 +132,7 @@ class Reconciler:
 
     async def _event(self, agent: Agent, type_: str, reason: str, message: str) -> None:
         """Record an event; a store that cannot take it must not stop the agent being looked after."""
+        message = scrub(message, agent.spec.env)
         try:
             await self.store.record_event(agent, type_, reason, message)
         except StoreError as exc:

@@ -10,7 +10,10 @@ its few hundred bytes, without building anything).
 What it reports per document (``Document.problems``): a plain scalar YAML 1.1 would turn into a
 boolean, date, number or null where the Agent schema expects a string (``DEBUG: on``, ``date:
 2024-01-01``, ``version: 1.10``). The value is kept as written, never mangled, and the user is told to
-quote it. Env values are never quoted back: they are secrets.
+quote it. Env values are never quoted back: they are secrets. Likewise a plain key YAML reads as something
+other than a string (``1:``, ``on:``, ``null:``) where the Agent has keys of its user's choosing (labels,
+annotations, env): JSON keys are strings, and coercing ``1`` to ``"1"`` (or ``on`` to ``"true"``, as
+Kubernetes' YAML reader does) would be a guess; the key is kept as written and the user told to quote it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ _scalars = yaml.constructor.SafeConstructor()
 Path = tuple[str | int, ...]
 ExpectedTypes = Callable[[Path, Any], frozenset[str] | None]
 """Given a value's path and the whole document: the JSON types allowed there, or None when unknown."""
+FreeKeys = Callable[[Path, Any], bool]
+"""Given a mapping's path and the whole document: whether its keys are the user's (labels, env)."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,13 @@ def load_documents(
     *,
     max_bytes: int = MAX_BYTES,
     expected_types: ExpectedTypes | None = None,
+    free_keys: FreeKeys | None = None,
 ) -> list[Document]:
     """The non-empty documents of a YAML stream, in order; raises ``YamlError``."""
     if expected_types is None:
         expected_types = agent_expected_types
+    if free_keys is None:
+        free_keys = agent_free_keys
     raw = text.encode() if isinstance(text, str) else text
     if len(raw) > max_bytes:
         raise YamlError([YamlProblem(f"the YAML is {len(raw)} bytes, larger than the limit of {max_bytes} bytes")])
@@ -145,7 +153,10 @@ def load_documents(
             builder = _Builder(index, budget)
             body = builder.build_root(root)
             doc = Document(index, root.start_mark.line + 1, body, builder.lines)
-            doc.problems = builder.problems + _misread_scalars(builder.guesses, body, expected_types, index)
+            doc.problems = builder.problems + _one_per_field(
+                _misread_keys(builder.key_guesses, body, free_keys, index)
+                + _misread_scalars(builder.guesses, body, expected_types, index)
+            )
             documents.append(doc)
             index += 1
     except yaml.MarkedYAMLError as exc:
@@ -248,6 +259,7 @@ class _Builder:
         self.lines: dict[str, int] = {}
         self.problems: list[YamlProblem] = []
         self.guesses: list[_Guess] = []
+        self.key_guesses: list[_Guess] = []  # path: the mapping's; text: the key
         self._sizes: dict[int, tuple[int, int]] = {}
 
     def fail(self, message: str, node: Node, path: Path = ()) -> YamlError:
@@ -347,6 +359,8 @@ class _Builder:
             raise self.fail("mapping keys must be plain strings, not lists or mappings", node, path)
         if node.tag not in (STR, INT, FLOAT, BOOL, NULL, TIMESTAMP, VALUE):
             raise self.fail(f"the tag {node.tag!r} is not allowed (only YAML's core tags are)", node, path)
+        if node.tag in _KIND and node.style in (None, ""):
+            self.key_guesses.append(_Guess(path, _KIND[node.tag], node.start_mark.line + 1, str(node.value)))
         # The key exactly as written: `on:` stays "on", never "True".
         return str(node.value)
 
@@ -404,6 +418,35 @@ def _misread_scalars(guesses: list[_Guess], body: Any, expected_types: ExpectedT
             message = 'a string is expected, but the value is empty (null); write "" for an empty string'
         problems.append(YamlProblem(message, line=guess.line, index=index, field=path))
     return problems
+
+
+def _one_per_field(problems: list[YamlProblem]) -> list[YamlProblem]:
+    """A key and its value misread at once (``{on: yes}``) make one problem saying both."""
+    merged: dict[str | None, YamlProblem] = {}
+    out: list[YamlProblem] = []
+    for problem in problems:
+        first = merged.get(problem.field)
+        if first is None or problem.field is None:
+            merged[problem.field] = problem
+            out.append(problem)
+        else:
+            joined = replace(first, message=f"{first.message}; and {problem.message}")
+            out[out.index(first)] = merged[problem.field] = joined
+    return out
+
+
+def _misread_keys(guesses: list[_Guess], body: Any, free_keys: FreeKeys, index: int) -> list[YamlProblem]:
+    return [
+        YamlProblem(
+            f"a key must be a string, but YAML reads the unquoted key {guess.text!r} as "
+            f"{_KIND_WORDS[guess.kind]}; put it in quotes",
+            line=guess.line,
+            index=index,
+            field=field_path((*guess.path, guess.text)),
+        )
+        for guess in guesses
+        if free_keys(guess.path, body)
+    ]
 
 
 def _put(body: Any, path: Path, text: str) -> None:
@@ -465,8 +508,8 @@ def _types_of(node: dict[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
-def agent_expected_types(path: Path, body: Any) -> frozenset[str] | None:
-    """The JSON types ``specs/agent.schema.json`` allows at ``path``; None where it does not say."""
+def _schema_node(path: Path, body: Any) -> Any:
+    """The (resolved) node of ``specs/agent.schema.json`` describing ``path``, or None."""
     agent_path = _agent_path(path, body)
     if agent_path is None:
         return None
@@ -484,7 +527,18 @@ def agent_expected_types(path: Path, body: Any) -> frozenset[str] | None:
             node = node["additionalProperties"]
         else:
             return None
-    node = _resolve(schema, node)
+    return _resolve(schema, node)
+
+
+def agent_free_keys(path: Path, body: Any) -> bool:
+    """Whether the mapping at ``path`` has keys of the user's choosing (a map: labels, annotations, env)."""
+    node = _schema_node(path, body)
+    return isinstance(node, dict) and isinstance(node.get("additionalProperties"), dict)
+
+
+def agent_expected_types(path: Path, body: Any) -> frozenset[str] | None:
+    """The JSON types ``specs/agent.schema.json`` allows at ``path``; None where it does not say."""
+    node = _schema_node(path, body)
     if not isinstance(node, dict):
         return None
     types = _types_of(node)
