@@ -69,7 +69,7 @@ async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: f
 async def create_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     wait = _wait_timeout(request)
-    agent, _ = admit(await read_json(request), settings)
+    agent, _ = admit(await read_json(request), settings, others=await store.list())
     changes = store.subscribe() if wait is not None else None
     try:
         created = await store.create(agent)
@@ -114,7 +114,7 @@ async def get_agent(request: web.Request) -> web.Response:
 async def replace_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     name = request.match_info["name"]
-    agent, rv = admit(await read_json(request), settings, name=name)
+    agent, rv = admit(await read_json(request), settings, name=name, others=await store.list())
     updated = await store.update(name, functools.partial(keep_stored_secrets, agent), expected_rv=rv)
     return web.json_response(agent_json(updated))
 
@@ -144,13 +144,15 @@ async def patch_agent(request: web.Request) -> web.Response:
         patch = {key: flat[key] for key in ("metadata", "spec") if flat[key]}
     rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
 
+    others = await store.list()
+
     def patched(current: Agent) -> Agent:
         base = current.to_manifest(redact=False)
         base.pop("status", None)
         base["metadata"] = {
             k: v for k, v in base["metadata"].items() if k in ("name", "labels", "annotations") and v is not None
         }
-        agent, _ = admit(merge_patch(base, patch), settings, name=name)
+        agent, _ = admit(merge_patch(base, patch), settings, name=name, others=others)
         return keep_stored_secrets(agent, current)
 
     # Merged onto the latest version, queued writes included: concurrent patches all take effect.

@@ -7,7 +7,7 @@ cannot carry that JSON Schema cannot express (``docker_limits``), then the secur
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from controller.config import Settings
@@ -54,7 +54,9 @@ def spec_defaults(settings: Settings) -> SpecDefaults:
     )
 
 
-def admit(body: Any, settings: Settings, *, name: str | None = None) -> tuple[Agent, str | None]:
+def admit(
+    body: Any, settings: Settings, *, name: str | None = None, others: Sequence[Agent] = ()
+) -> tuple[Agent, str | None]:
     """Validate ``body`` and return the Agent it asks for plus the resourceVersion it carried, if any.
 
     ``name`` is the name from the URL (PUT/PATCH); a body naming another agent is refused.
@@ -79,7 +81,8 @@ def admit(body: Any, settings: Settings, *, name: str | None = None) -> tuple[Ag
         field = "name" if flat else "metadata.name"
         raise AdmissionError([FieldError(field, f"{metadata['name']!r} does not match the name in the URL {name!r}")])
     spec = AgentSpec.from_dict(_whole_numbers(manifest["spec"]), spec_defaults(settings))
-    verdict = check_spec(spec, settings, prefix)
+    neighbours = [(o.name, o.spec.volumes) for o in others if o.spec.volumes and o.name != metadata["name"]]
+    verdict = check_spec(spec, settings, prefix, neighbours)
     if verdict.invalid:
         raise AdmissionError(list(verdict.invalid))
     if verdict.forbidden:

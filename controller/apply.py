@@ -161,7 +161,7 @@ class Applier:
         """Admit, plan and (unless ``dry_run``) write ``documents``; then prune what ``prune`` selects."""
         async with self.lock:
             stored_all = {agent.name: agent for agent in await self.store.list()}
-            results = [self._admit(doc, stamp) for doc in documents]
+            results = [self._admit(doc, stamp, list(stored_all.values())) for doc in documents]
             self._check_against_store(results, stored_all, guard)
             report = ApplyReport(dry_run, results)
             failed = [r for r in results if r.errors]
@@ -239,7 +239,7 @@ class Applier:
         await asyncio.gather(*events)  # one commit for all of them
         report.pruned = pruned
 
-    def _admit(self, doc: Document, stamp: Stamp | None) -> DocResult:
+    def _admit(self, doc: Document, stamp: Stamp | None, stored: list[Agent]) -> DocResult:
         result = DocResult(doc.index, doc.line, _document_name(doc.body), doc=doc)
         for problem in doc.problems:
             result.fail(problem.message, problem.field, problem.line)
@@ -247,7 +247,7 @@ class Applier:
             result.fail("a document must be a mapping: an Agent manifest (apiVersion, kind, metadata, spec)")
             return result
         try:
-            agent, _ = admit(_without_server_fields(doc.body), self.settings)
+            agent, _ = admit(_without_server_fields(doc.body), self.settings, others=stored)
         except AdmissionError as exc:
             reported = {e.field for e in result.errors}
             kind: ErrorKind = "forbidden" if exc.forbidden else "invalid"

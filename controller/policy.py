@@ -140,8 +140,12 @@ def _asks_for(value: Any) -> bool:
     return value is not None and value is not False and value != [] and value != {} and value != ""
 
 
-def check_spec(spec: AgentSpec, settings: Settings, prefix: str) -> Verdict:
-    """Every policy finding about an admitted spec, each at its field path."""
+def check_spec(
+    spec: AgentSpec, settings: Settings, prefix: str, neighbours: Iterable[tuple[str, Sequence[str]]] = ()
+) -> Verdict:
+    """Every policy finding about an admitted spec, each at its field path. ``neighbours`` are the other
+    agents' names and volumes: a mount one of them could redirect (or that could redirect one of theirs)
+    is refused now; the reconciler checks the same again before every start."""
     invalid: list[FieldError] = []
     forbidden: list[FieldError] = []
     targets: dict[str, int] = {}
@@ -162,9 +166,11 @@ def check_spec(spec: AgentSpec, settings: Settings, prefix: str) -> Verdict:
         refusal = mount_refusal(mount, settings, roots)
         if refusal:
             forbidden.append(FieldError(field, refusal))
-    forbidden += [
-        FieldError(f"{prefix}volumes[{i}]", why) for i, why in redirectable(resolve_mounts(spec.volumes, prefix))
-    ]
+    if spec.volumes:
+        theirs = [m for name, volumes in neighbours for m in resolve_mounts(volumes, f"agent {name!r} ")]
+        refused = {error.field for error in forbidden}
+        mine = [m for m in resolve_mounts(spec.volumes, prefix) if m.owner not in refused]
+        forbidden += [FieldError(mount.owner, why) for mount, why in redirectable(mine, theirs)]
     context = spec.security_context
     if context.run_as_user == 0:
         forbidden.append(FieldError(f"{prefix}securityContext.runAsUser", "running as root (uid 0) is not allowed"))
@@ -281,19 +287,21 @@ def _ancestors(path: str) -> Iterable[str]:
         yield path
 
 
-def redirectable(mounts: Sequence[ResolvedMount], others: Sequence[ResolvedMount] = ()) -> list[tuple[int, str]]:
-    """``(index into mounts, why)`` for each of ``mounts`` that a read-write mount could redirect (one of
-    its lookup directories is inside a read-write mount, of this agent or of ``others``), and for each
-    read-write one of ``mounts`` that could redirect one of ``others``."""
-    found: list[tuple[int, str]] = []
+def redirectable(
+    mounts: Sequence[ResolvedMount], others: Sequence[ResolvedMount] = ()
+) -> list[tuple[ResolvedMount, str]]:
+    """``(mount, why)`` for each of ``mounts`` that a read-write mount could redirect (one of its lookup
+    directories is inside a read-write mount, of this agent or of ``others``), and for each read-write
+    one of ``mounts`` that could redirect one of ``others``."""
+    found: list[tuple[ResolvedMount, str]] = []
     writable_others = [w for w in others if not w.mount.read_only]
-    for i, mine in enumerate(mounts):
+    for mine in mounts:
         for writer in [*(w for w in mounts if w is not mine and not w.mount.read_only), *writable_others]:
             inside = next((d for d in mine.lookups if is_within(d, writer.target)), None)
             if inside is not None:
                 found.append(
                     (
-                        i,
+                        mine,
                         f"host path {mine.mount.host_path!r} is looked up in {inside}, inside {writer.owner} "
                         f"({writer.target}, read-write): whatever runs there could swap a path component for a "
                         "symlink and redirect this mount; mount the read-write directory itself, or keep the "
@@ -308,7 +316,7 @@ def redirectable(mounts: Sequence[ResolvedMount], others: Sequence[ResolvedMount
             if inside is not None:
                 found.append(
                     (
-                        i,
+                        mine,
                         f"read-write host path {mine.mount.host_path!r} contains {inside}, where the host path of "
                         f"{other.owner} ({other.mount.host_path!r}) is looked up: whatever runs here could "
                         "redirect that mount; keep the two apart",

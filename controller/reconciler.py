@@ -273,8 +273,8 @@ class Reconciler:
                     f"volumes[{i}]: {why}; the container is not {doing} (the path changed since admission?)",
                 )
         theirs = [m for other in others for m in resolve_mounts(other.spec.volumes, f"agent {other.name!r} ")]
-        for i, why in redirectable(resolve_mounts(spec.volumes), theirs):
-            raise AgentError(CONTAINER_ERROR, f"volumes[{i}]: {why}; the container is not {doing}")
+        for mount, why in redirectable(resolve_mounts(spec.volumes), theirs):
+            raise AgentError(CONTAINER_ERROR, f"{mount.owner}: {why}; the container is not {doing}")
 
     async def _credentials_needed(self, info: ContainerInfo) -> str | None:
         """The agent image's own word that it has no credentials (its ``parallax: needs credentials:`` line)."""

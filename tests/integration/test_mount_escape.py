@@ -133,9 +133,9 @@ async def test_a_mount_swapped_for_a_symlink_is_refused_at_the_restart(
 async def test_a_neighbour_cannot_redirect_an_agents_mount(
     start_controller: StartController, docker: aiodocker.Docker, tmp_path: Path
 ):
-    """Two agents admitted apart (the second straight into the store, as a concurrent writer could): a
-    read-only mount of one lies inside a read-write mount of the other. Whichever starts second is
-    refused, and the first is refused at its next start, so the writer can never redirect the reader."""
+    """A read-only mount of one agent inside a read-write mount of another is refused at admission; and if
+    it gets in anyway (here straight into the store, as two concurrent writers could each pass admission),
+    whichever starts second is refused, and the first at its next start: the writer never redirects the reader."""
     root = tmp_path / "r"
     shared_dir(root / "a" / "sub")
     controller = await start_controller(allowed_volume_roots=(f"{root}:rw",))
@@ -148,6 +148,11 @@ async def test_a_neighbour_cannot_redirect_an_agents_mount(
     status, answer = await controller.request("POST", "/agents", writer_body)
     assert status == 201, answer
     await controller.wait_agent(f"writer-{RUN}", running)
+    reader_body = {"name": f"reader-{RUN}", "type": "claude", "volumes": [f"{root}/a/sub:/x:ro"]}
+    status, answer = await controller.request("POST", "/agents", reader_body)
+    assert status == 403, answer  # refused at admission while the writer's record exists
+    assert f"agent 'writer-{RUN}'" in answer["error"]["details"][0]["message"]
+    assert answer["error"]["details"][0]["field"] == "volumes[0]"
     reader, _ = admit({"name": f"reader-{RUN}", "type": "claude", "command": ["sleep", "3600"]}, controller.settings)
     await store_of(controller).create(unchecked(reader, (f"{root}/a/sub:/x:ro",)))
     found = await controller.wait_agent(f"reader-{RUN}", lambda a: error_code(a) == "CONTAINER_ERROR")
