@@ -141,7 +141,7 @@ async def test_hundreds_of_dropped_log_followers_never_starve_the_reconciler(
     async with aiohttp.ClientSession() as session, session.get(server.url + "/readyz") as resp:
         assert resp.status == 200, await resp.text()
 
-    assert quiet_seen.get(200, 0) == 500, quiet_seen
+    assert quiet_seen.get(200, 0) == 500, (quiet_seen, server.output()[-3000:])
     assert chatty_seen.get(200, 0) == 100, chatty_seen
     settled = await _settle_fds(pid, baseline + 10)
     print(f"server fds: baseline {baseline}, after 600 dropped log followers {settled}")
@@ -192,7 +192,8 @@ async def test_followers_beyond_the_bound_get_429_with_the_error_json(
     start_controller: Callable[..., Awaitable[Controller]],
 ):
     controller = await start_controller(max_streams=4)
-    status, _ = await controller.request("POST", "/agents", {"name": "bound", "type": "claude", "env": {"TICK_SECONDS": "3600"}})
+    body = {"name": "bound", "type": "claude", "env": {"TICK_SECONDS": "3600"}}
+    status, _ = await controller.request("POST", "/agents", body)
     assert status == 201
     await controller.wait_agent("bound", lambda a: a["status"].get("phase") == "Running")
     open_streams = [
