@@ -30,18 +30,20 @@ MAX_LOGGED_REASON = 200
 
 class OneLineBadRequests(logging.Filter):
     """aiohttp's server logs every request it cannot parse (a header over 8190 bytes, a malformed
-    request line) as an ERROR with a full traceback, so any client could flood the log. Such a request
-    is the client's mistake, already answered 4xx: this makes it one INFO line without a traceback.
-    Everything else the server logs (a real bug) keeps its traceback."""
+    request line) as an ERROR with a full traceback, so any client could flood the log. Such a request is
+    the client's mistake, answered 4xx and logged once by the access log: this makes aiohttp's own record
+    of it one DEBUG line saying why, without a traceback and without echoing the request's bytes.
+    Everything else the server logs (a real bug) keeps its level and traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            reason = " ".join(str(exc.message).split())[:MAX_LOGGED_REASON]
+            reason = " ".join(str(exc.message).split()).split(": b", 1)[0][:MAX_LOGGED_REASON]
             record.msg, record.args = "refused a malformed HTTP request from %s: %s %s", (remote, exc.code, reason)
             record.exc_info, record.exc_text, record.stack_info = None, None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 
