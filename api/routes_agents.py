@@ -10,8 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import ApiError, read_json
+from api.params import bad_parameter, flag, integer, number
 from api.routes_watch import sse
 from api.state import SETTINGS, STORE
+from api.streams import until_gone
+from api.throttle import release_slot
 from controller.admission import admit
 from controller.model import PHASES, TYPES, Agent, keep_stored_secrets
 from controller.schema import flat_to_manifest, is_manifest
@@ -29,26 +32,14 @@ def agent_json(agent: Agent) -> dict[str, Any]:
     return agent.to_manifest(redact=True)
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    """A boolean query parameter; a value that is not one is refused rather than read as false."""
-    raw = request.query.get(name, "false").lower()
-    if raw not in ("", "true", "1", "yes", "false", "0", "no"):
-        raise ApiError(400, "BAD_REQUEST", f"{name} must be true or false, not {raw!r}", [{"field": name}])
-    return raw in ("", "true", "1", "yes")
-
-
 def _wait_timeout(request: web.Request) -> float | None:
-    wait = _flag(request, "wait")
-    if not wait and "timeout" not in request.query:
+    wait = flag(request.query, "wait")
+    seconds = number(request.query, "timeout", suffix="s")
+    if seconds is not None and not 0 < seconds <= MAX_WAIT_SECONDS:
+        raise bad_parameter("timeout", f"must be more than 0 and at most {MAX_WAIT_SECONDS:g} seconds")
+    if not wait:
         return None
-    raw = request.query.get("timeout", str(DEFAULT_WAIT_SECONDS))
-    try:
-        seconds = float(raw.rstrip("s"))
-    except ValueError as exc:
-        raise ApiError(400, "BAD_REQUEST", f"timeout {raw!r} is not a number of seconds") from exc
-    if not 0 < seconds <= MAX_WAIT_SECONDS:
-        raise ApiError(400, "BAD_REQUEST", f"timeout must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-    return seconds if wait else None
+    return DEFAULT_WAIT_SECONDS if seconds is None else seconds
 
 
 async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: float) -> Agent:
@@ -65,6 +56,17 @@ async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: f
     return latest
 
 
+async def _wait_purged(changes: asyncio.Queue[Change], agent: Agent, timeout: float) -> Agent | None:
+    """The agent's record as it was purged, or None when the timeout passes first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                change = await changes.get()
+                if change.type == "DELETED" and change.agent.metadata.uid == agent.metadata.uid:
+                    return change.agent
+    return None
+
+
 @routes.post("/agents")
 async def create_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
@@ -74,7 +76,8 @@ async def create_agent(request: web.Request) -> web.Response:
     try:
         created = await store.create(agent)
         if changes is not None and wait is not None:
-            created = await _wait_settled(changes, created, wait)
+            release_slot(request)  # waiting is not work: short requests must not queue behind it
+            created = await until_gone(request, _wait_settled(changes, created, wait))
     finally:
         if changes is not None:
             store.unsubscribe(changes)
@@ -83,7 +86,7 @@ async def create_agent(request: web.Request) -> web.Response:
 
 @routes.get("/agents")
 async def list_agents(request: web.Request) -> web.StreamResponse:
-    if _flag(request, "watch"):
+    if flag(request.query, "watch"):
         return await sse(request, include_events=False, synthetic=True)
     store = request.app[STORE]
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
@@ -164,18 +167,16 @@ async def patch_agent(request: web.Request) -> web.Response:
 async def delete_agent(request: web.Request) -> web.Response:
     store = request.app[STORE]
     name = request.match_info["name"]
-    rv = request.query.get("resourceVersion")
+    rv = integer(request.query, "resourceVersion")
     wait = _wait_timeout(request)
     changes = store.subscribe() if wait is not None else None
     try:
-        agent = await store.mark_deleted(name, expected_rv=rv)
+        agent = await store.mark_deleted(name, expected_rv=None if rv is None else str(rv))
         if changes is not None and wait is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    while True:
-                        change = await changes.get()
-                        if change.type == "DELETED" and change.agent.metadata.uid == agent.metadata.uid:
-                            return web.json_response(agent_json(change.agent), status=200)
+            release_slot(request)  # waiting (a whole grace period, maybe) is not work
+            gone = await until_gone(request, _wait_purged(changes, agent, wait))
+            if gone is not None:
+                return web.json_response(agent_json(gone), status=200)
     finally:
         if changes is not None:
             store.unsubscribe(changes)

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import ApiError, read_body
+from api.params import flag
 from api.state import SETTINGS, STORE
 from controller.apply import Applier, ApplyReport
 from controller.model import API_VERSION
@@ -65,18 +66,6 @@ def lifecycle(specs_dir: str | None) -> Callable[[web.Application], AsyncIterato
     return context
 
 
-def _flag(request: web.Request, name: str, default: bool = False) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    value = raw.lower()
-    if value in ("", "1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    raise ApiError(400, "BAD_REQUEST", f"{name} must be true or false, not {raw!r}", [{"field": name}])
-
-
 async def _documents(request: web.Request) -> list[Document]:
     raw = await read_body(request)
     if not raw.strip():
@@ -109,9 +98,9 @@ async def _documents(request: web.Request) -> list[Document]:
 
 @routes.post("/apply")
 async def apply(request: web.Request) -> web.Response:
-    dry_run = _flag(request, "dryRun")
-    atomic = _flag(request, "atomic", default=True)
-    prune = _flag(request, "prune")
+    dry_run = flag(request.query, "dryRun")
+    atomic = flag(request.query, "atomic", default=True)
+    prune = flag(request.query, "prune")
     selector_text = request.query.get("selector", request.query.get("labelSelector", "")).strip()
     if prune and not selector_text:
         raise ApiError(

@@ -13,9 +13,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from api.errors import ApiError, read_json
+from api.params import bad_parameter, flag, parse_integer, parse_number
 from api.state import CONTROLLER, LIVE, STATS, STORE
 from controller.docker_driver import ContainerInfo, parse_docker_time
 from controller.errors import SOCKET_ERROR, AgentError
@@ -48,51 +50,70 @@ async def _running_container(request: web.Request, agent: Agent) -> ContainerInf
     return info
 
 
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
 def _parse_since(raw: str | None) -> int | None:
-    """``since`` as Unix seconds, RFC 3339, or a relative duration like ``30s``, ``5m``, ``2h``."""
+    """``since`` as Unix seconds, RFC 3339, or a relative duration like ``30s``, ``5m``, ``2h`` (ASCII
+    digits only: ``²`` or ``١٢`` are no number here, whatever ``str.isdigit`` says)."""
     if not raw:
         return None
-    units = {"s": 1, "m": 60, "h": 3600}
+    relative = parse_number(raw[:-1]) if raw[-1] in _SINCE_UNITS else None
+    if relative is not None:
+        return int(time.time() - relative * _SINCE_UNITS[raw[-1]])
+    absolute = parse_number(raw)
+    if absolute is not None:
+        return int(absolute)
     try:
-        if raw[-1] in units and raw[:-1].replace(".", "", 1).isdigit():
-            return int(time.time() - float(raw[:-1]) * units[raw[-1]])
-        if raw.replace(".", "", 1).isdigit():
-            return int(float(raw))
-        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
-    except ValueError as exc:
-        raise ApiError(
-            400, "BAD_REQUEST", f"since {raw!r} is not a time: use Unix seconds, RFC 3339 or a duration like 5m"
-        ) from exc
+        if raw.isascii():
+            return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise bad_parameter("since", f"{raw[:40]!r} is not a time: use Unix seconds, RFC 3339 or a duration like 5m")
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "false").lower()
-    if raw not in ("", "true", "1", "yes", "false", "0", "no"):
-        raise ApiError(400, "BAD_REQUEST", f"{name} must be true or false, not {raw!r}", [{"field": name}])
-    return raw in ("", "true", "1", "yes")
+def _tail(raw: str | None) -> str:
+    """``tail``: a number of lines (ASCII digits) or ``all``; what Docker is given, never anything else."""
+    if raw is None or raw == "":
+        return str(DEFAULT_TAIL)
+    if raw == "all":
+        return raw
+    lines = parse_integer(raw)
+    if lines is None:
+        raise bad_parameter("tail", f"must be a number of lines (ASCII digits) or 'all', not {raw[:40]!r}")
+    return str(lines)
+
+
+# The Docker side of a followed log breaking mid-stream ends the stream (the client sees it end).
+_DOCKER_BROKE = (AgentError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
 @routes.get("/agents/{name}/logs")
 async def logs(request: web.Request) -> web.StreamResponse:
+    query = request.query
+    tail = _tail(query.get("tail"))
+    since = _parse_since(query.get("since"))
+    follow, timestamps = flag(query, "follow"), flag(query, "timestamps")
     agent = await request.app[STORE].get(request.match_info["name"])
-    tail = request.query.get("tail", str(DEFAULT_TAIL))
-    if tail != "all" and not tail.isdigit():
-        raise ApiError(400, "BAD_REQUEST", f"tail must be a number of lines or 'all', not {tail!r}")
-    since = _parse_since(request.query.get("since"))
-    follow = _flag(request, "follow")
     container_id = _container_id(request, agent)
-    lines = request.app[LIVE].logs(
-        container_id, tail=tail, since=since, timestamps=_flag(request, "timestamps"), follow=follow
-    )
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
-    first = True
-    async for line in lines:
-        if first:
-            await response.prepare(request)
-            first = False
-        await response.write(line.encode() + b"\n")
-    if first:
-        await response.prepare(request)
+    # Docker's refusal (no such container, daemon unreachable) is answered as an error, before any line.
+    async with request.app[LIVE].open_logs(
+        container_id, tail=tail, since=since, timestamps=timestamps, follow=follow
+    ) as lines:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)  # at once: a follower of a quiet agent knows the stream is open
+        while True:
+            try:
+                line = await anext(lines)
+            except StopAsyncIteration:
+                break
+            except _DOCKER_BROKE:
+                break
+            # A client that went is found here (ConnectionResetError) or, while the agent is quiet, by
+            # api.streams, which cancels this handler; either way the Docker connection is closed.
+            await response.write(line.encode() + b"\n")
     await response.write_eof()
     return response
 

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from api.errors import ApiError
+from api.params import integer_value
 from api.state import STORE, WATCH
 from controller.selector import parse_selector
 from controller.watch import Expired, Listener, WatchItem
@@ -24,13 +25,29 @@ routes = web.RouteTableDef()
 HEARTBEAT_SECONDS = 15.0
 
 
-def _since(request: web.Request) -> int | None:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("resourceVersion")
-    if raw is None or raw == "":
+HUB_CATCH_UP_SECONDS = 2.0
+
+
+async def _since(request: web.Request) -> int | None:
+    """The version to resume after (``Last-Event-ID``, else ``?resourceVersion=``), checked before the
+    stream opens: not ASCII digits, or newer than anything the store has committed, is a 400 naming it."""
+    header = request.headers.get("Last-Event-ID")
+    field = "Last-Event-ID" if header else "resourceVersion"
+    since = integer_value(header or request.query.get("resourceVersion"), field)
+    if since is None:
         return None
-    if not raw.isdigit():
-        raise ApiError(400, "BAD_REQUEST", f"resourceVersion {raw!r} is not a number", [{"field": "resourceVersion"}])
-    return int(raw)
+    latest = await request.app[STORE].current_rv()
+    hub = request.app[WATCH]
+    # The hub publishes a commit a moment after the store answered it: wait for that, never longer.
+    if since > latest or not await hub.caught_up(since, HUB_CATCH_UP_SECONDS):
+        raise ApiError(
+            400,
+            "RESOURCE_VERSION_TOO_LARGE",
+            f"{field} {since} is newer than the latest resourceVersion ({latest}): it is not from this "
+            "store's history; list again and watch from the version you get",
+            [{"field": field, "message": f"newer than the latest resourceVersion {latest}"}],
+        )
+    return since
 
 
 def _filter(request: web.Request, include_events: bool) -> Callable[[WatchItem], bool]:
@@ -85,7 +102,7 @@ async def _pump(
 
 
 async def sse(request: web.Request, *, include_events: bool, synthetic: bool) -> web.StreamResponse:
-    since = _since(request)
+    since = await _since(request)
     hub = request.app[WATCH]
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -112,9 +129,9 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
             rv = int(payload["resourceVersion"]) if payload["type"] == "BOOKMARK" else None
             await send(payload, rv)
         await _pump(listener, send, heartbeat)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
     finally:
+        # a client that went is found by a write (ConnectionResetError) or, while nothing happens, by
+        # api.streams, which cancels this handler; both reach here and api.streams answers nothing
         listener.close()
     return response
 
@@ -126,7 +143,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/ws")
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    since = _since(request)
+    since = await _since(request)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
     await ws.prepare(request)
     try:
@@ -152,12 +169,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         for payload in await _initial_items(request, listener, since, synthetic=False):
             await send(payload, None)
         pump = asyncio.create_task(_pump(listener, send, heartbeat))
-        await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
-        pump.cancel()
-    except (ConnectionResetError, asyncio.CancelledError):
+        try:
+            await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pump.cancel()
+    except ConnectionResetError:
         pass
     finally:
         reader.cancel()
         listener.close()
-        await ws.close()
+        if not ws.closed and request.transport is not None and not request.transport.is_closing():
+            await ws.close()
     return ws

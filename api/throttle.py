@@ -2,7 +2,12 @@
 
 API and reconciler share one event loop. Without a bound, a crowd of clients polling the API fills the
 loop's ready queue and starves the reconcile workers (convergence slowed 5x in the overload test).
-Long-lived streams (watches, followed logs) and ``/healthz`` do not take a slot.
+
+A slot is only ever held by work: a stream (followed logs, ``/events``, ``/ws``, ``GET /agents?watch``)
+takes none, and is bounded separately (``api.streams``); a request that waits (``?wait=true`` on
+``POST``/``DELETE /agents``) gives its slot back once its write is done, before it waits (``release_slot``).
+Streams are recognised by their route and the same flag parser the handlers use (``api.params``), so
+``?watch=yes`` or ``?follow=TRUE`` is a stream here exactly when it is one for the handler.
 """
 
 from __future__ import annotations
@@ -12,24 +17,73 @@ import asyncio
 from aiohttp import web
 
 from api.errors import Handler
+from api.params import flag_is_set
+from api.streams import ClientGone, Streams
 
-UNTHROTTLED_PATHS = ("/healthz", "/events", "/ws")
+UNTHROTTLED_PATHS = frozenset({"/healthz"})
+
+# (method, canonical route) -> the flag that makes it a stream; None: always one.
+STREAM_ROUTES: dict[tuple[str, str], str | None] = {
+    ("GET", "/events"): None,
+    ("GET", "/ws"): None,
+    ("GET", "/agents"): "watch",
+    ("GET", "/agents/{name}/logs"): "follow",
+}
 
 
-def _streaming(request: web.Request) -> bool:
-    if request.path in UNTHROTTLED_PATHS:
-        return True
-    return request.query.get("watch") in ("true", "1") or request.query.get("follow") in ("true", "1")
+def is_stream(request: web.Request) -> bool:
+    route = request.match_info.route
+    canonical = route.resource.canonical if route.resource is not None else ""
+    key = (request.method, canonical)
+    if key not in STREAM_ROUTES:
+        return False
+    flag = STREAM_ROUTES[key]
+    return flag is None or flag_is_set(request.query, flag)
 
 
-def concurrency_middleware(limit: int) -> web.middleware:  # type: ignore[valid-type]
+class _Slot:
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
+_SLOT = web.RequestKey("parallax.throttle.slot", _Slot)
+
+
+def release_slot(request: web.Request) -> None:
+    """Give the request's slot back (before it waits for something that is not work: a change, a
+    deletion); a no-op when it holds none."""
+    slot = request.get(_SLOT)
+    if slot is not None:
+        slot.release()
+
+
+def concurrency_middleware(limit: int, streams: Streams) -> web.middleware:  # type: ignore[valid-type]
     slots = asyncio.Semaphore(limit)
 
     @web.middleware
     async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _streaming(request):
+        if request.path in UNTHROTTLED_PATHS:
             return await handler(request)
-        async with slots:
+        if is_stream(request):
+            return await streams.serve(request, handler)
+        slot = _Slot(slots)
+        request[_SLOT] = slot
+        await slot.acquire()
+        try:
             return await handler(request)
+        except ClientGone:  # a waiting request whose client left (api.streams.until_gone)
+            return web.Response(status=499)
+        finally:
+            slot.release()
 
     return throttle

@@ -53,6 +53,10 @@ class Settings:
     # A connection without a complete request for this long is closed: an idle keep-alive connection, or
     # a client sending its headers a byte at a time (slowloris), which would otherwise hold it forever.
     idle_timeout_seconds: float = 60.0
+    # Streams open at once (followed logs, watches, /events, /ws); one more gets 429. Live views talk to
+    # Docker through their own pool of max_streams + LIVE_SPARE_CONNECTIONS connections, never the
+    # reconciler's.
+    max_streams: int = 100
 
     @property
     def docker_url(self) -> str:
@@ -97,6 +101,7 @@ class Settings:
             metrics_auth=_switch(env, "PARALLAX_METRICS_AUTH", base.metrics_auth),
             body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),
             idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
+            max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(

@@ -7,11 +7,12 @@ a timeout, and a daemon that cannot be reached is always ``SOCKET_ERROR``, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -470,17 +471,72 @@ class DockerDriver:
             await events.stop()  # type: ignore[no-untyped-call]
 
 
+LIVE_SPARE_CONNECTIONS = 16
+
+
 class LiveDocker:
     """Read-only and interactive views of a running container (logs, stats, stdin): the API's direct
-    Docker calls, which DESIGN allows because they create, start, stop and remove nothing."""
+    Docker calls, which DESIGN allows because they create, start, stop and remove nothing.
 
-    def __init__(self, driver: DockerDriver) -> None:
+    With ``own_client`` (the API's instance) they go through a Docker client of their own, whose pool
+    holds ``max_streams + LIVE_SPARE_CONNECTIONS`` connections: followed logs can never take the
+    connections the reconciler's calls need, and at most ``max_streams`` of them are admitted by the API
+    (``api.streams``), so short live calls (stats, send, a log tail) always find one free. Without it (the
+    driver's own log tail) they use the driver's client.
+    """
+
+    def __init__(self, driver: DockerDriver, *, own_client: bool = False) -> None:
         self.driver = driver
+        self._own_client = own_client
+        self._docker: aiodocker.Docker | None = None
+        self._connector: aiohttp.UnixConnector | None = None
+
+    async def open(self) -> None:
+        if not self._own_client or self._docker is not None:
+            return
+        settings = self.driver.settings
+        self._connector = aiohttp.UnixConnector(
+            settings.docker_socket, limit=settings.max_streams + LIVE_SPARE_CONNECTIONS
+        )
+        timeout = aiohttp.ClientTimeout(total=settings.docker_timeout_seconds, connect=5)
+        # with a connector of its own, the URL only names the host in request URLs
+        self._docker = aiodocker.Docker(url="unix://localhost", connector=self._connector, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+        if self._connector is not None:
+            await self._connector.close()  # the client does not close a connector it was given
+            self._connector = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if not self._own_client:
+            return self.driver.docker
+        if self._docker is None:
+            raise AgentError(SOCKET_ERROR, "the live Docker client is not open")
+        return self._docker
 
     async def logs(
         self, container_id: str, *, tail: str, since: int | None, timestamps: bool, follow: bool
     ) -> AsyncIterator[str]:
         """Whole lines of stdout and stderr, without Docker's 8-byte frame headers."""
+        with _DockerCall("reading logs"):
+            async with self.open_logs(
+                container_id, tail=tail, since=since, timestamps=timestamps, follow=follow
+            ) as lines:
+                async for line in lines:
+                    yield line
+
+    @contextlib.asynccontextmanager
+    async def open_logs(
+        self, container_id: str, *, tail: str, since: int | None, timestamps: bool, follow: bool
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        """``async with live.open_logs(...) as lines``: Docker has answered (an error is raised here, before
+        anything is sent to a client); ``lines`` are whole lines of stdout and stderr, without Docker's
+        8-byte frame headers. Leaving the block closes the Docker connection, read to its end or not
+        (a follower whose client went, or one cancelled while the container is quiet)."""
         params = {
             "stdout": "1",
             "stderr": "1",
@@ -493,28 +549,20 @@ class LiveDocker:
         total = None if follow else self.driver.settings.docker_timeout_seconds
         timeout = aiohttp.ClientTimeout(total=total, sock_read=None if follow else total, connect=5)
         with _DockerCall("reading logs"):
-            async with self.driver.docker._query(
+            response = await self.docker._do_query(
                 f"containers/{container_id}/logs", method="GET", params=params, timeout=timeout
-            ) as response:
-                pending = {1: b"", 2: b""}
-                while True:
-                    try:
-                        header = await response.content.readexactly(8)
-                        payload = await response.content.readexactly(int.from_bytes(header[4:8], "big"))
-                    except asyncio.IncompleteReadError:
-                        break
-                    stream = header[0] if header[0] in pending else 1
-                    *lines, pending[stream] = (pending[stream] + payload).split(b"\n")
-                    for line in lines:
-                        yield line.decode(errors="replace")
-                for rest in pending.values():
-                    if rest:
-                        yield rest.decode(errors="replace")
+            )
+        lines = _log_lines(response)
+        try:
+            yield lines
+        finally:
+            await lines.aclose()
+            response.close()  # never back to the pool half-read: the connection itself is closed
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One stats sample (Docker's one-shot: no second sample, so no ~1 s wait)."""
         with _DockerCall("reading stats"):
-            data = await self.driver.docker._query_json(
+            data = await self.docker._query_json(
                 f"containers/{container_id}/stats", method="GET", params={"stream": "0", "one-shot": "1"}
             )
         return dict(data) if isinstance(data, dict) else {}
@@ -522,6 +570,24 @@ class LiveDocker:
     async def write_stdin(self, container_id: str, data: bytes) -> None:
         """Write to the container's stdin through the attach stream (no shell, no quoting)."""
         with _DockerCall("attaching to stdin"):
-            stream = self.driver.docker.containers.container(container_id).attach(stdin=True)
+            stream = self.docker.containers.container(container_id).attach(stdin=True)
             async with stream:
                 await stream.write_in(data)
+
+
+async def _log_lines(response: aiohttp.ClientResponse) -> AsyncGenerator[str, None]:
+    """Docker's multiplexed log stream as lines (stdout and stderr each kept whole)."""
+    pending = {1: b"", 2: b""}
+    while True:
+        try:
+            header = await response.content.readexactly(8)
+            payload = await response.content.readexactly(int.from_bytes(header[4:8], "big"))
+        except asyncio.IncompleteReadError:
+            break
+        stream = header[0] if header[0] in pending else 1
+        *lines, pending[stream] = (pending[stream] + payload).split(b"\n")
+        for line in lines:
+            yield line.decode(errors="replace")
+    for rest in pending.values():
+        if rest:
+            yield rest.decode(errors="replace")

@@ -75,6 +75,7 @@ class WatchHub:
         self._floor = 0
         self.last_rv = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._published = asyncio.Event()
 
     async def start(self) -> None:
         feed = self.store.subscribe_feed()  # changes and events in one queue: in resourceVersion order
@@ -102,6 +103,19 @@ class WatchHub:
         self.last_rv = max(self.last_rv, item.resource_version)
         for listener in list(self._listeners):
             listener.offer(item)
+        published, self._published = self._published, asyncio.Event()
+        published.set()
+
+    async def caught_up(self, rv: int, timeout: float) -> bool:
+        """Whether the hub has published everything up to ``rv``, waiting at most ``timeout`` seconds
+        (a commit reaches the hub a moment after the store answered it)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.last_rv < rv:
+                    await self._published.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def listen(self, since: int | None, accept: Filter) -> Listener:
         """A listener that first receives everything after ``since`` (if given), then live items."""
