@@ -11,12 +11,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from api import openapi, routes_agents, routes_apply, routes_health, routes_live, routes_metrics, routes_watch
 from api.auth import auth_middleware
 from api.errors import error_middleware
-from api.state import CONTROLLER, LIVE, SETTINGS, STATS, STORE, WATCH
+from api.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
 from api.streams import STREAMS, Streams
 from api.throttle import concurrency_middleware
 from controller.admission import spec_defaults
 from controller.config import Settings
-from controller.docker_driver import DockerDriver, LiveDocker
+from controller.docker_runtime import DockerRuntime
 from controller.manager import Controller
 from controller.metrics import Metrics
 from controller.stats_refresher import StatsRefresher
@@ -77,18 +77,18 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
         store = SqliteStore(settings.store_path, spec_defaults(settings))
         await store.open()
         metrics = Metrics(settings)
-        driver = DockerDriver(settings, observer=metrics)
-        await driver.open()
-        controller = Controller(settings, store, driver, metrics)
+        runtime = DockerRuntime(settings, observer=metrics)
+        await runtime.open()
+        controller = Controller(settings, store, runtime, metrics)
         hub = WatchHub(store)
         await hub.start()
         app[STORE] = store
         app[CONTROLLER] = controller
-        # Live views (logs, stats, attach) have their own Docker client and connection pool: however many
+        app[RUNTIME] = runtime
+        # Live views (logs, stats, attach) have their own engine client and connection pool: however many
         # of them are open, the reconciler's calls never wait for a connection.
-        app[LIVE] = live = LiveDocker(driver, own_client=True)
-        await live.open()
-        app[STATS] = stats = StatsRefresher(store, live, settings.stats_seconds)
+        app[LIVE] = runtime.live
+        app[STATS] = stats = StatsRefresher(store, runtime.live, settings.stats_seconds)
         app[WATCH] = hub
         await metrics.start(store, stats if settings.agent_metrics else None)
         if run_controller:
@@ -102,8 +102,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
             await metrics.stop()
             await hub.stop()
             await streams.close()
-            await live.close()
-            await driver.close()
+            await runtime.close()
             await store.close()
 
     app.cleanup_ctx.append(lifecycle)

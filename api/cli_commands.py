@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.client import DEFAULT_SERVER, SERVER_ENV, TOKEN_ENV, ApiClient, ApiError, ClientError, WatchUnsupported
+from controller.timestamps import parse_time
 from controller.yaml_loader import Document, YamlError, expand_lists, load_documents, load_json_documents
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -187,7 +188,7 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
     if not timestamp:
         return "<unknown>"
     try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        then = parse_time(timestamp)
     except ValueError:
         return "<unknown>"
     seconds = max(int(((now or datetime.now(UTC)) - then).total_seconds()), 0)

@@ -18,13 +18,14 @@ from aiohttp import web
 
 from api.errors import ApiError, read_json
 from api.params import bad_parameter, flag, parse_integer, parse_number
-from api.state import CONTROLLER, LIVE, STATS, STORE
-from controller.docker_driver import ContainerInfo, parse_docker_time
+from api.state import CONTROLLER, LIVE, RUNTIME, STATS, STORE
 from controller.errors import SOCKET_ERROR, AgentError
-from controller.model import Agent, now_iso
+from controller.model import Agent
 from controller.render import ANNOTATION_RESTARTED_AT
+from controller.runtime import Instance
 from controller.stats import summarize
 from controller.store import Conflict, NotFound, Write
+from controller.timestamps import now_iso, parse_runtime_time, parse_time
 
 routes = web.RouteTableDef()
 
@@ -42,9 +43,9 @@ def _container_id(request: web.Request, agent: Agent) -> str:
     raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} has no container yet (phase {agent.phase})")
 
 
-async def _running_container(request: web.Request, agent: Agent) -> ContainerInfo:
+async def _running_container(request: web.Request, agent: Agent) -> Instance:
     container_id = _container_id(request, agent)
-    info = await request.app[CONTROLLER].driver.inspect(container_id)
+    info = await request.app[RUNTIME].instance(container_id)
     if info is None:
         raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} has no container right now (phase {agent.phase})")
     return info
@@ -66,7 +67,7 @@ def _parse_since(raw: str | None) -> int | None:
         return int(absolute)
     try:
         if raw.isascii():
-            return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
+            return int(parse_time(raw).timestamp())
     except (ValueError, OverflowError, OSError):
         pass
     raise bad_parameter("since", f"{raw[:40]!r} is not a time: use Unix seconds, RFC 3339 or a duration like 5m")
@@ -130,7 +131,7 @@ async def metrics(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "agent": agent.name,
         "containerId": info.id,
-        **summarize(sample.stats, sample.previous, parse_docker_time(info.started_at), datetime.now(UTC)),
+        **summarize(sample.stats, sample.previous, parse_runtime_time(info.started_at), datetime.now(UTC)),
         "restartCount": int(agent.status.get("restartCount", 0)),
         "sampleAgeSeconds": round(age, 3),
     }

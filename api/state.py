@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from controller.config import Settings
-from controller.docker_driver import LiveDocker
 from controller.manager import Controller
+from controller.runtime import LiveViews, Runtime
 from controller.stats_refresher import StatsRefresher
 from controller.store import Store
 from controller.watch import WatchHub
@@ -14,6 +14,7 @@ from controller.watch import WatchHub
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 CONTROLLER = web.AppKey("controller", Controller)
-LIVE = web.AppKey("live", LiveDocker)
+RUNTIME = web.AppKey("runtime", Runtime)
+LIVE = web.AppKey("live", LiveViews)
 STATS = web.AppKey("stats", StatsRefresher)
 WATCH = web.AppKey("watch", WatchHub)

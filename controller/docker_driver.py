@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -31,23 +30,10 @@ from controller.errors import (
     SOCKET_ERROR,
     AgentError,
 )
-from controller.model import parse_iso
 from controller.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
 
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, asyncio.TimeoutError)
 _NEVER = "0001-01-01T00:00:00Z"
-
-
-def parse_docker_time(value: str | None) -> datetime | None:
-    """Docker's RFC 3339 times carry nanoseconds; Python wants at most microseconds."""
-    if not value or value.startswith("0001-01-01"):
-        return None
-    head, _, rest = value.partition(".")
-    if rest:
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits) :]
-        value = f"{head}.{digits[:6]}{zone}"
-    return parse_iso(value)
 
 
 @dataclass(frozen=True)

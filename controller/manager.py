@@ -1,5 +1,6 @@
-"""Wires the sources of work (store changes, Docker events, periodic resync, start-up) to the work
-queue, and the queue to ``workers`` that call ``reconcile``. Also runs network garbage collection.
+"""The controller: wires the sources of work (store changes, the runtime's changes, a periodic resync,
+start-up) to the work queue, and the queue to ``workers`` that call ``reconcile``. Also runs network
+garbage collection. It sees the store and runtime interfaces only.
 """
 
 from __future__ import annotations
@@ -10,35 +11,31 @@ import logging
 from typing import Any
 
 from controller.config import Settings
-from controller.docker_driver import DockerDriver
 from controller.errors import IMAGE_NOT_FOUND, SOCKET_ERROR, AgentError
 from controller.logging_setup import reconcile_scope
 from controller.metrics import Metrics, reconcile_result
 from controller.reconciler import Reconciler
-from controller.render import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED
+from controller.runtime import Runtime, RuntimeChange
 from controller.store import Store, StoreError
 from controller.tasks import cancel_all
 from controller.workqueue import ItemExponentialFailureRateLimiter, RateLimitingQueue, ShutDown
 
 log = logging.getLogger("parallax.controller")
 
-CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
-NETWORK_ACTIONS = {"destroy", "disconnect"}
-IMAGE_ACTIONS = {"tag", "load", "pull", "import", "delete", "untag"}
 EVENT_RECONNECT_MAX = 10.0
 
 
 class Controller:
-    def __init__(self, settings: Settings, store: Store, driver: DockerDriver, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.driver = driver
+        self.runtime = runtime
         self.metrics = metrics if metrics is not None else Metrics(settings)
         self.queue = RateLimitingQueue(
             ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0), observer=self.metrics
         )
         self.metrics.watch(self.queue, lambda: self.docker_up)
-        self.reconciler = Reconciler(store, driver, settings, on_collected=self.metrics.gc)
+        self.reconciler = Reconciler(store, runtime, settings, on_collected=self.metrics.gc)
         self.docker_up = False
         self.docker_error: str | None = "not connected yet"
         self._tasks: list[asyncio.Task[None]] = []
@@ -47,7 +44,7 @@ class Controller:
         for i in range(self.settings.workers):
             self._spawn(self._worker(i), f"worker-{i}")
         self._spawn(self._watch_store(), "watch-store")
-        self._spawn(self._watch_docker(), "watch-docker")
+        self._spawn(self._watch_runtime(), "watch-runtime")
         self._spawn(self._resync_loop(), "resync")
         await self.enqueue_all()
 
@@ -65,14 +62,14 @@ class Controller:
         return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
     async def enqueue_all(self) -> None:
-        """The start-up and resync trigger: every record, and every container that claims to be ours."""
+        """The start-up and resync trigger: every record, and every instance that claims to be ours."""
         names: set[str] = set()
         try:
             names.update(agent.name for agent in await self.store.list())
         except StoreError as exc:
             log.warning("resync: cannot list the store: %s", exc)
         try:
-            names.update(await self.driver.list_agent_names())
+            names.update(await self.runtime.agents_with_instances())
             self._docker_ok()
         except AgentError as exc:
             self._docker_failed(exc)
@@ -130,53 +127,42 @@ class Controller:
         finally:
             self.store.unsubscribe(changes)
 
-    async def _watch_docker(self) -> None:
-        """Docker's event stream, reconnected and followed by a full re-list whenever it breaks."""
+    async def _watch_runtime(self) -> None:
+        """The runtime's stream of changes, reconnected and followed by a full re-list whenever it breaks."""
         delay = 0.5
         while True:
             try:
-                await self.driver.ping()
+                await self.runtime.ping()
                 self._docker_ok()
-                self.driver.forget_cached()  # events were missed while the stream was down
-                relist = asyncio.create_task(self.enqueue_all())
-                async for event in self.driver.events():
+                relist = asyncio.create_task(self.enqueue_all())  # changes were missed while it was down
+                async for change in self.runtime.changes():
                     delay = 0.5
-                    await self._on_event(event)
+                    await self._on_change(change)
                 await relist
-                log.info("Docker event stream ended; reconnecting")
+                log.info("runtime change stream ended; reconnecting")
             except AgentError as exc:
                 self._docker_failed(exc)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("Docker event stream failed")
+                log.exception("runtime change stream failed")
             await asyncio.sleep(delay)
             delay = min(delay * 2, EVENT_RECONNECT_MAX)
 
-    async def _on_event(self, event: dict[str, Any]) -> None:
-        kind, action = event.get("Type"), str(event.get("Action", "")).split(":")[0]
-        attributes = (event.get("Actor") or {}).get("Attributes") or {}
-        if kind == "container" and action in CONTAINER_ACTIONS:
-            if attributes.get(LABEL_MANAGED) == "true" and attributes.get(LABEL_INSTANCE) == self.settings.instance:
-                agent = attributes.get(LABEL_AGENT)
-                if agent:
-                    self.queue.add(agent)
-        elif kind == "network" and action in NETWORK_ACTIONS:
-            # A disconnect concerns one container (a failed start disconnects its own, for one): only
-            # its agent's outcome can change. A destroyed network concerns every agent on it.
-            network, container = attributes.get("name"), attributes.get("container")
-            if action == "destroy" and network:
-                self.driver.forget_network(network)
+    async def _on_change(self, change: RuntimeChange) -> None:
+        """Requeue the agents whose outcome the change may alter, and only those."""
+        if change.kind == "instance" and change.agent:
+            self.queue.add(change.agent)
+        elif change.kind in ("network-detached", "network-removed"):
+            # A detach concerns one instance (a failed start detaches its own, for one): only its agent.
+            # A removed network concerns every agent on it.
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
-                    if agent.spec.network == network and (
-                        action == "destroy" or agent.status.get("containerId") == container
+                    if agent.spec.network == change.network and (
+                        change.kind == "network-removed" or agent.status.get("containerId") == change.instance_id
                     ):
                         self.queue.add(agent.name)
-        elif kind == "image" and action in IMAGE_ACTIONS:
-            if action in ("delete", "untag"):
-                self.driver.forget_images()
-                return  # agents already running keep their image; new ones find out at creation
+        elif change.kind == "image-added":
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
                     if (agent.status.get("error") or {}).get("code") == IMAGE_NOT_FOUND:
@@ -192,16 +178,15 @@ class Controller:
                 log.warning("network garbage collection skipped: %s", exc)
 
     async def collect_networks(self) -> list[str]:
-        """Remove networks we created that no agent asks for and no container uses."""
+        """Remove networks we created that no agent asks for and no instance uses."""
         wanted = {agent.spec.network for agent in await self.store.list()}
         wanted.add(self.settings.network)
         removed = []
-        for network in await self.driver.managed_networks():
-            name = network.get("Name", "")
-            if name in wanted or await self.driver.network_in_use(network["Id"]):
+        for network in await self.runtime.managed_networks():
+            if network.name in wanted or await self.runtime.network_in_use(network.id):
                 continue
-            await self.driver.remove_network(network["Id"])
-            log.info("removed unused network %s", name)
-            removed.append(name)
+            await self.runtime.remove_network(network.id)
+            log.info("removed unused network %s", network.name)
+            removed.append(network.name)
             self.metrics.gc("network")
         return removed

@@ -25,7 +25,6 @@ import tomllib
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +48,7 @@ from controller.model import PHASES, TYPES, Agent
 from controller.stats import cpu_sample, memory_bytes
 from controller.store import Change, Store, StoreError
 from controller.tasks import cancel_all
+from controller.timestamps import parse_time
 
 log = logging.getLogger("parallax.metrics")
 
@@ -220,7 +220,7 @@ def _snapshot(agent: Agent) -> _Seen:
 
 def _epoch(iso: str, default: float) -> float:
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        return parse_time(iso).timestamp()
     except ValueError:
         return default
 

@@ -10,7 +10,6 @@ import copy
 import functools
 import json
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 API_VERSION = "parallax.ai/v1"
@@ -20,14 +19,6 @@ REDACTED = "<redacted>"
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended", "Terminating")
 TYPES = ("claude", "codex", "gemini", "aider", "custom")
 CONTAINER_PREFIX = "parallax-agent-"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def container_name(agent_name: str) -> str:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller.docker_driver import LiveDocker
 from controller.errors import AgentError
+from controller.runtime import LiveViews
 from controller.stats import CpuSample, cpu_sample
 from controller.store import Store, StoreError
 from controller.tasks import cancel_all
@@ -33,7 +33,7 @@ class Sample:
 
 
 class StatsRefresher:
-    def __init__(self, store: Store, live: LiveDocker, interval: float) -> None:
+    def __init__(self, store: Store, live: LiveViews, interval: float) -> None:
         self.store = store
         self.live = live
         self.interval = interval

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast
 
-from controller.model import Agent, SpecDefaults, container_name, now_iso
+from controller.model import Agent, SpecDefaults, container_name
+from controller.timestamps import now_iso
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
