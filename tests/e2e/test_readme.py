@@ -25,7 +25,7 @@ import yaml
 
 from controller.model import container_name
 from tests.harness import REPO, cleanup_instance
-from tests.server_process import PARALLAX, Server, server_environment
+from tests.server_process import PARALLAX, Server, remove_instance_networks, server_environment
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -122,6 +122,7 @@ def newcomer(docker_daemon: None, tmp_path: Path) -> Iterator[tuple[dict[str, st
         if server.proc is not None and server.proc.poll() is None:
             server.kill()
     asyncio.run(clean())
+    remove_instance_networks(settings.instance)
 
 
 def start(env: dict[str, str], serve_command: str) -> Server:
