@@ -16,6 +16,8 @@ AGENT_TYPES=(claude codex gemini aider base)
 HASH_LABEL=parallax.context-hash
 DOCKERD_LOG="${PARALLAX_DOCKERD_LOG:-/var/log/parallax-dockerd.log}"
 DOCKER_SOCKET_PATH="${DOCKER_SOCKET:-/var/run/docker.sock}"
+# dockerd lives in /usr/sbin, which is not on a user's PATH on Debian.
+PATH="$PATH:${PARALLAX_SBIN_PATH:-/usr/local/sbin:/usr/sbin:/sbin}"
 
 build_images=1
 for arg in "$@"; do

@@ -152,6 +152,7 @@ def setup_sh(
         "FAKE_GROUPS": f"{user} docker" if in_docker_group else user,
         "FAKE_SESSION_DOCKER": "1" if in_docker_group else "",
         "PARALLAX_DOCKERD_LOG": str(state / "dockerd.log"),
+        "PARALLAX_SBIN_PATH": str(bin_dir),  # not the real /usr/sbin, where this machine's dockerd is
         "DOCKER_SOCKET": str(state / "docker.sock"),
     }
     result = subprocess.run(
