@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -198,10 +199,32 @@ async def cleanup(docker: aiodocker.Docker, tag: str) -> None:
                 await DockerVolume(docker, name).delete()
 
 
+STALE_RAW_SECONDS = 3600
+
+
+async def sweep_stale_raw_networks(docker: aiodocker.Docker) -> None:
+    """Remove ``pxraw-*`` networks of earlier, interrupted runs: labelled ``parallax-bench`` and over an hour
+    old (a run going on now may have made its network and not yet its containers); Docker refuses to remove
+    one still in use. They carry no test label, so the test suite's sweep never sees them, and each holds
+    one of Docker's ~31 bridge address pools."""
+    now = time.time()
+    for network in await docker.networks.list(filters={"label": [RAW_LABEL]}):
+        name = str(network.get("Name", ""))
+        created = str(network.get("Created", ""))
+        if not name.startswith("pxraw-"):
+            continue
+        with contextlib.suppress(ValueError):
+            stamp = datetime.datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
+            if now - stamp > STALE_RAW_SECONDS:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await (await docker.networks.get(str(network["Id"]))).delete()
+
+
 async def shut_down(server: Server, docker: aiodocker.Docker, tag: str) -> None:
-    """Every benchmark's last step: stop its server, remove what it made, close the client."""
+    """Every benchmark's last step: stop its server, remove what it made (and stale raw networks), close the client."""
     server.stop()
     await cleanup(docker, tag)
+    await sweep_stale_raw_networks(docker)
     await docker.close()
     server.remove_files()
 

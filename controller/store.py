@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -195,6 +196,52 @@ def _constant(value: T, _: Any) -> T:
     return value
 
 
+_STORE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+def _private_directory(directory: str, name: str) -> None:
+    """Make or check the store's directory: the store holds every agent's secrets and its contents start
+    containers, so nobody else may read its files or put files of their own in their place.
+
+    A missing directory is created 0700. An existing one of ours that holds nothing but this store's
+    files (and the default ``volumes/``) is the store's own and is tightened to 0700. Any other directory
+    is shared (a home directory, ``/tmp``): its mode is not ours to change, so it is used only when no one
+    else can write to it, and the store's own files in it are made 0600.
+    """
+    try:
+        os.makedirs(directory, mode=0o700)
+        os.chmod(directory, 0o700)  # makedirs' mode passes through the umask
+        return
+    except FileExistsError:
+        pass
+    info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreUnavailable(f"store directory {directory} is not a directory")
+    mode, uid = stat.S_IMODE(info.st_mode), os.geteuid()
+    own = {name + suffix for suffix in _STORE_FILE_SUFFIXES} | {"volumes"}
+    if info.st_uid == uid and set(os.listdir(directory)) <= own:
+        if mode & 0o077:
+            os.chmod(directory, 0o700)
+    elif info.st_uid not in (uid, 0):
+        raise StoreUnavailable(
+            f"store directory {directory} belongs to uid {info.st_uid}, not to this user (uid {uid}), "
+            "who could replace the store's files; set PARALLAX_STORE to a path in a directory of your own"
+        )
+    elif mode & 0o022:
+        who = "anyone" if mode & 0o002 else "its group"
+        raise StoreUnavailable(
+            f"store directory {directory} (mode {mode:04o}) is writable by {who}, who could replace the "
+            f"store's files; set PARALLAX_STORE to a path in a directory of its own, e.g. "
+            f"{os.path.join(directory, 'parallax', name)} (created 0700)"
+        )
+    for suffix in _STORE_FILE_SUFFIXES:
+        path = os.path.join(directory, name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            file = os.stat(path)
+            if file.st_uid == uid and stat.S_IMODE(file.st_mode) & 0o077:
+                os.chmod(path, 0o600)
+
+
 class SqliteStore:
     """SQLite in WAL mode, written by group commit.
 
@@ -232,8 +279,7 @@ class SqliteStore:
         """Group commits so far (transactions, so fsyncs); the benchmarks print writes per batch."""
 
     async def open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _private_directory(os.path.dirname(os.path.abspath(self.path)), os.path.basename(self.path))
         self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

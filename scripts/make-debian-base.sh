@@ -6,8 +6,8 @@
 #   scripts/make-debian-base.sh [--force] [TAG]       default TAG: parallax/debian-bookworm:local
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), DEBIAN_SECURITY_MIRROR
-# (default http://deb.debian.org/debian-security). Needs root and a Docker daemon; installs
-# debootstrap with apt-get when it is missing.
+# (default http://deb.debian.org/debian-security). Needs root (runs itself again with sudo when not root)
+# and a Docker daemon; installs debootstrap with apt-get when it is missing.
 set -euo pipefail
 
 tag="parallax/debian-bookworm:local"
@@ -34,8 +34,12 @@ if [ "$force" = 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
     exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
-    echo "make-debian-base: debootstrap needs root" >&2
-    exit 1
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "make-debian-base: debootstrap needs root, and sudo is not installed: run this as root" >&2
+        exit 1
+    fi
+    echo "make-debian-base: debootstrap needs root: sudo bash $0 $*" >&2
+    exec sudo --preserve-env=DEBIAN_MIRROR,DEBIAN_SECURITY_MIRROR bash "$0" "$@"
 fi
 if ! command -v debootstrap >/dev/null; then
     say "installing debootstrap"

@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Set up what the service and its tests need, on Debian, as root: Docker, the Python venv and the
-# tiny test agent image. Idempotent: every step is skipped when it is already done, so a second run
-# takes a second or two. Works from any directory.
+# Set up what the service and its tests need, on Debian: Docker, the Python venv and the tiny test
+# agent image. Run it as root or as a user with sudo: only installing packages, starting dockerd and
+# giving that user access to Docker run as root (through sudo when not root); the venv belongs to the
+# user who ran it. Idempotent: every step is skipped when it is already done. Works from any directory.
 #   --no-images   do not build/tag the test agent image
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+script_name=setup
+# shellcheck source=scripts/as-root.sh
+source scripts/as-root.sh
 
 TEST_IMAGE=parallax/agent-testing:latest
 TEST_PREFIX=parallax-test/agent-
 AGENT_TYPES=(claude codex gemini aider base)
 HASH_LABEL=parallax.context-hash
-DOCKERD_LOG=/var/log/parallax-dockerd.log
+DOCKERD_LOG="${PARALLAX_DOCKERD_LOG:-/var/log/parallax-dockerd.log}"
+DOCKER_SOCKET_PATH="${DOCKER_SOCKET:-/var/run/docker.sock}"
+# dockerd lives in /usr/sbin, which is not on a user's PATH on Debian.
+PATH="$PATH:${PARALLAX_SBIN_PATH:-/usr/local/sbin:/usr/sbin:/sbin}"
 
 build_images=1
 for arg in "$@"; do
     case "$arg" in
         --no-images) build_images=0 ;;
         -h | --help)
-            sed -n '2,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -39,28 +46,55 @@ command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 if [ "${#packages[@]}" -gt 0 ]; then
     say "installing ${packages[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    apt_install "${packages[@]}"
 else
     say "packages present (docker.io, busybox-static, python3-venv)"
 fi
 
-# b. Docker daemon
-if docker info >/dev/null 2>&1; then
-    say "dockerd running"
-else
+# b. Docker daemon, and access to it for a user who is not root
+docker_state() { # running | denied (it runs, but this user may not use its socket) | down
+    local out
+    if out="$(docker info 2>&1 >/dev/null)"; then
+        echo running
+    elif [[ "$out" == *"permission denied"* ]]; then
+        echo denied
+    else
+        echo down
+    fi
+}
+state="$(docker_state)"
+if [ "$state" = down ]; then
     say "starting dockerd (log: $DOCKERD_LOG)"
-    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
-    dockerd_pid=$!
+    dockerd_pid="$(as_root "starting dockerd" sh -c 'setsid nohup dockerd >>"$1" 2>&1 </dev/null & echo $!' \
+        start-dockerd "$DOCKERD_LOG")"
     deadline=$((SECONDS + 60))
-    until docker info >/dev/null 2>&1; do
-        if ! kill -0 "$dockerd_pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            echo "setup: dockerd exited or did not answer within 60 s; last lines of $DOCKERD_LOG:" >&2
-            tail -n 20 "$DOCKERD_LOG" >&2 || true
+    while state="$(docker_state)" && [ "$state" = down ]; do
+        if [ ! -e "/proc/$dockerd_pid" ] || [ "$SECONDS" -ge "$deadline" ]; then
+            echo "setup: dockerd exited or did not answer within 60 s; see the end of $DOCKERD_LOG" >&2
+            tail -n 20 "$DOCKERD_LOG" >&2 2>/dev/null || true
             exit 1
         fi
         sleep 1
     done
+else
+    say "dockerd running"
+fi
+if [ "$state" = denied ]; then
+    # Access to the Docker socket is root on this machine (README: Security); the user asked for it by
+    # running the setup. The docker group gives it to the user's next logins; an ACL on the socket gives
+    # it now, so `.venv/bin/parallax serve` and the tests work in this session (until dockerd restarts).
+    user="$(id -un)"
+    if getent group docker >/dev/null && ! id -nG "$user" | tr ' ' '\n' | grep -qx docker; then
+        as_root "adding $user to the docker group" usermod -aG docker "$user"
+        say "added $user to the docker group (applies to new logins)"
+    fi
+    command -v setfacl >/dev/null 2>&1 || apt_install acl
+    as_root "letting $user use $DOCKER_SOCKET_PATH now" setfacl -m "u:$user:rw" "$DOCKER_SOCKET_PATH"
+    if [ "$(docker_state)" != running ]; then
+        echo "setup: $user still cannot use $DOCKER_SOCKET_PATH; log in again (the docker group) and rerun" >&2
+        exit 1
+    fi
+    say "$user may use Docker: through the docker group from the next login, through an ACL on the socket until then"
 fi
 
 # c. Python venv

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up (Docker daemon, venv, test image, Prometheus's tools) and run the checks and the whole test suite.
+# As root or as a user with sudo, like scripts/setup.sh: only installing packages uses root. Arguments go
+# to pytest (e.g. -m 'not slow', or -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+script_name=test
+# shellcheck source=scripts/as-root.sh
+source scripts/as-root.sh
 bash scripts/setup.sh
 # The tests also run deploy/'s Prometheus pieces with the real thing (promtool, a prometheus server).
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     echo "test: installing Debian's prometheus package (promtool and the server, for tests/integration/test_prometheus.py)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    apt_install --no-install-recommends prometheus
 fi
 echo "== ruff"
 .venv/bin/ruff check .

@@ -19,6 +19,8 @@ from controller.config import Settings
 from tests.harness import REPO, TEST_IMAGE_PREFIX, make_settings
 
 PARALLAX = str(Path(sys.executable).parent / "parallax")
+INSTANCES: list[Settings] = []
+"""Every instance ``server_environment`` handed out this session, for the sweep at its end (tests/e2e/conftest.py)."""
 
 
 def free_port() -> int:
@@ -106,4 +108,32 @@ def server_environment(tmp_path: Path, **extra: str) -> tuple[dict[str, str], Se
     for name in ("PARALLAX_API_TOKEN", "PARALLAX_SERVER", "PARALLAX_SPECS_DIR"):
         env.pop(name, None)
     env.update(extra)
+    INSTANCES.append(settings)
     return env, settings
+
+
+def remove_instance_networks(instance: str, timeout: float = 15) -> list[str]:
+    """Remove the networks labelled with ``instance``; returns those still there after ``timeout``.
+
+    Docker refuses to remove a network while the endpoint of a container removed a moment ago lingers
+    ("has active endpoints"), so removal is retried; a single try left networks behind after every run,
+    and back-to-back runs then exhausted Docker's address pools.
+    """
+    listing = ["docker", "network", "ls", "-q", "--filter", f"label=parallax.instance={instance}"]
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = subprocess.run(listing, capture_output=True, text=True).stdout.split()
+        if not ids or time.monotonic() > deadline:
+            return ids
+        for network in ids:
+            subprocess.run(["docker", "network", "rm", network], capture_output=True)
+        time.sleep(0.5)
+
+
+def remove_instance(instance: str) -> list[str]:
+    """Remove the containers, then the networks, of ``instance``; returns the networks left."""
+    listing = ["docker", "ps", "-aq", "--filter", f"label=parallax.instance={instance}"]
+    containers = subprocess.run(listing, capture_output=True, text=True).stdout.split()
+    if containers:
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
+    return remove_instance_networks(instance)

@@ -21,7 +21,7 @@ import yaml
 
 from api.client import ApiClient, ApiError
 from tests.harness import cleanup_instance
-from tests.server_process import PARALLAX, Server, free_port, server_environment
+from tests.server_process import PARALLAX, Server, free_port, remove_instance_networks, server_environment
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -46,6 +46,7 @@ def stop(server: Server, settings: Any) -> None:
         server.kill()
     finally:
         asyncio.run(_cleanup(settings))
+        remove_instance_networks(settings.instance)
 
 
 @pytest.fixture(scope="module")
