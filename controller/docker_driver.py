@@ -13,7 +13,6 @@ import functools
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -30,56 +29,36 @@ from controller.errors import (
     SOCKET_ERROR,
     AgentError,
 )
+from controller.model import container_name
 from controller.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
+from controller.runtime import Instance
 
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, asyncio.TimeoutError)
 _NEVER = "0001-01-01T00:00:00Z"
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    labels: dict[str, str]
-    status: str  # created | running | paused | restarting | removing | exited | dead
-    exit_code: int = 0
-    oom_killed: bool = False
-    started_at: str | None = None
-    finished_at: str | None = None
-    error: str = ""
-    networks: tuple[str, ...] = ()
-
-    @property
-    def agent(self) -> str:
-        return self.labels.get(LABEL_AGENT, "")
-
-    @property
-    def uid(self) -> str:
-        return self.labels.get(LABEL_UID, "")
-
-    @property
-    def config_hash(self) -> str:
-        return self.labels.get(LABEL_HASH, "")
-
-    @property
-    def running(self) -> bool:
-        return self.status in ("running", "restarting", "paused")
-
-    @classmethod
-    def from_inspect(cls, data: dict[str, Any]) -> ContainerInfo:
-        state = data.get("State") or {}
-        return cls(
-            id=data["Id"],
-            name=str(data.get("Name", "")).lstrip("/"),
-            labels=dict((data.get("Config") or {}).get("Labels") or {}),
-            status=str(state.get("Status", "")),
-            exit_code=int(state.get("ExitCode") or 0),
-            oom_killed=bool(state.get("OOMKilled")),
-            started_at=state.get("StartedAt") if state.get("StartedAt") != _NEVER else None,
-            finished_at=state.get("FinishedAt") if state.get("FinishedAt") != _NEVER else None,
-            error=str(state.get("Error") or ""),
-            networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}).keys())),
-        )
+def instance_from_inspect(data: dict[str, Any]) -> Instance:
+    """A container as the runtime interface's ``Instance``: its labels say whose it is."""
+    state = data.get("State") or {}
+    labels = (data.get("Config") or {}).get("Labels") or {}
+    name = str(data.get("Name", "")).lstrip("/")
+    agent = str(labels.get(LABEL_AGENT, ""))
+    return Instance(
+        id=data["Id"],
+        name=name,
+        agent=agent,
+        uid=str(labels.get(LABEL_UID, "")),
+        config_hash=str(labels.get(LABEL_HASH, "")),
+        state=str(state.get("Status", "")),
+        exit_code=int(state.get("ExitCode") or 0),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=state.get("StartedAt") if state.get("StartedAt") != _NEVER else None,
+        finished_at=state.get("FinishedAt") if state.get("FinishedAt") != _NEVER else None,
+        error=str(state.get("Error") or ""),
+        networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}).keys())),
+        restart_count=int(data.get("RestartCount") or 0),
+        misnamed=name != container_name(agent),
+    )
 
 
 class DockerObserver(Protocol):
@@ -255,7 +234,7 @@ class DockerDriver:
         return {str(c["Labels"][LABEL_AGENT]) for c in found if (c["Labels"] or {}).get(LABEL_AGENT)}
 
     @_timed
-    async def list_containers(self, agent: str | None = None) -> list[ContainerInfo]:
+    async def list_containers(self, agent: str | None = None) -> list[Instance]:
         """Containers of this controller instance (all states), optionally of one agent, inspected."""
         filters = self._filters(**({LABEL_AGENT: agent} if agent else {}))
         with _DockerCall("listing containers", SOCKET_ERROR):
@@ -263,13 +242,13 @@ class DockerDriver:
         infos = []
         for container in found:
             with _DockerCall("inspecting a listed container", SOCKET_ERROR, absent_ok=True):  # gone since: skip
-                infos.append(ContainerInfo.from_inspect(await container.show()))
+                infos.append(instance_from_inspect(await container.show()))
         return infos
 
     @_timed
-    async def inspect(self, container_id: str) -> ContainerInfo | None:
+    async def inspect(self, container_id: str) -> Instance | None:
         with _DockerCall(f"inspecting {container_id[:12]}", CONTAINER_ERROR, absent_ok=True):
-            return ContainerInfo.from_inspect(await self.docker.containers.container(container_id).show())
+            return instance_from_inspect(await self.docker.containers.container(container_id).show())
         return None
 
     @_timed

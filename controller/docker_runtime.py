@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from controller.config import Settings
-from controller.docker_driver import ContainerInfo, DockerDriver, DockerObserver, LiveDocker
+from controller.docker_driver import DockerDriver, DockerObserver, LiveDocker
 from controller.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, AgentError
 from controller.model import Agent, container_name
 from controller.render import (
@@ -28,24 +28,6 @@ from controller.runtime import Desired, Instance, ManagedNetwork, RuntimeChange
 CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
 IMAGE_ADDED = {"tag", "load", "pull", "import"}
 IMAGE_REMOVED = {"delete", "untag"}
-
-
-def instance_of(container: ContainerInfo) -> Instance:
-    return Instance(
-        id=container.id,
-        name=container.name,
-        agent=container.agent,
-        uid=container.uid,
-        config_hash=container.config_hash,
-        state=container.status,
-        exit_code=container.exit_code,
-        oom_killed=container.oom_killed,
-        started_at=container.started_at,
-        finished_at=container.finished_at,
-        error=container.error,
-        networks=container.networks,
-        misnamed=container.name != container_name(container.agent),
-    )
 
 
 class DockerRuntime:
@@ -79,11 +61,10 @@ class DockerRuntime:
         return await self.driver.list_agent_names()
 
     async def instances(self, agent: str) -> list[Instance]:
-        return [instance_of(c) for c in await self.driver.list_containers(agent)]
+        return await self.driver.list_containers(agent)
 
     async def instance(self, instance_id: str) -> Instance | None:
-        found = await self.driver.inspect(instance_id)
-        return instance_of(found) if found is not None else None
+        return await self.driver.inspect(instance_id)
 
     async def image_present(self, image: str) -> bool:
         return await self.driver.image_exists(image)
