@@ -336,8 +336,7 @@ def _print_apply(result: dict[str, Any], specs: list[SpecDoc]) -> None:
             continue
         click.echo(f"agent/{name} {outcome}{suffix}")
         if result.get("dryRun"):
-            for step in item.get("plan", []):
-                click.echo(f"  {step['action']}: {step['cause']}")
+            _echo_plan(item)
     for item in result.get("pruned", []):
         if item.get("errors"):
             failed = True
@@ -346,12 +345,21 @@ def _print_apply(result: dict[str, Any], specs: list[SpecDoc]) -> None:
             continue
         click.echo(f"agent/{item.get('name')} pruned{suffix}")
         if result.get("dryRun"):
-            for step in item.get("plan", []):
-                click.echo(f"  {step['action']}: {step['cause']}")
+            _echo_plan(item)
     applied = any(i.get("outcome") in ("created", "configured", "unchanged") for i in result.get("results", []))
     if failed and not applied:
         what = "a real apply would write nothing" if result.get("dryRun") else "nothing was applied"
         click.echo(f"error: {what}", err=True)
+
+
+def _echo_plan(item: dict[str, Any]) -> None:
+    """A dry run's plan for one agent: each step with its cause, then the reconciler's own operations."""
+    for step in item.get("plan", []):
+        click.echo(f"  {step['action']}: {step['cause']}")
+    for op in item.get("operations", []):
+        click.echo(f"    - {op['operation']} {op['target'][:24]}: {op['cause']}")
+    if item.get("operationsError"):
+        click.echo(f"    (the reconciler's operations are unknown: {item['operationsError']})")
 
 
 def _settled(agent: dict[str, Any] | None, generation: int) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from api.errors import ApiError, read_body
 from api.params import flag
-from api.state import SETTINGS, STORE
+from api.state import CONTROLLER, SETTINGS, STORE
 from controller.apply import Applier, ApplyReport
 from controller.model import API_VERSION
 from controller.selector import parse_selector
@@ -51,7 +51,7 @@ def lifecycle(specs_dir: str | None) -> Callable[[web.Application], AsyncIterato
     """A ``cleanup_ctx`` entry (after the store's): the applier, and the specs-dir follower if asked for."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        applier = Applier(app[STORE], app[SETTINGS])
+        applier = Applier(app[STORE], app[SETTINGS], planner=app[CONTROLLER].reconciler.plan)
         app[APPLIER] = applier
         follower = SpecsDirFollower(specs_dir, applier) if specs_dir else None
         if follower is not None:

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from controller.admission import AdmissionError, admit
 from controller.config import Settings
+from controller.decide import Operation
+from controller.errors import AgentError
 from controller.model import REDACTED, Agent, container_name, keep_stored_secrets
 from controller.plan import Plan, plan_apply, plan_delete
 from controller.schema import MANIFEST_KEYS, is_manifest
@@ -34,6 +36,9 @@ SYSTEM_PREFIX = "parallax.ai/"
 """Labels and annotations under this prefix are the system's (restartedAt, source tracking): a document
 that does not mention them keeps them, so re-applying a file after ``parallax restart`` changes nothing."""
 SERVER_SET_METADATA = ("uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp")
+
+Planner = Callable[[str, Agent | None], Awaitable[list[Operation]]]
+"""The operations reconciling a record (as it would be) would make now: ``Reconciler.plan``."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class DocResult:
     name: str | None = None
     outcome: ResultOutcome = "skipped"
     plan: Plan | None = None
+    operations: list[Operation] | None = None
+    """In a dry run with a planner: the reconciler's own operations for the record as it would be."""
+    operations_error: str | None = None
     errors: list[DocError] = field(default_factory=list)
     submitted: Agent | None = None
     stored: Agent | None = None
@@ -71,6 +79,10 @@ class DocResult:
         body: dict[str, Any] = {"index": self.index, "name": self.name, "line": self.line, "outcome": self.outcome}
         if self.plan is not None:
             body["plan"] = self.plan.to_dict()
+        if self.operations is not None:
+            body["operations"] = [{"operation": o.kind, "target": o.target, "cause": o.cause} for o in self.operations]
+        if self.operations_error is not None:
+            body["operationsError"] = self.operations_error
         if self.errors:
             body["errors"] = [e.to_dict() for e in self.errors]
         if self.agent is not None:
@@ -142,9 +154,10 @@ Guard = Callable[[Agent], str | None]
 
 
 class Applier:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, planner: Planner | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.planner = planner
         self.lock = asyncio.Lock()
 
     async def apply(
@@ -175,6 +188,7 @@ class Applier:
             pruned = self._prunable(stored_all, results, prune, prune_cause) if prune is not None else []
             if dry_run:
                 report.pruned = pruned
+                await self._plan_operations([*results, *pruned])
             elif atomic:
                 await self._write_together(results, pruned, report, prune_cause)
             else:
@@ -186,6 +200,18 @@ class Applier:
                 elif prune is not None:
                     report.pruned = [result for result in pruned if await self._delete(result, prune_cause)]
             return report
+
+    async def _plan_operations(self, results: list[DocResult]) -> None:
+        """For a dry run: what the reconciler itself would do with each record as it would be written."""
+        if self.planner is None:
+            return
+        for result in results:
+            if result.errors or result.plan is None or result.name is None:
+                continue
+            try:
+                result.operations = await self.planner(result.name, as_written(result))
+            except AgentError as exc:
+                result.operations_error = f"{exc.code}: {exc.message}"
 
     async def _write_together(
         self, results: list[DocResult], pruned: list[DocResult], report: ApplyReport, cause: str
@@ -359,3 +385,23 @@ class Applier:
     async def _event(self, agent: Agent, reason: str, message: str) -> None:
         with contextlib.suppress(StoreError):
             await self.store.record_event(agent, "Normal", reason, message)
+
+
+def as_written(result: DocResult) -> Agent:
+    """The record a document's write would leave: new, or the stored one with the document's spec,
+    labels and annotations (generation moved when the spec changed), or marked deleted when pruned."""
+    stored, submitted = result.stored, result.submitted
+    if stored is None:
+        assert submitted is not None
+        return submitted
+    record = stored.copy()
+    if result.outcome == "pruned":
+        record.metadata.deletion_timestamp = record.metadata.deletion_timestamp or "(pruned)"
+        return record
+    assert submitted is not None
+    if submitted.spec != stored.spec:
+        record.metadata.generation += 1
+    record.spec = submitted.spec
+    record.metadata.labels = dict(submitted.metadata.labels)
+    record.metadata.annotations = dict(submitted.metadata.annotations)
+    return record

@@ -11,6 +11,7 @@ operations of the first round, from this same function.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ CREDENTIALS_MARKER = "parallax: needs credentials:"
 CREDENTIALS_TAIL_LINES = 20
 CREDENTIALS_WINDOW_SECONDS = 12.0
 CREDENTIALS_RECHECK_SECONDS = 3.0
+MAX_PLAN_ROUNDS = 12
 
 OperationKind = Literal[
     "ensure-network",
@@ -341,3 +343,58 @@ def _exited(agent: Agent, status: dict[str, Any], current: Instance, now: dateti
     )
     cause = f"it exited with code {current.exit_code}; restartPolicy is {spec.restart_policy}"
     return Decision((Operation("start", current.id, cause, event=restarted),), status=status, events=tuple(events))
+
+
+def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, desired: Desired | None) -> list[Instance]:
+    """The instances as ``op`` leaves them, as far as that is known without asking the runtime: what the
+    executor assumes after a stop, remove, rename or connect, and what a dry run assumes of every step."""
+    if op.kind == "remove":
+        return [i for i in instances if i.id != op.target]
+    if op.kind == "create" and agent is not None and desired is not None:
+        made = Instance(
+            id=f"(new instance of {agent.name})",
+            name="",
+            agent=agent.name,
+            uid=agent.metadata.uid,
+            config_hash=desired.config_hash,
+            state="created",
+            networks=(agent.spec.network,),  # a runtime creates an instance on its agent's network
+        )
+        return [*instances, made]
+    changed: dict[str, Any]
+    if op.kind == "stop":
+        changed = {"state": "exited"}
+    elif op.kind == "start":
+        changed = {"state": "running", "started_at": None}
+    elif op.kind == "rename":
+        changed = {"misnamed": False}
+    elif op.kind == "connect" and agent is not None:
+        changed = {"networks": (*next(i.networks for i in instances if i.id == op.target), agent.spec.network)}
+    else:
+        return list(instances)
+    return [dataclasses.replace(i, **changed) if i.id == op.target else i for i in instances]
+
+
+def plan(
+    name: str, agent: Agent | None, instances: Sequence[Instance], desired: Desired | None, now: datetime
+) -> list[Operation]:
+    """Every operation a reconcile of ``agent`` (a record as it would be) would make, round after round,
+    assuming each succeeds: what ``apply --dry-run`` shows. The network is taken as usable and the
+    instances' output as saying nothing."""
+    facts = Facts(network_ready=True)
+    current = list(instances)
+    agent = agent.copy() if agent is not None else None
+    operations: list[Operation] = []
+    for _ in range(MAX_PLAN_ROUNDS):
+        decision = decide(name, agent, current, desired, now, facts)
+        if agent is not None and decision.status is not None:
+            agent.status = decision.status
+        for op in decision.operations:
+            if op.kind == "read-output":
+                facts.output[op.target] = []
+                continue
+            operations.append(op)
+            current = after(op, current, agent, desired)
+        if decision.done or not decision.operations:
+            break
+    return operations

@@ -100,6 +100,7 @@ class DockerRuntime:
             uid=agent.metadata.uid,
             config_hash=desired.config_hash,
             state="created",
+            networks=(agent.spec.network,),
         )
 
     async def start(self, instance_id: str) -> None:

@@ -9,7 +9,6 @@ written to the agent's status and raised, so the work queue retries the key with
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.config import Settings
-from controller.decide import CREDENTIALS_TAIL_LINES, AgentEventNote, Decision, Facts, Operation, decide
+from controller.decide import CREDENTIALS_TAIL_LINES, AgentEventNote, Facts, Operation, after, decide, plan
 from controller.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, AgentError
 from controller.model import Agent
 from controller.mounts import parse_volume
@@ -90,12 +89,12 @@ class Reconciler:
             await self._write(agent, agent.status)
         return Result(requeue_after=0)
 
-    async def plan(self, name: str, agent: Agent | None) -> Decision:
-        """The first round's decision for ``agent`` (a record as it would be), without acting: what
-        ``apply --dry-run`` shows. The runtime is only read."""
+    async def plan(self, name: str, agent: Agent | None) -> list[Operation]:
+        """The operations reconciling ``agent`` (a record as it would be) would make now, from ``decide``
+        itself and the runtime's instances: what ``apply --dry-run`` shows. The runtime is only read."""
         instances = await self.runtime.instances(name)
         desired = self.runtime.render(agent) if agent is not None else None
-        return decide(name, agent, instances, desired, self.now(), Facts(network_ready=True))
+        return plan(name, agent, instances, desired, self.now())
 
     # -- executing one operation -------------------------------------------------------------------
 
@@ -129,25 +128,22 @@ class Reconciler:
         elif op.kind == "stop":
             log.info("agent %s: stopping container %s: %s", name, op.target[:12], op.cause)
             await runtime.stop(op.target, op.grace_seconds)
-            instances = [dataclasses.replace(i, state="exited") if i.id == op.target else i for i in instances]
+            instances = after(op, instances, agent, desired)
         elif op.kind == "remove":
             log.info("agent %s: removing container %s: %s", name, op.target[:12], op.cause)
             await runtime.remove(op.target)
-            instances = [i for i in instances if i.id != op.target]
+            instances = after(op, instances, agent, desired)
             if op.collected:
                 self.on_collected("container")
         elif op.kind == "rename":
             log.warning("agent %s: %s; renaming it back", name, op.cause)
             await runtime.rename(op.target, name)
-            instances = [dataclasses.replace(i, misnamed=False) if i.id == op.target else i for i in instances]
+            instances = after(op, instances, agent, desired)
         elif op.kind == "connect":
             assert agent is not None
             log.warning("agent %s: %s; reconnecting", name, op.cause)
             await runtime.connect(op.target, agent.spec.network, [name])
-            instances = [
-                dataclasses.replace(i, networks=(*i.networks, agent.spec.network)) if i.id == op.target else i
-                for i in instances
-            ]
+            instances = after(op, instances, agent, desired)
         elif op.kind == "remove-workspace":
             assert agent is not None
             await runtime.remove_workspace(agent)

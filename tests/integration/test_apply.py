@@ -19,7 +19,7 @@ from controller.config import Settings
 from controller.specs_dir import FILE_ANNOTATION, SOURCE_LABEL, SpecsDirFollower
 from controller.store import SqliteStore
 from controller.yaml_loader import load_documents
-from tests.harness import REPO, Controller, inspect, running
+from tests.harness import REPO, Controller, inspect, running, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -425,3 +425,39 @@ async def test_an_apply_never_overwrites_a_put_it_did_not_see(tmp_path: Path) ->
         assert stored.spec.env == {"TOKEN": "new"} and "team" not in stored.metadata.labels
     finally:
         await store.close()
+
+
+async def test_a_dry_run_shows_the_reconcilers_own_operations_and_the_reconciler_does_them(
+    controller: Controller,
+) -> None:
+    """``apply --dry-run`` lists the operations of ``decide`` itself, from the runtime's real instances;
+    applying for real then makes exactly those (seen in the agent's events)."""
+    name = f"dryops-{uuid.uuid4().hex[:6]}"
+    doc = {
+        "apiVersion": "parallax.ai/v1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {"type": "claude", "network": controller.settings.network, "command": ["sleep", "3600"]},
+    }
+    status, body = await apply(controller, stream(doc), dryRun="true")
+    assert status == 200, body
+    assert [o["operation"] for o in body["results"][0]["operations"]] == ["create", "start"]
+    status, body = await apply(controller, stream(doc))
+    assert status == 200, body
+    await controller.wait_agent(name, running)
+
+    doc["spec"]["resources"] = {"memory": "96m"}
+    status, body = await apply(controller, stream(doc), dryRun="true")
+    assert status == 200, body
+    planned = body["results"][0]["operations"]
+    assert [o["operation"] for o in planned] == ["stop", "remove", "create", "start"], planned
+    assert "config hash" in planned[0]["cause"]
+    status, _ = await apply(controller, stream(doc))
+    assert status == 200
+
+    async def recreated() -> bool:
+        _, events = await controller.request("GET", f"/agents/{name}/events")
+        return [e["reason"] for e in events["items"]][-3:] == ["Recreating", "Created", "Started"]
+
+    await wait_for(recreated, what="the planned recreate to be done")
+    await controller.wait_agent(name, running)
