@@ -51,7 +51,8 @@ def lifecycle(specs_dir: str | None) -> Callable[[web.Application], AsyncIterato
     """A ``cleanup_ctx`` entry (after the store's): the applier, and the specs-dir follower if asked for."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        applier = Applier(app[STORE], app[SETTINGS], planner=app[CONTROLLER].reconciler.plan)
+        controller = app[CONTROLLER]
+        applier = Applier(app[STORE], app[SETTINGS], controller.runtime.render, planner=controller.reconciler.plan)
         app[APPLIER] = applier
         follower = SpecsDirFollower(specs_dir, applier) if specs_dir else None
         if follower is not None:

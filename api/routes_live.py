@@ -20,8 +20,7 @@ from api.errors import ApiError, read_json
 from api.params import bad_parameter, flag, parse_integer, parse_number
 from api.state import CONTROLLER, LIVE, RUNTIME, STATS, STORE
 from controller.errors import SOCKET_ERROR, AgentError
-from controller.model import Agent
-from controller.render import ANNOTATION_RESTARTED_AT
+from controller.model import ANNOTATION_RESTARTED_AT, Agent
 from controller.runtime import Instance
 from controller.stats import summarize
 from controller.store import Conflict, NotFound, Write

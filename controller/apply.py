@@ -22,7 +22,7 @@ from controller.config import Settings
 from controller.decide import Operation
 from controller.errors import AgentError
 from controller.model import REDACTED, Agent, container_name, keep_stored_secrets
-from controller.plan import Plan, plan_apply, plan_delete
+from controller.plan import Plan, Render, plan_apply, plan_delete
 from controller.schema import MANIFEST_KEYS, is_manifest
 from controller.store import AlreadyExists, Conflict, NotFound, Store, StoreError, StoreUnavailable, Write
 from controller.yaml_loader import Document
@@ -154,9 +154,10 @@ Guard = Callable[[Agent], str | None]
 
 
 class Applier:
-    def __init__(self, store: Store, settings: Settings, planner: Planner | None = None) -> None:
+    def __init__(self, store: Store, settings: Settings, render: Render, planner: Planner | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.render = render
         self.planner = planner
         self.lock = asyncio.Lock()
 
@@ -335,7 +336,7 @@ class Applier:
             if stored is not None:
                 agent = keep_stored_secrets(agent, stored)
             result.submitted, result.stored = agent, stored
-            result.plan = plan_apply(stored, agent, self.settings)
+            result.plan = plan_apply(stored, agent, self.render)
             result.outcome = result.plan.outcome
 
     async def _write(self, result: DocResult) -> None:

@@ -15,6 +15,17 @@ from typing import Any
 API_VERSION = "parallax.ai/v1"
 KIND = "Agent"
 REDACTED = "<redacted>"
+# The agent's side of the contract every runtime keeps: where its home and workspace are, and the
+# annotation ``POST /agents/{name}/restart`` sets (a new value makes a new instance).
+AGENT_HOME = "/home/agent"
+WORKSPACE_PATH = "/workspace"
+ANNOTATION_RESTARTED_AT = "parallax.ai/restartedAt"
+
+
+def capability_name(capability: str) -> str:
+    """``CAP_CHOWN`` and ``CHOWN`` name the same capability."""
+    return capability.removeprefix("CAP_")
+
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended", "Terminating")
 TYPES = ("claude", "codex", "gemini", "aider", "custom")

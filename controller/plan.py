@@ -2,8 +2,8 @@
 
 Docker Compose's planner is the model: one operation per step, each saying why, e.g.
 ``recreate: resources.memory changed 512m -> 1g``. Whether a change touches the container is not
-guessed field by field: the desired container is rendered (``render_container``, the same pure
-function the reconciler hashes) with and without each changed field, so the plan and the reconciler
+guessed field by field: the desired instance is rendered (the runtime's ``render``, the same pure
+function whose hash the reconciler compares) with and without each changed field, so the plan and the reconciler
 can never disagree. Env values are secrets: a plan says ``env.API_KEY changed``, never the value.
 """
 
@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from controller.config import Settings
 from controller.model import Agent, AgentSpec, container_name
-from controller.render import image_for, render_container
+from controller.runtime import Desired
+
+Render = Callable[[Agent], Desired]
 
 Outcome = Literal["created", "configured", "unchanged", "pruned"]
 Action = Literal["create", "recreate", "start", "stop", "update", "delete"]
@@ -115,10 +117,10 @@ def agent_changes(stored: Agent, submitted: Agent) -> list[FieldChange]:
     ]
 
 
-def container_roots(stored: Agent, submitted: Agent, settings: Settings) -> set[str]:
+def container_roots(stored: Agent, submitted: Agent, render: Render) -> set[str]:
     """The changed top-level fields (``resources``, ``labels``...) that alone change the rendered
     container, so force a recreate. Each changed spec attribute is tried on its own."""
-    base = render_container(stored, settings)
+    base = render(stored).config_hash
     old_spec = stored.spec.to_dict(redact=False)
     affecting: set[str] = set()
     for attribute in dataclasses.fields(AgentSpec):
@@ -126,15 +128,15 @@ def container_roots(stored: Agent, submitted: Agent, settings: Settings) -> set[
         if getattr(stored.spec, attribute.name) == value:
             continue
         spec = dataclasses.replace(stored.spec, **{attribute.name: value})
-        if render_container(Agent(stored.metadata, spec), settings) != base:
+        if render(Agent(stored.metadata, spec)).config_hash != base:
             affecting.update(change.root for change in diff(old_spec, spec.to_dict(redact=False)))
     if stored.metadata.labels != submitted.metadata.labels:
         metadata = dataclasses.replace(stored.metadata, labels=dict(submitted.metadata.labels))
-        if render_container(Agent(metadata, stored.spec), settings) != base:
+        if render(Agent(metadata, stored.spec)).config_hash != base:
             affecting.add("labels")
     if stored.metadata.annotations != submitted.metadata.annotations:
         metadata = dataclasses.replace(stored.metadata, annotations=dict(submitted.metadata.annotations))
-        if render_container(Agent(metadata, stored.spec), settings) != base:
+        if render(Agent(metadata, stored.spec)).config_hash != base:
             affecting.add("annotations")
     return affecting
 
@@ -143,7 +145,7 @@ def _join(changes: list[FieldChange]) -> str:
     return ", ".join(str(change) for change in changes)
 
 
-def plan_apply(stored: Agent | None, submitted: Agent, settings: Settings) -> Plan:
+def plan_apply(stored: Agent | None, submitted: Agent, render: Render) -> Plan:
     """The steps that writing ``submitted`` over ``stored`` (None: a new agent) sets in motion."""
     name = submitted.name
     container = f"container {container_name(name)}"
@@ -152,13 +154,13 @@ def plan_apply(stored: Agent | None, submitted: Agent, settings: Settings) -> Pl
         if submitted.spec.suspend:
             step = Step("create", record, "new agent; spec.suspend is true, so no container is started")
         else:
-            step = Step("create", container, f"new agent (image {image_for(submitted.spec, settings)})")
+            step = Step("create", container, f"new agent (image {render(submitted).image})")
         return Plan(name, "created", (step,))
 
     changes = agent_changes(stored, submitted)
     if not changes:
         return Plan(name, "unchanged")
-    affecting_roots = container_roots(stored, submitted, settings)
+    affecting_roots = container_roots(stored, submitted, render)
     affecting = [c for c in changes if c.root in affecting_roots]
     suspend = [c for c in changes if c.root == "suspend"]
     rest = [c for c in changes if c.root not in affecting_roots and c.root != "suspend"]

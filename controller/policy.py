@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.config import Settings
-from controller.model import AgentSpec
+from controller.model import AGENT_HOME, WORKSPACE_PATH, AgentSpec, capability_name
 from controller.mounts import BindMount, is_within, overlaps, parse_volume
-from controller.render import AGENT_HOME, WORKSPACE_PATH, capability_name
 from controller.schema import FieldError
 
 # Mounting any of these (or a directory containing one) hands an agent the host, whatever the

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from controller.config import Settings
-from controller.model import Agent, AgentSpec
+from controller.model import AGENT_HOME, ANNOTATION_RESTARTED_AT, WORKSPACE_PATH, Agent, AgentSpec, capability_name
 from controller.mounts import parse_volume
 from controller.quantity import nano_cpus, parse_memory
 
@@ -24,10 +24,7 @@ LABEL_HASH = "parallax.config-hash"
 LABEL_GENERATION = "parallax.generation"
 LABEL_INSTANCE = "parallax.instance"
 LABEL_RESTARTED_AT = "parallax.restarted-at"
-ANNOTATION_RESTARTED_AT = "parallax.ai/restartedAt"
 
-AGENT_HOME = "/home/agent"
-WORKSPACE_PATH = "/workspace"
 WORKSPACE_PREFIX = "parallax-workspace-"
 # exec: coding agents run what they install in their home or /tmp (npx, pip --user, downloaded tools), as
 # they may in /workspace; Docker's tmpfs default is noexec. nosuid and nodev stay.
@@ -50,11 +47,6 @@ def workspace_labels(agent: Agent, settings: Settings) -> dict[str, str]:
     """Labels of the workspace volume: ours, this agent's, this controller instance's (no uid, so a
     kept workspace is found again by an agent re-created under the same name)."""
     return {LABEL_MANAGED: "true", LABEL_AGENT: agent.name, LABEL_INSTANCE: settings.instance}
-
-
-def capability_name(capability: str) -> str:
-    """``CAP_CHOWN`` and ``CHOWN`` name the same capability."""
-    return capability.removeprefix("CAP_")
 
 
 def image_for(spec: AgentSpec, settings: Settings) -> str:

@@ -16,6 +16,7 @@ import yaml
 from controller.admission import admit, spec_defaults
 from controller.apply import Applier
 from controller.config import Settings
+from controller.docker_runtime import DockerRuntime
 from controller.specs_dir import FILE_ANNOTATION, SOURCE_LABEL, SpecsDirFollower
 from controller.store import SqliteStore
 from controller.yaml_loader import load_documents
@@ -289,7 +290,7 @@ async def follower(tmp_path: Path) -> Any:
     await store.open()
     specs = tmp_path / "specs"
     specs.mkdir()
-    follow = SpecsDirFollower(specs, Applier(store, settings))
+    follow = SpecsDirFollower(specs, Applier(store, settings, DockerRuntime(settings).render))
     yield follow
     await store.close()
 
@@ -388,7 +389,7 @@ async def test_a_write_landing_during_an_apply_stops_all_of_it(tmp_path: Path) -
                 suspended("apply-atom-kept", {"edited": "yes"}),
             )
         )
-        report = await Applier(store, settings).apply(docs)
+        report = await Applier(store, settings, DockerRuntime(settings).render).apply(docs)
         await racing
         outcomes = [(r.name, r.outcome) for r in report.results]
         assert outcomes == [
@@ -417,7 +418,7 @@ async def test_an_apply_never_overwrites_a_put_it_did_not_see(tmp_path: Path) ->
         rotated = asyncio.create_task(store.replace(admit({**body, "env": {"TOKEN": "new"}}, settings)[0]))
         await asyncio.sleep(0)  # the PUT is queued for commit, not yet committed
         docs = load_documents(stream(suspended("apply-lost", {"team": "x"}, env={"TOKEN": "<redacted>"})))
-        report = await Applier(store, settings).apply(docs)
+        report = await Applier(store, settings, DockerRuntime(settings).render).apply(docs)
         assert (await rotated).spec.env == {"TOKEN": "new"}
         result = report.results[0]
         assert result.outcome == "error" and "apply again" in result.errors[0].message, result

@@ -6,11 +6,13 @@ from typing import Any
 
 from controller.admission import admit
 from controller.config import Settings
+from controller.docker_runtime import DockerRuntime
 from controller.model import Agent
 from controller.plan import diff, plan_apply, plan_delete, show
 from controller.render import ANNOTATION_RESTARTED_AT
 
 SETTINGS = Settings(store_path="/nonexistent/agents.db")
+RENDER = DockerRuntime(SETTINGS).render
 
 
 def agent(**spec: Any) -> Agent:
@@ -38,27 +40,27 @@ def steps(plan: Any) -> list[str]:
 
 
 def test_new_agent_is_created_with_its_image() -> None:
-    plan = plan_apply(None, agent(), SETTINGS)
+    plan = plan_apply(None, agent(), RENDER)
     assert plan.outcome == "created"
     assert steps(plan) == ["create: new agent (image parallax/agent-claude:latest)"]
     assert plan.steps[0].target == "container parallax-agent-planned"
 
 
 def test_new_suspended_agent_starts_no_container() -> None:
-    plan = plan_apply(None, agent(suspend=True), SETTINGS)
+    plan = plan_apply(None, agent(suspend=True), RENDER)
     assert plan.outcome == "created"
     assert "no container is started" in steps(plan)[0]
 
 
 def test_identical_agent_is_unchanged_with_no_steps() -> None:
     current = stored(agent(resources={"memory": "512m"}))
-    plan = plan_apply(current, agent(resources={"memory": "512m"}), SETTINGS)
+    plan = plan_apply(current, agent(resources={"memory": "512m"}), RENDER)
     assert plan.outcome == "unchanged"
     assert plan.steps == ()
 
 
 def test_memory_change_recreates_with_old_and_new_values() -> None:
-    plan = plan_apply(stored(agent(resources={"memory": "512m"})), agent(resources={"memory": "1g"}), SETTINGS)
+    plan = plan_apply(stored(agent(resources={"memory": "512m"})), agent(resources={"memory": "1g"}), RENDER)
     assert plan.outcome == "configured"
     assert steps(plan) == ["recreate: resources.memory changed 512m -> 1g"]
     assert plan.steps[0].target == "container parallax-agent-planned"
@@ -66,29 +68,29 @@ def test_memory_change_recreates_with_old_and_new_values() -> None:
 
 def test_env_changes_name_the_variable_and_never_the_value() -> None:
     before = stored(agent(env={"API_KEY": "sk-old-secret", "GONE": "bye-secret"}))
-    plan = plan_apply(before, agent(env={"API_KEY": "sk-new-secret", "NEW": "hello-secret"}), SETTINGS)
+    plan = plan_apply(before, agent(env={"API_KEY": "sk-new-secret", "NEW": "hello-secret"}), RENDER)
     text = " ".join(steps(plan))
     assert text == "recreate: env.API_KEY changed, env.GONE removed, env.NEW added"
     assert "secret" not in str(plan.to_dict())
 
 
 def test_restart_policy_change_updates_the_record_and_keeps_the_container() -> None:
-    plan = plan_apply(stored(agent()), agent(restartPolicy="Never"), SETTINGS)
+    plan = plan_apply(stored(agent()), agent(restartPolicy="Never"), RENDER)
     assert steps(plan) == ["update: restartPolicy changed Always -> Never (the container is kept)"]
     assert plan.steps[0].target == "agent planned"
 
 
 def test_labels_are_record_only_but_the_restart_annotation_recreates() -> None:
-    plan = plan_apply(stored(agent(labels={"team": "a"})), agent(labels={"team": "b"}), SETTINGS)
+    plan = plan_apply(stored(agent(labels={"team": "a"})), agent(labels={"team": "b"}), RENDER)
     assert steps(plan) == ["update: labels.team changed a -> b (the container is kept)"]
     restarted = agent(annotations={ANNOTATION_RESTARTED_AT: "2024-05-01T00:00:00Z"})
-    plan = plan_apply(stored(agent()), restarted, SETTINGS)
+    plan = plan_apply(stored(agent()), restarted, RENDER)
     assert [s.action for s in plan.steps] == ["recreate"]
     assert "annotations.parallax.ai/restartedAt added" in steps(plan)[0]
 
 
 def test_equivalent_quantity_changes_the_record_but_not_the_container() -> None:
-    plan = plan_apply(stored(agent(resources={"memory": "512m"})), agent(resources={"memory": "512Mi"}), SETTINGS)
+    plan = plan_apply(stored(agent(resources={"memory": "512m"})), agent(resources={"memory": "512Mi"}), RENDER)
     assert plan.outcome == "configured"
     assert steps(plan) == ["update: resources.memory changed 512m -> 512Mi (the container is kept)"]
 
@@ -97,7 +99,7 @@ def test_mixed_change_lists_container_causes_and_record_causes_separately() -> N
     plan = plan_apply(
         stored(agent(image="busybox:1", restartPolicy="Always")),
         agent(image="busybox:2", restartPolicy="OnFailure", command=["sh", "-c", "sleep 1"]),
-        SETTINGS,
+        RENDER,
     )
     assert steps(plan) == [
         'recreate: command changed null -> ["sh", "-c", "sleep 1"], image changed busybox:1 -> busybox:2',
@@ -106,24 +108,24 @@ def test_mixed_change_lists_container_causes_and_record_causes_separately() -> N
 
 
 def test_change_to_an_agent_without_a_container_creates_one() -> None:
-    plan = plan_apply(stored(agent(), container=False), agent(network="other-net"), SETTINGS)
+    plan = plan_apply(stored(agent(), container=False), agent(network="other-net"), RENDER)
     assert steps(plan) == ["create: network changed parallax-agents -> other-net"]
 
 
 def test_suspend_stops_and_resume_starts() -> None:
-    plan = plan_apply(stored(agent()), agent(suspend=True), SETTINGS)
+    plan = plan_apply(stored(agent()), agent(suspend=True), RENDER)
     assert steps(plan) == ["stop: suspend changed false -> true"]
-    plan = plan_apply(stored(agent(suspend=True)), agent(suspend=False), SETTINGS)
+    plan = plan_apply(stored(agent(suspend=True)), agent(suspend=False), RENDER)
     assert steps(plan) == ["start: suspend changed true -> false"]
 
 
 def test_change_while_suspended_waits_for_resume() -> None:
-    plan = plan_apply(stored(agent(suspend=True)), agent(suspend=True, resources={"cpu": 2}), SETTINGS)
+    plan = plan_apply(stored(agent(suspend=True)), agent(suspend=True, resources={"cpu": 2}), RENDER)
     assert steps(plan) == ["update: resources.cpu changed 0.5 -> 2; the container is recreated when resumed"]
 
 
 def test_resume_with_a_changed_spec_recreates() -> None:
-    plan = plan_apply(stored(agent(suspend=True)), agent(resources={"cpu": 2}), SETTINGS)
+    plan = plan_apply(stored(agent(suspend=True)), agent(resources={"cpu": 2}), RENDER)
     assert steps(plan) == ["recreate: resources.cpu changed 0.5 -> 2, suspend changed true -> false"]
 
 
@@ -145,7 +147,7 @@ def test_long_values_are_shortened_and_odd_strings_quoted() -> None:
 
 
 def test_fields_that_do_not_reach_the_container_are_found_by_rendering_not_by_name() -> None:
-    plan = plan_apply(stored(agent()), agent(workspace={"keep": True}, stopGracePeriodSeconds=30), SETTINGS)
+    plan = plan_apply(stored(agent()), agent(workspace={"keep": True}, stopGracePeriodSeconds=30), RENDER)
     assert steps(plan) == [
         "update: stopGracePeriodSeconds changed 10 -> 30, workspace.keep changed false -> true (the container is kept)"
     ]
