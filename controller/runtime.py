@@ -144,8 +144,8 @@ class Runtime(Protocol):
 
     async def remove_workspace(self, agent: Agent) -> None: ...
 
-    async def create(self, agent: Agent, desired: Desired) -> str:
-        """Make (not start) the agent's instance; its id."""
+    async def create(self, agent: Agent, desired: Desired) -> Instance:
+        """Make (not start) the agent's instance; the instance as made (state ``created``)."""
         ...
 
     async def start(self, instance_id: str) -> None: ...
