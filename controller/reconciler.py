@@ -165,9 +165,8 @@ class Reconciler:
         await self.runtime.ensure_workspace(agent)
         created = await self.runtime.create(agent, desired)
         log.info("agent %s: created container %s", agent.name, created.id[:12])
-        await self._event(
-            agent, AgentEventNote("Normal", "Created", f"created container {created.id[:12]} from image {desired.image}")
-        )
+        created_note = f"created container {created.id[:12]} from image {desired.image}"
+        await self._event(agent, AgentEventNote("Normal", "Created", created_note))
         return created
 
     async def _guard_mounts(self, agent: Agent, doing: str) -> None:
@@ -195,7 +194,8 @@ class Reconciler:
     # -- status and events -------------------------------------------------------------------------
 
     async def _fail(self, agent: Agent, err: AgentError) -> None:
-        err.scrub(agent.spec.env)  # the runtime's text may quote an env entry: status, events, log and raise get it clean
+        # The runtime's text may quote an env entry: status, events, log and raise get it clean.
+        err.scrub(agent.spec.env)
         previous = agent.status.get("error") or {}
         level = logging.DEBUG if previous.get("code") == err.code else logging.WARNING
         log.log(level, "agent %s: %s", agent.name, err)
