@@ -385,12 +385,16 @@ class FakeRuntime:
             if network.id == network_id:
                 del self.networks[name]
 
-    async def changes(self) -> AsyncIterator[RuntimeChange]:
-        """Changes the fake (or a test hook) made, until ``end_changes``, ``close`` or unreachability."""
-        self._call("changes")
+    def changes(self) -> AsyncIterator[RuntimeChange]:
+        """Changes the fake (or a test hook) made from this call on, until ``end_changes``, ``close`` or
+        unreachability. The stream is open once this returns, before it is first iterated."""
         stream: asyncio.Queue[RuntimeChange | AgentError | None] = asyncio.Queue()
         self._streams.append(stream)
+        return self._follow(stream)
+
+    async def _follow(self, stream: asyncio.Queue[RuntimeChange | AgentError | None]) -> AsyncIterator[RuntimeChange]:
         try:
+            self._call("changes")
             while True:
                 item = await stream.get()
                 if item is None:
@@ -399,7 +403,8 @@ class FakeRuntime:
                     raise item
                 yield item
         finally:
-            self._streams.remove(stream)
+            if stream in self._streams:
+                self._streams.remove(stream)
 
     @property
     def live(self) -> FakeLiveViews:
