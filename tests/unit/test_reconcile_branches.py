@@ -489,6 +489,24 @@ async def test_a_failed_operation_writes_its_error_once_and_raises(world: World)
     assert status["phase"] == "Running" and status["restartCount"] == 1 and "error" not in status
 
 
+async def test_mount_that_became_a_link_out_of_its_root_is_refused_before_the_restart(world: World) -> None:
+    project = Path(world.settings.store_path).parent / "volumes" / "project"
+    project.mkdir(parents=True)
+    instance = await world.running({"name": "a", "type": "claude", "volumes": [f"{project}:/project:ro"]})
+    project.rmdir()
+    project.symlink_to("/etc")  # after admission, behind our back
+    world.clock.advance(20)
+    world.runtime.exit(instance.id, 1)
+
+    with pytest.raises(AgentError) as raised:
+        await world.reconcile("a")
+
+    assert raised.value.code == CONTAINER_ERROR and "volumes[0]" in raised.value.message
+    assert world.runtime.mutations() == []
+    status = await world.status("a")
+    assert status["error"]["code"] == CONTAINER_ERROR and status["restartCount"] == 0
+
+
 async def test_foreign_workspace_volume_is_not_mounted(world: World) -> None:
     agent = await world.create({"name": "a", "type": "claude"})
     world.runtime.add_foreign_workspace(agent)
@@ -558,8 +576,10 @@ async def test_renamed_instance_is_renamed_back(world: World) -> None:
 
     assert world.runtime.mutations() == [("rename", instance.id)]
     assert instance.name == "parallax-agent-a" and instance.state == "running"
-    assert (await world.store.list_events("a"))[-1].message == (
-        "container had been renamed to someone-elses-name; renamed back"
+    renamed = (await world.store.list_events("a"))[-1]
+    assert (renamed.reason, renamed.message) == (
+        "Renamed",
+        "container had been renamed to someone-elses-name; renamed back",
     )
 
 
