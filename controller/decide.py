@@ -321,6 +321,10 @@ def _exited(agent: Agent, status: dict[str, Any], current: Instance, now: dateti
         )
         return Decision(status=status, events=tuple(events))
 
+    if "backoff" not in status:
+        # The exit was recorded under a policy that did not restart it (Never, OnFailure after exit 0) and
+        # the policy now says restart: no back-off was owed, so the restart is immediate.
+        status["backoff"] = {"delaySeconds": 0.0, "restartAt": iso(finished)}
     restart_at = parse_time(status["backoff"]["restartAt"])
     delay = status["backoff"]["delaySeconds"]
     if now < restart_at:

@@ -23,7 +23,7 @@ from controller.render import (
     workspace_labels,
     workspace_volume,
 )
-from controller.runtime import Desired, Instance, ManagedNetwork, RuntimeChange
+from controller.runtime import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
 
 CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
 IMAGE_ADDED = {"tag", "load", "pull", "import"}
@@ -104,7 +104,12 @@ class DockerRuntime:
         )
 
     async def start(self, instance_id: str) -> None:
-        await self.driver.start(instance_id)
+        try:
+            await self.driver.start(instance_id)
+        except AgentError as err:
+            if err.code in (NETWORK_ERROR, IMAGE_NOT_FOUND):
+                self.driver.forget_cached()  # which network or image it was, Docker does not say
+            raise
 
     async def stop(self, instance_id: str, grace_seconds: int) -> None:
         await self.driver.stop(instance_id, grace_seconds)
@@ -172,3 +177,8 @@ class DockerRuntime:
         elif kind == "image" and action in IMAGE_ADDED:
             return RuntimeChange("image-added")
         return None
+
+
+def _is_a_runtime(runtime: DockerRuntime) -> Runtime:
+    """mypy checks here that the Docker runtime implements the whole ``Runtime`` interface."""
+    return runtime

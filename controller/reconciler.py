@@ -69,12 +69,14 @@ class Reconciler:
         try:
             for _ in range(MAX_ROUNDS):
                 decision = decide(name, agent, instances, desired, self.now(), facts)
-                if agent is not None and decision.status is not None:
-                    agent.status = decision.status
                 for note in decision.events:
                     await self._event(agent, note)
                 for operation in decision.operations:
                     instances = await self._execute(name, agent, desired, operation, instances, facts)
+                # A decision's status holds once its operations are done: if one fails, the error is
+                # written on the status as it was (a restart that did not happen is not counted).
+                if agent is not None and decision.status is not None:
+                    agent.status = decision.status
                 if decision.done:
                     return Result()
                 if not decision.operations:
