@@ -214,6 +214,11 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
     if current.created:
         started = AgentEventNote(NORMAL, "Started", f"started container {current.id[:12]}")
         return Decision((Operation("start", current.id, "it was created", event=started),), status=status)
+    if not current.running and agent.status.get("phase") == "Suspended":
+        # Stopped by the controller for spec.suspend: resuming starts it again, whatever the restart
+        # policy, and the stop is not an exit of the agent's (no restart counted, no back-off).
+        resumed = AgentEventNote(NORMAL, "Resumed", f"spec.suspend is false: started container {current.id[:12]}")
+        return Decision((Operation("start", current.id, "spec.suspend is false", event=resumed),), status=status)
     if current.running:
         return _running(agent, status, current, now, facts)
     return _exited(agent, status, current, now)

@@ -675,11 +675,6 @@ async def test_suspended_before_it_ever_ran_creates_nothing(world: World) -> Non
     assert status["phase"] == "Suspended" and status["containerId"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (the old reconciler did the same): the stop made for suspend is read as an exit on "
-    "resume, so restartPolicy Never ends Failed instead of starting again",
-)
 async def test_resume_with_restart_policy_never_starts_it_again(world: World) -> None:
     body = {"name": "a", "type": "claude", "restartPolicy": "Never"}
     instance = await world.running(body)
@@ -689,6 +684,7 @@ async def test_resume_with_restart_policy_never_starts_it_again(world: World) ->
     await world.reconcile("a")
     assert world.runtime.mutations()[-1] == ("start", instance.id)
     assert (await world.status("a"))["phase"] == "Running"
+    assert (await world.status("a")).get("restartCount", 0) == 0, "the stop for suspend is not a restart"
 
 
 @pytest.mark.parametrize("keep", [False, True])
