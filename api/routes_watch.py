@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from api import openapi
 from api.errors import ApiError
 from api.params import integer_value
 from api.state import STORE, WATCH
@@ -137,11 +138,32 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
 
 
 @routes.get("/events")
+@openapi.describe(
+    "Agent changes and controller events as Server-Sent Events",
+    blocking=True,
+    parameters=[
+        openapi.SELECTOR,
+        openapi.query("name", {"type": "string"}, "only this agent"),
+        openapi.query("resourceVersion", {"type": "string"}, "resume after this version"),
+    ],
+    responses={
+        "200": {
+            "description": "an endless event stream",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **openapi.errors(400, 401),
+    },
+)
 async def events_stream(request: web.Request) -> web.StreamResponse:
     return await sse(request, include_events=True, synthetic=False)
 
 
 @routes.get("/ws")
+@openapi.describe(
+    "Agent changes and controller events over a WebSocket",
+    blocking=True,
+    responses={"101": {"description": "switching to the WebSocket protocol"}, **openapi.errors(400, 401)},
+)
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     since = await _since(request)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
