@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from api.auth import is_open
+from api.params import FALSE, TRUE
 from api.state import SETTINGS
 from controller.apply import SERVER_SET_METADATA
 from controller.config import Settings
@@ -118,9 +119,25 @@ ERROR_MEANINGS = {
     413: "Request body too large",
     415: "Unsupported request media type",
     422: "Invalid agent; details list every violation with its field path",
+    429: (
+        "TOO_MANY_STREAMS: PARALLAX_MAX_STREAMS streams (followed logs, watches, /events, /ws) are open already; "
+        "try again after Retry-After seconds"
+    ),
     502: "Docker refused the operation",
     503: "The store or the Docker daemon is unavailable",
 }
+
+
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    429: {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}},
+}
+
+
+def _error_response(status: int, meaning: str) -> dict[str, Any]:
+    response = answer("Error", meaning)
+    if status in ERROR_HEADERS:
+        response["headers"] = ERROR_HEADERS[status]
+    return response
 
 
 def errors(*statuses: int) -> dict[str, Any]:
@@ -148,7 +165,18 @@ def query(name: str, schema: dict[str, Any], description: str, *, blocking: bool
 
 
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"$ref": AGENT_NAME_PATH}}
-FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no", ""]}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# What api.params takes for a flag, in a pattern every JSON Schema dialect reads (no inline (?i) flag).
+FLAG = {
+    "type": "string",
+    "pattern": "^(" + "|".join(_any_case(word) for word in sorted(TRUE | FALSE) if word) + ")?$",
+    "description": "a flag: true for true, 1, yes or an empty value; false for false, 0, no; in any case",
+}
 SELECTOR = query("labelSelector", {"type": "string"}, "label selector, e.g. team=research,env!=prod")
 
 
@@ -238,7 +266,9 @@ def build_openapi(settings: Settings, routes_in_app: Iterable[Route]) -> dict[st
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(schemas),
-            "responses": {f"E{status}": answer("Error", meaning) for status, meaning in sorted(ERROR_MEANINGS.items())},
+            "responses": {
+                f"E{status}": _error_response(status, meaning) for status, meaning in sorted(ERROR_MEANINGS.items())
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "PARALLAX_API_TOKEN"}},
         },
     }

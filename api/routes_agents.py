@@ -12,7 +12,7 @@ from aiohttp import web
 from api import openapi
 from api.errors import ApiError, read_json
 from api.params import bad_parameter, flag, integer, number
-from api.routes_watch import sse
+from api.routes_watch import WATCH_REFUSED, resume_parameters, sse
 from api.state import SETTINGS, STORE
 from api.streams import until_gone
 from api.throttle import release_slot
@@ -109,6 +109,7 @@ async def create_agent(request: web.Request) -> web.Response:
         openapi.query("phase", {"enum": list(PHASES)}, "only agents in this phase"),
         openapi.query("watch", openapi.FLAG, "stream changes as Server-Sent Events instead of listing", blocking=True),
         openapi.query("name", {"type": "string"}, "with watch: only this agent"),
+        *resume_parameters(blocking=True),
     ],
     responses={
         "200": {
@@ -118,7 +119,8 @@ async def create_agent(request: web.Request) -> web.Response:
                 "text/event-stream": {"schema": {"type": "string"}},
             },
         },
-        **openapi.errors(400, 401, 503),
+        "400": WATCH_REFUSED,
+        **openapi.errors(401, 429, 503),
     },
     schemas={
         "AgentList": {

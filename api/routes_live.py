@@ -102,7 +102,7 @@ _DOCKER_BROKE = (AgentError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
     ],
     responses={
         "200": {"description": "log lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
-        **openapi.errors(400, 401, 404, 409, 502, 503),
+        **openapi.errors(400, 401, 404, 409, 429, 502, 503),
     },
 )
 async def logs(request: web.Request) -> web.StreamResponse:

@@ -28,6 +28,41 @@ HEARTBEAT_SECONDS = 15.0
 
 HUB_CATCH_UP_SECONDS = 2.0
 
+RESOURCE_VERSION = {"type": "string", "pattern": "^[0-9]*$", "maxLength": 18}
+
+
+def resume_parameters(*, blocking: bool = False) -> list[dict[str, Any]]:
+    """``resourceVersion`` and ``Last-Event-ID``, the version a watch resumes after (``_since``)."""
+    header: dict[str, Any] = {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": RESOURCE_VERSION,
+        "description": "resume after this version (the last SSE id seen); used before resourceVersion",
+    }
+    if blocking:
+        header["x-parallax-blocking"] = True
+    return [
+        openapi.query(
+            "resourceVersion",
+            RESOURCE_VERSION,
+            "resume after this version; one newer than the store's latest is a 400 RESOURCE_VERSION_TOO_LARGE, "
+            "one too old an ERROR item with code 410 in the stream",
+            blocking=blocking,
+        ),
+        header,
+    ]
+
+
+WATCH_REFUSED = {
+    "description": (
+        "A bad query parameter, named by details[0].field; or RESOURCE_VERSION_TOO_LARGE: the version to resume "
+        "after (resourceVersion or Last-Event-ID) is newer than the store's latest, so it is from another "
+        "history: list again and watch from the version you get"
+    ),
+    "content": {openapi.JSON: {"schema": openapi.ref("Error")}},
+}
+
 
 async def _since(request: web.Request) -> int | None:
     """The version to resume after (``Last-Event-ID``, else ``?resourceVersion=``), checked before the
@@ -141,17 +176,14 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
 @openapi.describe(
     "Agent changes and controller events as Server-Sent Events",
     blocking=True,
-    parameters=[
-        openapi.SELECTOR,
-        openapi.query("name", {"type": "string"}, "only this agent"),
-        openapi.query("resourceVersion", {"type": "string"}, "resume after this version"),
-    ],
+    parameters=[openapi.SELECTOR, openapi.query("name", {"type": "string"}, "only this agent"), *resume_parameters()],
     responses={
         "200": {
             "description": "an endless event stream",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **openapi.errors(400, 401),
+        "400": WATCH_REFUSED,
+        **openapi.errors(401, 429),
     },
 )
 async def events_stream(request: web.Request) -> web.StreamResponse:
@@ -162,7 +194,12 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
 @openapi.describe(
     "Agent changes and controller events over a WebSocket",
     blocking=True,
-    responses={"101": {"description": "switching to the WebSocket protocol"}, **openapi.errors(400, 401)},
+    parameters=[openapi.SELECTOR, openapi.query("name", {"type": "string"}, "only this agent"), *resume_parameters()],
+    responses={
+        "101": {"description": "switching to the WebSocket protocol"},
+        "400": WATCH_REFUSED,
+        **openapi.errors(401, 429),
+    },
 )
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     since = await _since(request)

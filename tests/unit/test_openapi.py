@@ -4,14 +4,18 @@ handlers (``openapi.describe``)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api import openapi
 from api.app import make_app
 from api.auth import is_open
+from api.params import parse_flag
 from api.state import SETTINGS
 from controller.config import Settings
 
@@ -78,3 +82,28 @@ def test_two_different_schemas_under_one_name_are_refused():
 
     with pytest.raises(ValueError, match="Thing"):
         openapi.build_openapi(Settings(), [("get", "/one", one), ("get", "/two", two)])
+
+
+FLAG_SPELLINGS = ["", "true", "TRUE", "True", "1", "yes", "YeS", "false", "FALSE", "0", "no", "No"]
+
+
+@pytest.mark.parametrize("raw", [*FLAG_SPELLINGS, "maybe", "on", "t", "2", " true", "true\n", "truefalse", "yesno"])
+def test_the_documented_flag_is_what_the_parser_takes(raw: str):
+    assert (re.fullmatch(openapi.FLAG["pattern"], raw) is not None) == (parse_flag(raw) is not None)
+
+
+@given(st.text(max_size=8) | st.sampled_from(FLAG_SPELLINGS))
+def test_the_documented_flag_is_what_the_parser_takes_for_any_text(raw: str):
+    assert (re.fullmatch(openapi.FLAG["pattern"], raw) is not None) == (parse_flag(raw) is not None)
+
+
+def test_streams_document_429_and_watches_their_resource_version_refusal():
+    _, document = _document()
+    paths = document["paths"]
+    for path, method in [("/events", "get"), ("/ws", "get"), ("/agents", "get"), ("/agents/{name}/logs", "get")]:
+        assert "429" in paths[path][method]["responses"], path
+    assert "Retry-After" in document["components"]["responses"]["E429"]["headers"]
+    for path in ("/events", "/ws", "/agents"):
+        operation = paths[path]["get"]
+        assert "RESOURCE_VERSION_TOO_LARGE" in operation["responses"]["400"]["description"], path
+        assert {"resourceVersion", "Last-Event-ID"} <= {p["name"] for p in operation["parameters"]}, path
