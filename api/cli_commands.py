@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from api.client import DEFAULT_SERVER, SERVER_ENV, TOKEN_ENV, ApiClient, ApiError, ClientError, WatchUnsupported
+from api.client import DEFAULT_SERVER, SERVER_ENV, TOKEN_ENV, ApiClient, ClientError, ErrorAnswer, WatchUnsupported
 from controller.timestamps import parse_time
 from controller.yaml_loader import Document, YamlError, expand_lists, load_documents, load_json_documents
 
@@ -543,7 +543,7 @@ def describe(client: ApiClient, args: tuple[str, ...]) -> None:
         if i:
             click.echo("")
         agent = client.get_agent(name)
-        events = client.events(name)
+        events = client.list_agent_events(name)
         _describe(agent, events)
 
 
@@ -662,7 +662,7 @@ def delete(
     for name in dict.fromkeys(names):
         try:
             client.delete_agent(name)
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             if exc.status == 404:
                 if not ignore_not_found:
                     click.echo(f"error: agent {name!r} not found", err=True)
@@ -766,7 +766,7 @@ def top(client: ApiClient, args: tuple[str, ...], selector: str | None) -> None:
     def sample(agent: dict[str, Any]) -> dict[str, Any] | None:
         try:
             return client.metrics(agent["metadata"]["name"])
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             if exc.status in (404, 409):
                 return None  # stopped or deleted since the listing
             raise
