@@ -543,11 +543,10 @@ def describe(client: ApiClient, args: tuple[str, ...]) -> None:
         if i:
             click.echo("")
         agent = client.get_agent(name)
-        events = client.list_agent_events(name)
-        _describe(agent, events)
+        _describe(agent, client.list_agent_events(name))
 
 
-def _describe(agent: dict[str, Any], events: list[dict[str, Any]] | None) -> None:
+def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) -> None:
     metadata, spec, status = agent.get("metadata", {}), agent.get("spec", {}), agent.get("status") or {}
     resources = spec.get("resources") or {}
     pairs: list[tuple[str, str]] = [
@@ -608,9 +607,9 @@ def _describe(agent: dict[str, Any], events: list[dict[str, Any]] | None) -> Non
     else:
         click.echo("  <none>")
     click.echo("Events:")
-    if events is None:
+    if agent_events is None:
         click.echo("  (this server does not record events)")
-    elif not events:
+    elif not agent_events:
         click.echo("  <none>")
     else:
         rows = [
@@ -621,7 +620,7 @@ def _describe(agent: dict[str, Any], events: list[dict[str, Any]] | None) -> Non
                 str(e.get("count", 1)),
                 str(e.get("message", "")),
             )
-            for e in events[-20:]
+            for e in agent_events[-20:]
         ]
         print_table(make_table(("TYPE", "REASON", "AGE", "COUNT", "MESSAGE"), rows), indent=2)
 

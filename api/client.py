@@ -240,12 +240,12 @@ class ApiClient:
         with response:
             if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
                 raise WatchUnsupported("the server has no watch stream")
-            for event, data in _sse(response):
+            for message_type, data in _sse_messages(response):
                 try:
                     payload = json.loads(data)
                 except ValueError:
                     continue
-                kind = str(payload.get("type", event)) if isinstance(payload, dict) else event
+                kind = str(payload.get("type", message_type)) if isinstance(payload, dict) else message_type
                 obj = payload.get("object") if isinstance(payload, dict) else None
                 if kind == "ERROR":
                     message = (obj or {}).get("message", "the watch ended") if isinstance(obj, dict) else data
@@ -260,22 +260,22 @@ class WatchUnsupported(ClientError):
     pass
 
 
-def _sse(response: HTTPResponse) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs of a Server-Sent Events stream."""
-    event, data = "message", list[str]()
+def _sse_messages(response: HTTPResponse) -> Iterator[tuple[str, str]]:
+    """(type, data) of each message of a Server-Sent Events stream (the type is its ``event:`` field)."""
+    message_type, data = "message", list[str]()
     for raw in response:
         line = raw.decode(errors="replace").rstrip("\r\n")
         if not line:
             if data:
-                yield event, "\n".join(data)
-            event, data = "message", list[str]()
+                yield message_type, "\n".join(data)
+            message_type, data = "message", list[str]()
         elif line.startswith(":"):
             continue
         else:
             key, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if key == "event":
-                event = value
+                message_type = value
             elif key == "data":
                 data.append(value)
 

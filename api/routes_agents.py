@@ -12,7 +12,7 @@ from aiohttp import web
 from api import openapi
 from api.errors import ApiError, read_json
 from api.params import bad_parameter, flag, integer, number
-from api.routes_watch import WATCH_REFUSED, resume_parameters, sse
+from api.routes_watch import WATCH_REFUSED, resume_parameters, watch_over_sse
 from api.state import SETTINGS, STORE
 from api.streams import until_gone
 from api.throttle import release_slot
@@ -136,7 +136,7 @@ async def create_agent(request: web.Request) -> web.Response:
 )
 async def list_agents(request: web.Request) -> web.StreamResponse:
     if flag(request.query, "watch"):
-        return await sse(request, include_events=False, synthetic=True)
+        return await watch_over_sse(request, with_agent_events=False, synthetic=True)
     store = request.app[STORE]
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
     type_filter = request.query.get("type")

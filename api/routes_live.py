@@ -1,4 +1,4 @@
-"""Live views of one agent: logs, metrics, restart, send, events.
+"""Live views of one agent: logs, metrics, restart, send, and its event list.
 
 Logs, metrics and send talk to Docker directly (they read from or write to a running container);
 restart is a desired-state change, like ``kubectl rollout restart``: an annotation that changes the
@@ -154,7 +154,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         }
     },
 )
-async def metrics(request: web.Request) -> web.Response:
+async def agent_metrics(request: web.Request) -> web.Response:
     agent = await request.app[STORE].get(request.match_info["name"])
     info = await _running_container(request, agent)
     if not info.running:
@@ -298,7 +298,7 @@ async def send(request: web.Request) -> web.Response:
         },
     },
 )
-async def events(request: web.Request) -> web.Response:
+async def agent_event_list(request: web.Request) -> web.Response:
     store = request.app[STORE]
     name = request.match_info["name"]
     try:

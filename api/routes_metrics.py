@@ -22,6 +22,6 @@ routes = web.RouteTableDef()
         **openapi.errors(401),
     },
 )
-async def metrics(request: web.Request) -> web.Response:
+async def prometheus_metrics(request: web.Request) -> web.Response:
     body = request.app[CONTROLLER].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

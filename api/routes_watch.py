@@ -1,5 +1,7 @@
-"""Watching Agents and controller events: ``GET /events`` (Server-Sent Events), ``GET /ws`` (WebSocket)
-and ``GET /agents?watch=true``.
+"""The watch stream: agent changes (ADDED / MODIFIED / DELETED) and, on ``GET /events`` (Server-Sent
+Events) and ``GET /ws`` (WebSocket), the agents' events as EVENT items; ``GET /agents?watch=true`` is the
+same stream over SSE without them. (An agent's event list, ``GET /agents/{name}/events``, is
+``routes_live.agent_event_list``.)
 
 A client resumes from the last ``resourceVersion`` it saw (``Last-Event-ID`` or ``?resourceVersion=``)
 without a gap; when that version is too old it gets an ``ERROR`` item with code 410 and must re-list.
@@ -86,12 +88,12 @@ async def _since(request: web.Request) -> int | None:
     return since
 
 
-def _filter(request: web.Request, include_events: bool) -> Callable[[WatchItem], bool]:
+def _filter(request: web.Request, with_agent_events: bool) -> Callable[[WatchItem], bool]:
     name = request.query.get("name") or request.query.get("agent")
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
 
     def accept(item: WatchItem) -> bool:
-        if item.type == "EVENT" and not include_events:
+        if item.type == "EVENT" and not with_agent_events:
             return False
         return (not name or item.name == name) and selector(item.labels)
 
@@ -137,7 +139,7 @@ async def _pump(
         await send(item.to_dict(), item.resource_version)
 
 
-async def sse(request: web.Request, *, include_events: bool, synthetic: bool) -> web.StreamResponse:
+async def watch_over_sse(request: web.Request, *, with_agent_events: bool, synthetic: bool) -> web.StreamResponse:
     since = await _since(request)
     hub = request.app[WATCH]
     response = web.StreamResponse(
@@ -152,7 +154,7 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
         await response.write(b": keepalive\n\n")
 
     try:
-        listener = hub.listen(since, _filter(request, include_events))
+        listener = hub.listen(since, _filter(request, with_agent_events))
     except Expired as exc:
         await response.prepare(request)
         await send(_expired(str(exc)), None)
@@ -186,8 +188,8 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
         **openapi.errors(401, 429),
     },
 )
-async def events_stream(request: web.Request) -> web.StreamResponse:
-    return await sse(request, include_events=True, synthetic=False)
+async def watch_stream(request: web.Request) -> web.StreamResponse:
+    return await watch_over_sse(request, with_agent_events=True, synthetic=False)
 
 
 @routes.get("/ws")
@@ -201,12 +203,12 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         **openapi.errors(401, 429),
     },
 )
-async def websocket(request: web.Request) -> web.WebSocketResponse:
+async def watch_websocket(request: web.Request) -> web.WebSocketResponse:
     since = await _since(request)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
     await ws.prepare(request)
     try:
-        listener = request.app[WATCH].listen(since, _filter(request, include_events=True))
+        listener = request.app[WATCH].listen(since, _filter(request, with_agent_events=True))
     except Expired as exc:
         await ws.send_json(_expired(str(exc)))
         await ws.close()
