@@ -106,11 +106,12 @@ def _expired(message: str) -> dict[str, Any]:
 
 async def _initial_items(
     request: web.Request, listener: Listener, since: int | None, synthetic: bool
-) -> list[dict[str, Any]]:
-    """What a watch starts with: the current agents (list-then-watch) or just a bookmark."""
+) -> list[tuple[dict[str, Any], int | None]]:
+    """What a watch starts with: the current agents (list-then-watch) or just a bookmark, each with the
+    resourceVersion an SSE client may resume after (the bookmark's; none for the listed agents)."""
     if since is not None:
         return []
-    items: list[dict[str, Any]] = []
+    items: list[tuple[dict[str, Any], int | None]] = []
     bookmark = request.app[WATCH].last_rv
     if synthetic:
         for agent in await request.app[STORE].list():
@@ -118,8 +119,8 @@ async def _initial_items(
                 agent.metadata.resource_version, "ADDED", agent.name, agent.metadata.labels, agent.to_manifest()
             )
             if listener.accept(item):
-                items.append({"type": "ADDED", "object": item.object})
-    items.append({"type": "BOOKMARK", "resourceVersion": str(bookmark), "object": {}})
+                items.append(({"type": "ADDED", "object": item.object}, None))
+    items.append(({"type": "BOOKMARK", "resourceVersion": str(bookmark), "object": {}}, bookmark))
     return items
 
 
@@ -163,8 +164,7 @@ async def watch_over_sse(request: web.Request, *, with_agent_events: bool, synth
     try:
         initial = await _initial_items(request, listener, since, synthetic)
         await response.prepare(request)
-        for payload in initial:
-            rv = int(payload["resourceVersion"]) if payload["type"] == "BOOKMARK" else None
+        for payload, rv in initial:
             await send(payload, rv)
         await _pump(listener, send, heartbeat)
     finally:
@@ -227,8 +227,8 @@ async def watch_websocket(request: web.Request) -> web.WebSocketResponse:
 
     reader = asyncio.create_task(drain())
     try:
-        for payload in await _initial_items(request, listener, since, synthetic=False):
-            await send(payload, None)
+        for payload, rv in await _initial_items(request, listener, since, synthetic=False):
+            await send(payload, rv)
         pump = asyncio.create_task(_pump(listener, send, heartbeat))
         try:
             await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
