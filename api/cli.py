@@ -15,6 +15,8 @@ from controller.config import ConfigError, Settings
 from controller.logging_setup import configure_logging
 from controller.store import StoreUnavailable
 
+log = logging.getLogger("parallax.cli")
+
 
 @click.group()
 def main() -> None:
@@ -43,7 +45,7 @@ def serve(log_level: str, specs_dir: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     configure_logging(log_level, settings.log_format, sys.stderr)
     if warning:
-        logging.getLogger("parallax").warning("%s", warning)
+        log.warning("%s", warning)
     try:
         asyncio.run(_serve(settings, specs_dir))
     except StoreUnavailable as exc:
@@ -59,8 +61,13 @@ async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
 
     app = make_app(settings, specs_dir=specs_dir)
     # aiohttp's keep-alive timer also runs from the moment a connection opens until its request's headers
-    # are complete, so it is the header timeout as well.
-    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=settings.idle_timeout_seconds)
+    # are complete, so it is the header timeout as well. The access log is ours too: parallax.access.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        keepalive_timeout=settings.idle_timeout_seconds,
+        access_log=logging.getLogger("parallax.access"),
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +76,7 @@ async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        logging.getLogger("parallax").info(
+        log.info(
             "serving on http://%s:%d (store %s, Docker %s)",
             settings.host,
             settings.port,
@@ -77,7 +84,7 @@ async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
             settings.docker_socket,
         )
         await stop.wait()
-        logging.getLogger("parallax").info("shutting down; agents keep running")
+        log.info("shutting down; agents keep running")
     finally:
         await runner.cleanup()
 

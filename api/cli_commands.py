@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from api.client import DEFAULT_SERVER, SERVER_ENV, TOKEN_ENV, ApiClient, ApiError, ClientError, WatchUnsupported
+from api.client import DEFAULT_SERVER, SERVER_ENV, TOKEN_ENV, ApiClient, ClientError, ErrorAnswer, WatchUnsupported
 from controller.timestamps import parse_time
 from controller.yaml_loader import Document, YamlError, expand_lists, load_documents, load_json_documents
 
@@ -551,11 +551,10 @@ def describe(client: ApiClient, args: tuple[str, ...]) -> None:
         if i:
             click.echo("")
         agent = client.get_agent(name)
-        events = client.events(name)
-        _describe(agent, events)
+        _describe(agent, client.list_agent_events(name))
 
 
-def _describe(agent: dict[str, Any], events: list[dict[str, Any]] | None) -> None:
+def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) -> None:
     metadata, spec, status = agent.get("metadata", {}), agent.get("spec", {}), agent.get("status") or {}
     resources = spec.get("resources") or {}
     pairs: list[tuple[str, str]] = [
@@ -616,9 +615,9 @@ def _describe(agent: dict[str, Any], events: list[dict[str, Any]] | None) -> Non
     else:
         click.echo("  <none>")
     click.echo("Events:")
-    if events is None:
+    if agent_events is None:
         click.echo("  (this server does not record events)")
-    elif not events:
+    elif not agent_events:
         click.echo("  <none>")
     else:
         rows = [
@@ -629,7 +628,7 @@ def _describe(agent: dict[str, Any], events: list[dict[str, Any]] | None) -> Non
                 str(e.get("count", 1)),
                 str(e.get("message", "")),
             )
-            for e in events[-20:]
+            for e in agent_events[-20:]
         ]
         print_table(make_table(("TYPE", "REASON", "AGE", "COUNT", "MESSAGE"), rows), indent=2)
 
@@ -670,7 +669,7 @@ def delete(
     for name in dict.fromkeys(names):
         try:
             client.delete_agent(name)
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             if exc.status == 404:
                 if not ignore_not_found:
                     click.echo(f"error: agent {name!r} not found", err=True)
@@ -774,7 +773,7 @@ def top(client: ApiClient, args: tuple[str, ...], selector: str | None) -> None:
     def sample(agent: dict[str, Any]) -> dict[str, Any] | None:
         try:
             return client.metrics(agent["metadata"]["name"])
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             if exc.status in (404, 409):
                 return None  # stopped or deleted since the listing
             raise

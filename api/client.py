@@ -33,8 +33,9 @@ class ServerUnreachable(ClientError):
 
 
 @dataclass
-class ApiError(ClientError):
-    """The server answered with an error (4xx/5xx): its code, message and field details."""
+class ErrorAnswer(ClientError):
+    """The server answered with an error (4xx/5xx): its code, message and field details. (The server's
+    side of the same answer is ``api.errors.ApiError``.)"""
 
     status: int
     code: str
@@ -90,7 +91,7 @@ class ApiClient:
         timeout: float | None = -1.0,
         ok: tuple[int, ...] = (),
     ) -> HTTPResponse:
-        """The open response (for streams); an error status raises ``ApiError`` unless listed in ``ok``."""
+        """The open response (for streams); an error status raises ``ErrorAnswer`` unless listed in ``ok``."""
         headers = {"Accept": accept, "User-Agent": "parallax-cli"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -104,7 +105,7 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             if exc.code in ok:
                 return cast(HTTPResponse, exc)  # an HTTPError is a readable response as well
-            raise self._error(exc.code, exc.headers, exc.read()) from None
+            raise self._error_answer(exc.code, exc.headers, exc.read()) from None
         except urllib.error.URLError as exc:
             raise self._unreachable(exc.reason) from None
         except TimeoutError as exc:
@@ -125,7 +126,7 @@ class ApiClient:
         timeout: float | None = -1.0,
         ok: tuple[int, ...] = (),
     ) -> Response:
-        """A whole request; error statuses raise ``ApiError`` unless listed in ``ok``."""
+        """A whole request; error statuses raise ``ErrorAnswer`` unless listed in ``ok``."""
         if json_body is not None:
             body, content_type = json.dumps(json_body).encode(), "application/json"
         with self.open(method, path, query=query, body=body, content_type=content_type, timeout=timeout, ok=ok) as resp:
@@ -141,7 +142,7 @@ class ApiClient:
             f"(set --server or {SERVER_ENV})"
         )
 
-    def _error(self, status: int, headers: Message, data: bytes) -> ApiError:
+    def _error_answer(self, status: int, headers: Message, data: bytes) -> ErrorAnswer:
         try:
             body = json.loads(data) if data else None
         except ValueError:
@@ -158,7 +159,7 @@ class ApiClient:
             details = []
         if status == 401:
             message += f"; pass --token or set {TOKEN_ENV}"
-        return ApiError(status, code, message, details, body)
+        return ErrorAnswer(status, code, message, details, body)
 
     # --- the API --------------------------------------------------------------------------------
 
@@ -191,7 +192,7 @@ class ApiClient:
         response = self.call("POST", "/apply", query=query, json_body=documents, ok=(207, 403, 409, 422))
         body = response.json()
         if not isinstance(body, dict) or "results" not in body:
-            raise self._error(response.status, response.headers, response.body)
+            raise self._error_answer(response.status, response.headers, response.body)
         return response.status, body
 
     def restart(self, name: str) -> dict[str, Any]:
@@ -203,8 +204,8 @@ class ApiClient:
     def metrics(self, name: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/agents/{_quote(name)}/metrics").json())
 
-    def events(self, name: str) -> list[dict[str, Any]] | None:
-        """The agent's events, or None when this server has no events endpoint."""
+    def list_agent_events(self, name: str) -> list[dict[str, Any]] | None:
+        """The agent's events (``GET /agents/{name}/events``), or None when this server has no such list."""
         response = self.call("GET", f"/agents/{_quote(name)}/events", ok=(404, 405))
         if response.status != 200:
             return None
@@ -239,12 +240,12 @@ class ApiClient:
         with response:
             if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
                 raise WatchUnsupported("the server has no watch stream")
-            for event, data in _sse(response):
+            for message_type, data in _sse_messages(response):
                 try:
                     payload = json.loads(data)
                 except ValueError:
                     continue
-                kind = str(payload.get("type", event)) if isinstance(payload, dict) else event
+                kind = str(payload.get("type", message_type)) if isinstance(payload, dict) else message_type
                 obj = payload.get("object") if isinstance(payload, dict) else None
                 if kind == "ERROR":
                     message = (obj or {}).get("message", "the watch ended") if isinstance(obj, dict) else data
@@ -259,22 +260,22 @@ class WatchUnsupported(ClientError):
     pass
 
 
-def _sse(response: HTTPResponse) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs of a Server-Sent Events stream."""
-    event, data = "message", list[str]()
+def _sse_messages(response: HTTPResponse) -> Iterator[tuple[str, str]]:
+    """(type, data) of each message of a Server-Sent Events stream (the type is its ``event:`` field)."""
+    message_type, data = "message", list[str]()
     for raw in response:
         line = raw.decode(errors="replace").rstrip("\r\n")
         if not line:
             if data:
-                yield event, "\n".join(data)
-            event, data = "message", list[str]()
+                yield message_type, "\n".join(data)
+            message_type, data = "message", list[str]()
         elif line.startswith(":"):
             continue
         else:
             key, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if key == "event":
-                event = value
+                message_type = value
             elif key == "data":
                 data.append(value)
 

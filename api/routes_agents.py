@@ -9,9 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from api import openapi
 from api.errors import ApiError, read_json
 from api.params import bad_parameter, flag, integer, number
-from api.routes_watch import sse
+from api.routes_watch import WATCH_REFUSED, resume_parameters, watch_over_sse
 from api.state import SETTINGS, STORE
 from api.streams import until_gone
 from api.throttle import release_slot
@@ -26,6 +27,14 @@ routes = web.RouteTableDef()
 SETTLED_PHASES = {"Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended"}
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 600.0
+
+AGENT = openapi.answer("Agent", "The agent (env values redacted)")
+WAIT = openapi.query("wait", openapi.FLAG, "answer once the agent has settled (or is gone, for DELETE)", blocking=True)
+TIMEOUT = openapi.query(
+    "timeout", {"type": "number", "exclusiveMinimum": 0, "maximum": 600}, "seconds to wait (with wait=true)"
+)
+WRITE_ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 503)
+AGENT_INPUT = {"AgentInput": {"anyOf": [openapi.ref("Agent"), openapi.ref("FlatAgent")]}}
 
 
 def agent_json(agent: Agent) -> dict[str, Any]:
@@ -68,6 +77,13 @@ async def _wait_purged(changes: asyncio.Queue[Change], agent: Agent, timeout: fl
 
 
 @routes.post("/agents")
+@openapi.describe(
+    "Create an agent (flat body or manifest)",
+    parameters=[WAIT, TIMEOUT],
+    request_body=openapi.body("AgentInput"),
+    responses={"201": openapi.answer("Agent", "Created"), **openapi.errors(400, 401, 403, 408, 409, 413, 422, 503)},
+    schemas=AGENT_INPUT,
+)
 async def create_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     wait = _wait_timeout(request)
@@ -85,9 +101,42 @@ async def create_agent(request: web.Request) -> web.Response:
 
 
 @routes.get("/agents")
+@openapi.describe(
+    "List agents",
+    parameters=[
+        openapi.SELECTOR,
+        openapi.query("type", {"enum": list(TYPES)}, "only agents of this type"),
+        openapi.query("phase", {"enum": list(PHASES)}, "only agents in this phase"),
+        openapi.query("watch", openapi.FLAG, "stream changes as Server-Sent Events instead of listing", blocking=True),
+        openapi.query("name", {"type": "string"}, "with watch: only this agent"),
+        *resume_parameters(blocking=True),
+    ],
+    responses={
+        "200": {
+            "description": "The agents; with watch=true, a stream of ADDED/MODIFIED/DELETED items",
+            "content": {
+                openapi.JSON: {"schema": openapi.ref("AgentList")},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        },
+        "400": WATCH_REFUSED,
+        **openapi.errors(401, 429, 503),
+    },
+    schemas={
+        "AgentList": {
+            "type": "object",
+            "required": ["apiVersion", "kind", "items"],
+            "properties": {
+                "apiVersion": {"const": "parallax.ai/v1"},
+                "kind": {"const": "AgentList"},
+                "items": {"type": "array", "items": openapi.ref("Agent")},
+            },
+        }
+    },
+)
 async def list_agents(request: web.Request) -> web.StreamResponse:
     if flag(request.query, "watch"):
-        return await sse(request, include_events=False, synthetic=True)
+        return await watch_over_sse(request, with_agent_events=False, synthetic=True)
     store = request.app[STORE]
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
     type_filter = request.query.get("type")
@@ -108,12 +157,24 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/agents/{name}")
+@openapi.describe(
+    "Read an agent: metadata, spec (env values redacted) and status",
+    parameters=[openapi.NAME],
+    responses={"200": AGENT, **openapi.errors(401, 404, 503)},
+)
 async def get_agent(request: web.Request) -> web.Response:
     agent = await request.app[STORE].get(request.match_info["name"])
     return web.json_response(agent_json(agent))
 
 
 @routes.put("/agents/{name}")
+@openapi.describe(
+    "Replace an agent; env values sent as <redacted> keep the stored ones",
+    parameters=[openapi.NAME],
+    request_body=openapi.body("AgentInput"),
+    responses={"200": AGENT, **openapi.errors(*WRITE_ERRORS)},
+    schemas=AGENT_INPUT,
+)
 async def replace_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     name = request.match_info["name"]
@@ -136,6 +197,20 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 @routes.patch("/agents/{name}")
+@openapi.describe(
+    "JSON merge patch of an agent",
+    parameters=[openapi.NAME],
+    request_body=openapi.body("MergePatch"),
+    responses={"200": AGENT, **openapi.errors(*WRITE_ERRORS)},
+    schemas={
+        "MergePatch": {
+            "type": "object",
+            "description": (
+                "RFC 7386 merge patch of an Agent, flat or manifest-shaped; the result is admitted like a PUT."
+            ),
+        }
+    },
+)
 async def patch_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     name = request.match_info["name"]
@@ -164,6 +239,20 @@ async def patch_agent(request: web.Request) -> web.Response:
 
 
 @routes.delete("/agents/{name}")
+@openapi.describe(
+    "Delete an agent: its container is stopped and removed, then the record",
+    parameters=[
+        openapi.NAME,
+        openapi.query("resourceVersion", {"type": "string", "pattern": "^[0-9]+$"}, "delete only this version"),
+        WAIT,
+        TIMEOUT,
+    ],
+    responses={
+        "200": openapi.answer("Agent", "Deleted (wait=true)"),
+        "202": openapi.answer("Agent", "Marked for deletion"),
+        **openapi.errors(400, 401, 404, 409, 503),
+    },
+)
 async def delete_agent(request: web.Request) -> web.Response:
     store = request.app[STORE]
     name = request.match_info["name"]

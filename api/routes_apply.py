@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api import openapi
 from api.errors import ApiError, read_body
 from api.params import flag
 from api.state import CONTROLLER, SETTINGS, STORE
@@ -98,6 +99,49 @@ async def _documents(request: web.Request) -> list[Document]:
 
 
 @routes.post("/apply")
+@openapi.describe(
+    "Declarative apply of one or many Agent documents (YAML or JSON), like kubectl apply",
+    parameters=[
+        openapi.query("dryRun", openapi.FLAG, "plan only; write nothing"),
+        openapi.query("atomic", openapi.FLAG, "all documents or none (default true)"),
+        openapi.query("prune", openapi.FLAG, "delete agents matching selector that the set no longer contains"),
+        openapi.query("selector", {"type": "string"}, "label selector for prune"),
+    ],
+    request_body={
+        "required": True,
+        "content": {
+            openapi.JSON: {
+                "schema": {"anyOf": [openapi.ref("ApplyInput"), {"type": "array", "items": openapi.ref("ApplyInput")}]}
+            },
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    },
+    responses={
+        "200": openapi.answer("ApplyResult", "Applied (or planned)"),
+        "207": openapi.answer("ApplyResult", "Some documents were applied, some failed"),
+        "403": openapi.answer("ApplyResult", "Refused by the security policy; nothing applied"),
+        "409": openapi.answer("ApplyResult", "Conflicts with the store; nothing applied"),
+        "422": openapi.answer("ApplyResult", "Invalid documents; nothing applied"),
+        **openapi.errors(400, 401, 408, 413, 415, 503),
+    },
+    schemas={
+        "ApplyInput": {"anyOf": [openapi.ref("ApplyAgent"), openapi.ref("ApplyFlatAgent")]},
+        "ApplyResult": {
+            "type": "object",
+            "required": ["apiVersion", "kind", "dryRun", "results", "pruned", "summary"],
+            "properties": {
+                "apiVersion": {"const": "parallax.ai/v1"},
+                "kind": {"const": "ApplyResult"},
+                "dryRun": {"type": "boolean"},
+                "results": {"type": "array", "items": {"type": "object"}},
+                "pruned": {"type": "array", "items": {"type": "object"}},
+                "summary": {"type": "object"},
+                "pruneSkipped": {"type": "string"},
+                "error": openapi.ERROR["properties"]["error"],
+            },
+        },
+    },
+)
 async def apply(request: web.Request) -> web.Response:
     dry_run = flag(request.query, "dryRun")
     atomic = flag(request.query, "atomic", default=True)

@@ -4,18 +4,50 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api import openapi
 from api.state import CONTROLLER, STORE
 from controller.store import StoreError
 
 routes = web.RouteTableDef()
 
+HEALTH_SCHEMAS = {
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["ok"],
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+
 
 @routes.get("/healthz")
+@openapi.describe(
+    "Liveness: the process answers", responses={"200": openapi.answer("Health", "alive")}, schemas=HEALTH_SCHEMAS
+)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@openapi.describe(
+    "Readiness: store, Docker and the controller loops all work",
+    responses={"200": openapi.answer("Readiness", "ready"), "503": openapi.answer("Readiness", "not ready")},
+    schemas=HEALTH_SCHEMAS,
+)
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, dict[str, object]] = {}
     try:

@@ -1,4 +1,4 @@
-"""Live views of one agent: logs, metrics, restart, send, events.
+"""Live views of one agent: logs, metrics, restart, send, and its event list.
 
 Logs, metrics and send talk to Docker directly (they read from or write to a running container);
 restart is a desired-state change, like ``kubectl rollout restart``: an annotation that changes the
@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from api import openapi
 from api.errors import ApiError, read_json
 from api.params import bad_parameter, flag, parse_integer, parse_number
 from api.state import CONTROLLER, LIVE, RUNTIME, STATS, STORE
@@ -89,6 +90,20 @@ _DOCKER_BROKE = (AgentError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
 @routes.get("/agents/{name}/logs")
+@openapi.describe(
+    "The container's output",
+    parameters=[
+        openapi.NAME,
+        openapi.query("tail", {"type": "string", "pattern": "^([0-9]+|all)$"}, "last N lines, or all"),
+        openapi.query("since", {"type": "string"}, "Unix seconds, RFC 3339, or a duration like 5m"),
+        openapi.query("timestamps", openapi.FLAG, "prefix lines with their time"),
+        openapi.query("follow", openapi.FLAG, "keep streaming new lines", blocking=True),
+    ],
+    responses={
+        "200": {"description": "log lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **openapi.errors(400, 401, 404, 409, 429, 502, 503),
+    },
+)
 async def logs(request: web.Request) -> web.StreamResponse:
     query = request.query
     tail = _tail(query.get("tail"))
@@ -119,7 +134,26 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/agents/{name}/metrics")
-async def metrics(request: web.Request) -> web.Response:
+@openapi.describe(
+    "The container's resource usage",
+    parameters=[openapi.NAME],
+    responses={"200": openapi.answer("AgentMetrics", "usage"), **openapi.errors(401, 404, 409, 502, 503)},
+    schemas={
+        "AgentMetrics": {
+            "type": "object",
+            "required": ["agent", "containerId"],
+            "properties": {
+                "agent": {"type": "string"},
+                "containerId": {"type": "string"},
+                "cpuPercent": {"type": "number"},
+                "memoryBytes": {"type": "integer"},
+                "memoryLimitBytes": {"type": "integer"},
+                "restartCount": {"type": "integer"},
+            },
+        }
+    },
+)
+async def agent_metrics(request: web.Request) -> web.Response:
     agent = await request.app[STORE].get(request.match_info["name"])
     info = await _running_container(request, agent)
     if not info.running:
@@ -138,6 +172,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 @routes.post("/agents/{name}/restart")
+@openapi.describe(
+    "Recreate the agent's container (a desired-state change, like kubectl rollout restart)",
+    parameters=[openapi.NAME],
+    responses={"202": openapi.answer("Agent", "Restart requested"), **openapi.errors(401, 404, 409, 503)},
+)
 async def restart(request: web.Request) -> web.Response:
     store = request.app[STORE]
     name = request.match_info["name"]
@@ -167,6 +206,34 @@ def frame_message(message: str) -> bytes:
 
 
 @routes.post("/agents/{name}/send")
+@openapi.describe(
+    "Write a line to the agent's stdin",
+    parameters=[openapi.NAME],
+    request_body=openapi.body("SendRequest"),
+    responses={
+        "202": openapi.answer("SendResult", "Sent"),
+        **openapi.errors(400, 401, 404, 408, 409, 413, 422, 502, 503),
+    },
+    schemas={
+        "SendRequest": {
+            "type": "object",
+            "required": ["message"],
+            "additionalProperties": False,
+            "properties": {
+                "message": {"type": "string", "minLength": 1, "description": "one line for the agent's stdin"}
+            },
+        },
+        "SendResult": {
+            "type": "object",
+            "required": ["agent", "containerId", "bytes"],
+            "properties": {
+                "agent": {"type": "string"},
+                "containerId": {"type": "string"},
+                "bytes": {"type": "integer"},
+            },
+        },
+    },
+)
 async def send(request: web.Request) -> web.Response:
     agent = await request.app[STORE].get(request.match_info["name"])
     body = await read_json(request)
@@ -198,7 +265,39 @@ async def send(request: web.Request) -> web.Response:
 
 
 @routes.get("/agents/{name}/events")
-async def events(request: web.Request) -> web.Response:
+@openapi.describe(
+    "The controller's events about an agent",
+    parameters=[openapi.NAME],
+    responses={"200": openapi.answer("EventList", "events"), **openapi.errors(401, 404, 503)},
+    schemas={
+        "Event": {
+            "type": "object",
+            "required": ["apiVersion", "kind", "involvedObject", "type", "reason", "message", "count"],
+            "properties": {
+                "apiVersion": {"const": "parallax.ai/v1"},
+                "kind": {"const": "Event"},
+                "involvedObject": {"type": "object"},
+                "type": {"enum": ["Normal", "Warning"]},
+                "reason": {"type": "string"},
+                "message": {"type": "string"},
+                "count": {"type": "integer", "minimum": 1},
+                "firstTimestamp": {"type": "string"},
+                "lastTimestamp": {"type": "string"},
+                "metadata": {"type": "object"},
+            },
+        },
+        "EventList": {
+            "type": "object",
+            "required": ["apiVersion", "kind", "items"],
+            "properties": {
+                "apiVersion": {"const": "parallax.ai/v1"},
+                "kind": {"const": "EventList"},
+                "items": {"type": "array", "items": openapi.ref("Event")},
+            },
+        },
+    },
+)
+async def agent_event_list(request: web.Request) -> web.Response:
     store = request.app[STORE]
     name = request.match_info["name"]
     try:

@@ -1,5 +1,7 @@
-"""Watching Agents and controller events: ``GET /events`` (Server-Sent Events), ``GET /ws`` (WebSocket)
-and ``GET /agents?watch=true``.
+"""The watch stream: agent changes (ADDED / MODIFIED / DELETED) and, on ``GET /events`` (Server-Sent
+Events) and ``GET /ws`` (WebSocket), the agents' events as EVENT items; ``GET /agents?watch=true`` is the
+same stream over SSE without them. (An agent's event list, ``GET /agents/{name}/events``, is
+``routes_live.agent_event_list``.)
 
 A client resumes from the last ``resourceVersion`` it saw (``Last-Event-ID`` or ``?resourceVersion=``)
 without a gap; when that version is too old it gets an ``ERROR`` item with code 410 and must re-list.
@@ -14,6 +16,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from api import openapi
 from api.errors import ApiError
 from api.params import integer_value
 from api.state import STORE, WATCH
@@ -26,6 +29,41 @@ HEARTBEAT_SECONDS = 15.0
 
 
 HUB_CATCH_UP_SECONDS = 2.0
+
+RESOURCE_VERSION = {"type": "string", "pattern": "^[0-9]*$", "maxLength": 18}
+
+
+def resume_parameters(*, blocking: bool = False) -> list[dict[str, Any]]:
+    """``resourceVersion`` and ``Last-Event-ID``, the version a watch resumes after (``_since``)."""
+    header: dict[str, Any] = {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": RESOURCE_VERSION,
+        "description": "resume after this version (the last SSE id seen); used before resourceVersion",
+    }
+    if blocking:
+        header["x-parallax-blocking"] = True
+    return [
+        openapi.query(
+            "resourceVersion",
+            RESOURCE_VERSION,
+            "resume after this version; one newer than the store's latest is a 400 RESOURCE_VERSION_TOO_LARGE, "
+            "one too old an ERROR item with code 410 in the stream",
+            blocking=blocking,
+        ),
+        header,
+    ]
+
+
+WATCH_REFUSED = {
+    "description": (
+        "A bad query parameter, named by details[0].field; or RESOURCE_VERSION_TOO_LARGE: the version to resume "
+        "after (resourceVersion or Last-Event-ID) is newer than the store's latest, so it is from another "
+        "history: list again and watch from the version you get"
+    ),
+    "content": {openapi.JSON: {"schema": openapi.ref("Error")}},
+}
 
 
 async def _since(request: web.Request) -> int | None:
@@ -50,12 +88,12 @@ async def _since(request: web.Request) -> int | None:
     return since
 
 
-def _filter(request: web.Request, include_events: bool) -> Callable[[WatchItem], bool]:
+def _filter(request: web.Request, with_agent_events: bool) -> Callable[[WatchItem], bool]:
     name = request.query.get("name") or request.query.get("agent")
     selector = parse_selector(request.query.get("labelSelector", request.query.get("selector", "")))
 
     def accept(item: WatchItem) -> bool:
-        if item.type == "EVENT" and not include_events:
+        if item.type == "EVENT" and not with_agent_events:
             return False
         return (not name or item.name == name) and selector(item.labels)
 
@@ -68,11 +106,12 @@ def _expired(message: str) -> dict[str, Any]:
 
 async def _initial_items(
     request: web.Request, listener: Listener, since: int | None, synthetic: bool
-) -> list[dict[str, Any]]:
-    """What a watch starts with: the current agents (list-then-watch) or just a bookmark."""
+) -> list[tuple[dict[str, Any], int | None]]:
+    """What a watch starts with: the current agents (list-then-watch) or just a bookmark, each with the
+    resourceVersion an SSE client may resume after (the bookmark's; none for the listed agents)."""
     if since is not None:
         return []
-    items: list[dict[str, Any]] = []
+    items: list[tuple[dict[str, Any], int | None]] = []
     bookmark = request.app[WATCH].last_rv
     if synthetic:
         for agent in await request.app[STORE].list():
@@ -80,8 +119,8 @@ async def _initial_items(
                 agent.metadata.resource_version, "ADDED", agent.name, agent.metadata.labels, agent.to_manifest()
             )
             if listener.accept(item):
-                items.append({"type": "ADDED", "object": item.object})
-    items.append({"type": "BOOKMARK", "resourceVersion": str(bookmark), "object": {}})
+                items.append(({"type": "ADDED", "object": item.object}, None))
+    items.append(({"type": "BOOKMARK", "resourceVersion": str(bookmark), "object": {}}, bookmark))
     return items
 
 
@@ -101,7 +140,7 @@ async def _pump(
         await send(item.to_dict(), item.resource_version)
 
 
-async def sse(request: web.Request, *, include_events: bool, synthetic: bool) -> web.StreamResponse:
+async def watch_over_sse(request: web.Request, *, with_agent_events: bool, synthetic: bool) -> web.StreamResponse:
     since = await _since(request)
     hub = request.app[WATCH]
     response = web.StreamResponse(
@@ -116,7 +155,7 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
         await response.write(b": keepalive\n\n")
 
     try:
-        listener = hub.listen(since, _filter(request, include_events))
+        listener = hub.listen(since, _filter(request, with_agent_events))
     except Expired as exc:
         await response.prepare(request)
         await send(_expired(str(exc)), None)
@@ -125,8 +164,7 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
     try:
         initial = await _initial_items(request, listener, since, synthetic)
         await response.prepare(request)
-        for payload in initial:
-            rv = int(payload["resourceVersion"]) if payload["type"] == "BOOKMARK" else None
+        for payload, rv in initial:
             await send(payload, rv)
         await _pump(listener, send, heartbeat)
     finally:
@@ -137,17 +175,40 @@ async def sse(request: web.Request, *, include_events: bool, synthetic: bool) ->
 
 
 @routes.get("/events")
-async def events_stream(request: web.Request) -> web.StreamResponse:
-    return await sse(request, include_events=True, synthetic=False)
+@openapi.describe(
+    "Agent changes and controller events as Server-Sent Events",
+    blocking=True,
+    parameters=[openapi.SELECTOR, openapi.query("name", {"type": "string"}, "only this agent"), *resume_parameters()],
+    responses={
+        "200": {
+            "description": "an endless event stream",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "400": WATCH_REFUSED,
+        **openapi.errors(401, 429),
+    },
+)
+async def watch_stream(request: web.Request) -> web.StreamResponse:
+    return await watch_over_sse(request, with_agent_events=True, synthetic=False)
 
 
 @routes.get("/ws")
-async def websocket(request: web.Request) -> web.WebSocketResponse:
+@openapi.describe(
+    "Agent changes and controller events over a WebSocket",
+    blocking=True,
+    parameters=[openapi.SELECTOR, openapi.query("name", {"type": "string"}, "only this agent"), *resume_parameters()],
+    responses={
+        "101": {"description": "switching to the WebSocket protocol"},
+        "400": WATCH_REFUSED,
+        **openapi.errors(401, 429),
+    },
+)
+async def watch_websocket(request: web.Request) -> web.WebSocketResponse:
     since = await _since(request)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
     await ws.prepare(request)
     try:
-        listener = request.app[WATCH].listen(since, _filter(request, include_events=True))
+        listener = request.app[WATCH].listen(since, _filter(request, with_agent_events=True))
     except Expired as exc:
         await ws.send_json(_expired(str(exc)))
         await ws.close()
@@ -166,8 +227,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
     reader = asyncio.create_task(drain())
     try:
-        for payload in await _initial_items(request, listener, since, synthetic=False):
-            await send(payload, None)
+        for payload, rv in await _initial_items(request, listener, since, synthetic=False):
+            await send(payload, rv)
         pump = asyncio.create_task(_pump(listener, send, heartbeat))
         try:
             await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 from controller.model import Agent, SpecDefaults, container_name
 from controller.timestamps import now_iso
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("parallax.store")
 T = TypeVar("T")
 
 

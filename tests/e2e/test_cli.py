@@ -19,7 +19,7 @@ import aiodocker
 import pytest
 import yaml
 
-from api.client import ApiClient, ApiError
+from api.client import ApiClient, ErrorAnswer
 from tests.harness import cleanup_instance
 from tests.server_process import PARALLAX, Server, free_port, remove_instance_networks, server_environment
 
@@ -89,7 +89,7 @@ class Cli:
     def agent(self, name: str) -> dict[str, Any] | None:
         try:
             return self.api.get_agent(name)
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             if exc.status == 404:
                 return None
             raise
