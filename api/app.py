@@ -74,13 +74,13 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     app.add_routes(openapi.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = SqliteStore(settings.store_path, spec_defaults(settings))
+        store = SqliteStore(settings.store_path, spec_defaults(settings), buffer=settings.watch_buffer)
         await store.open()
         metrics = Metrics(settings)
         runtime = DockerRuntime(settings, observer=metrics)
         await runtime.open()
         controller = Controller(settings, store, runtime, metrics)
-        hub = WatchHub(store)
+        hub = WatchHub(store, buffer=settings.watch_buffer)
         await hub.start()
         app[STORE] = store
         app[CONTROLLER] = controller

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.quantity import QuantityError, parse_cpu, parse_memory
+from controller.store_rules import DEFAULT_SUBSCRIBER_BUFFER
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,10 @@ class Settings:
     # Docker through their own pool of max_streams + LIVE_SPARE_CONNECTIONS connections, never the
     # reconciler's.
     max_streams: int = 100
+    # Changes a subscriber of the store, or a watch client, may fall behind before it is cut off: a
+    # watch then ends with an ERROR item, code 410 (re-list); the controller's own subscriber re-queues
+    # every agent. So a client too slow to read costs at most this many queued items.
+    watch_buffer: int = DEFAULT_SUBSCRIBER_BUFFER
 
     @property
     def docker_url(self) -> str:
@@ -102,6 +107,7 @@ class Settings:
             body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),
             idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
             max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
+            watch_buffer=_int(env, "PARALLAX_WATCH_BUFFER", base.watch_buffer, 16, 1 << 20),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(

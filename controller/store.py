@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar, cast
 from controller import store_rules as rules
 from controller.model import Agent, SpecDefaults, container_name
 from controller.store_rules import (
+    DEFAULT_SUBSCRIBER_BUFFER,
     EVENT_AGGREGATE_SECONDS,
     EVENT_TTL_SECONDS,
     EVENTS_PER_AGENT,
@@ -36,15 +37,18 @@ from controller.store_rules import (
     Change,
     ChangeType,
     Conflict,
+    CutOff,
     NotFound,
     Staged,
     StoreError,
     StoreUnavailable,
+    Subscription,
     Write,
 )
 from controller.timestamps import now_iso
 
 __all__ = [
+    "DEFAULT_SUBSCRIBER_BUFFER",
     "EVENTS_PER_AGENT",
     "EVENT_AGGREGATE_SECONDS",
     "EVENT_TTL_SECONDS",
@@ -53,11 +57,13 @@ __all__ = [
     "Change",
     "ChangeType",
     "Conflict",
+    "CutOff",
     "NotFound",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "Subscription",
     "Write",
 ]
 
@@ -81,6 +87,9 @@ class Store(Protocol):
       write is not made, and neither is any write accepted after it in the same failed commit).
     - Every committed change is announced, after it is durable and in resourceVersion order, to every
       subscriber of ``subscribe`` and ``subscribe_feed`` that subscribed before it was committed.
+      Subscriptions are bounded (``buffer`` when the store was opened): a subscriber that falls more
+      than that behind is cut off and gets ``CutOff`` (then re-lists), while the store and the other
+      subscribers go on.
     """
 
     async def open(self) -> None:
@@ -154,21 +163,22 @@ class Store(Protocol):
         higher one (so subscribe first, then read this, then list: nothing is missed)."""
         ...
 
-    def subscribe(self) -> asyncio.Queue[Change]:
+    def subscribe(self) -> Subscription[Change]:
         """Record changes from now on, in resourceVersion order, each once durable (the controller's
-        trigger, ``?wait=true``, metrics)."""
+        trigger, ``?wait=true``, metrics). Bounded: ``CutOff`` once the subscriber falls too far behind."""
         ...
 
-    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
-        """Stop announcing to ``queue`` (unknown queues are fine)."""
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
+        """Stop announcing to ``queue`` (unknown or cut-off queues are fine)."""
         ...
 
-    def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]:
-        """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
+    def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
+        """Record changes and events together, in resourceVersion order (what the watch hub serves).
+        Bounded like ``subscribe``."""
         ...
 
-    def unsubscribe_feed(self, queue: asyncio.Queue[Change | AgentEvent]) -> None:
-        """Stop announcing to ``queue`` (unknown queues are fine)."""
+    def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
+        """Stop announcing to ``queue`` (unknown or cut-off queues are fine)."""
         ...
 
     async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent:
@@ -296,14 +306,15 @@ class SqliteStore:
 
     MAX_BATCH = 512
 
-    def __init__(self, path: str, defaults: SpecDefaults) -> None:
+    def __init__(self, path: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> None:
         self.path = path
         self._defaults = defaults
+        self._buffer = buffer
         self._conn: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
-        self._subscribers: set[asyncio.Queue[Change]] = set()
-        self._feed_subscribers: set[asyncio.Queue[Change | AgentEvent]] = set()
+        self._subscribers: set[Subscription[Change]] = set()
+        self._feed_subscribers: set[Subscription[Change | AgentEvent]] = set()
         self.write_error: str | None = None
         self._cache: dict[str, Agent] = {}  # committed records
         self._pending: dict[str, tuple[int, Agent | None]] = {}  # name -> (write seq, record or None if purged)
@@ -627,8 +638,7 @@ class SqliteStore:
         def after(result: tuple[int, str]) -> AgentEvent:
             count, first = result
             event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
-            for feed in self._feed_subscribers:
-                feed.put_nowait(event)
+            _announce(self._feed_subscribers, event)
             return event
 
         return await self._submit(run, after, rv)
@@ -649,21 +659,21 @@ class SqliteStore:
             AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
         ]
 
-    def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]:
+    def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
         """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
-        queue: asyncio.Queue[Change | AgentEvent] = asyncio.Queue()
+        queue: Subscription[Change | AgentEvent] = Subscription(self._buffer)
         self._feed_subscribers.add(queue)
         return queue
 
-    def unsubscribe_feed(self, queue: asyncio.Queue[Change | AgentEvent]) -> None:
+    def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
         self._feed_subscribers.discard(queue)
 
-    def subscribe(self) -> asyncio.Queue[Change]:
-        queue: asyncio.Queue[Change] = asyncio.Queue()
+    def subscribe(self) -> Subscription[Change]:
+        queue: Subscription[Change] = Subscription(self._buffer)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
         self._subscribers.discard(queue)
 
     def _notify(self, change: Change) -> None:
@@ -671,10 +681,8 @@ class SqliteStore:
             self._cache.pop(change.agent.name, None)
         else:
             self._cache[change.agent.name] = change.agent.copy()
-        for queue in self._subscribers:
-            queue.put_nowait(change)
-        for feed in self._feed_subscribers:
-            feed.put_nowait(change)
+        _announce(self._subscribers, change)
+        _announce(self._feed_subscribers, change)
 
 
 class _MemoryView:
@@ -694,3 +702,11 @@ class _MemoryView:
 
     def owner(self, container: str) -> str | None:
         return self._store._owners.get(container)
+
+
+def _announce(subscribers: set[Subscription[T]], item: T) -> None:
+    """Offer ``item`` to every subscriber; one that is cut off (too far behind) is dropped, and nobody
+    else waits for it."""
+    for queue in [queue for queue in subscribers if not queue.offer(item)]:
+        subscribers.discard(queue)
+        log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)

@@ -22,19 +22,24 @@ rows it locked. The rules:
 - ``Store.write_all``: each write is checked as if those before it were made, all or nothing; a write
   with ``planned_from`` is a ``Conflict`` when the record's desired state (``desired``) changed since.
 
-The types every store shares are here too: the errors, ``Change``, ``AgentEvent``, ``Write``.
+The types every store shares are here too: the errors, ``Change``, ``AgentEvent``, ``Write``, and the
+bounded ``Subscription`` a subscriber reads changes from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from controller.model import Agent, container_name
 from controller.timestamps import now_iso
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -119,6 +124,81 @@ class Write:
     planned_from: Agent | None = None
     """The record this write was decided from: if its desired state (spec, labels, annotations, deletion)
     changed since, the write is a conflict. The controller's status writes do not count."""
+
+
+# -- subscriptions -------------------------------------------------------------------------------
+
+DEFAULT_SUBSCRIBER_BUFFER = 4096
+"""Changes a subscriber may fall behind before it is cut off (``PARALLAX_WATCH_BUFFER``)."""
+
+
+class CutOff(Exception):
+    """The subscriber fell more than its buffer behind: the changes since are lost to it. It must
+    re-list (and subscribe again first, so that nothing after the re-list is missed)."""
+
+
+class Subscription(Generic[T]):
+    """A subscriber's queue, bounded: one that falls more than ``buffer`` items behind is cut off.
+
+    The store ``offer``s items; the subscriber ``get``s them. Once cut off, the items still queued are
+    dropped (their memory freed at once), ``offer`` refuses everything and ``get`` raises ``CutOff``: a
+    subscriber that cannot keep up costs at most ``buffer`` items, and never silently loses some.
+    """
+
+    def __init__(self, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> None:
+        if buffer < 1:
+            raise ValueError("a subscription needs a buffer of at least 1")
+        self.buffer = buffer
+        self._items: deque[T] = deque()
+        self._ready = asyncio.Event()
+        self._cut: str | None = None
+
+    @property
+    def cut_off(self) -> str | None:
+        """Why the subscriber was cut off; None while it is not."""
+        return self._cut
+
+    def offer(self, item: T) -> bool:
+        """Queue ``item``; False when the subscriber is cut off (now, because its buffer is full, or before)."""
+        if self._cut is not None:
+            return False
+        if len(self._items) >= self.buffer:
+            self.cut(f"fell more than {self.buffer} changes behind")
+            return False
+        self._items.append(item)
+        self._ready.set()
+        return True
+
+    def cut(self, reason: str, *, keep_queued: bool = False) -> None:
+        """Cut the subscriber off: drop what is queued (unless ``keep_queued``: then ``get`` answers it
+        first) and make ``get`` raise ``CutOff(reason)``."""
+        if self._cut is None:
+            self._cut = reason
+        if not keep_queued:
+            self._items.clear()
+        self._ready.set()
+
+    async def get(self) -> T:
+        """The next item, waiting for one; ``CutOff`` once cut off."""
+        while not self._items:
+            if self._cut is not None:
+                raise CutOff(self._cut)
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def get_nowait(self) -> T:
+        if self._items:
+            return self._items.popleft()
+        if self._cut is not None:
+            raise CutOff(self._cut)
+        raise asyncio.QueueEmpty
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
 
 
 # -- the write rules -----------------------------------------------------------------------------
