@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 
 from controller.model import SpecDefaults
-from controller.store import SqliteStore, Store
+from controller.store import Store
+from controller.store_url import open_store
 
 StoreFactory = Callable[[Path, SpecDefaults, int], Awaitable[Store]]
 """``factory(directory, defaults, buffer)``: a new, empty, opened store (``directory`` is the test's own)."""
 
 
 async def sqlite_store(directory: Path, defaults: SpecDefaults, buffer: int) -> Store:
-    store = SqliteStore(str(directory / "agents.db"), defaults, buffer=buffer)
-    await store.open()
-    return store
+    return await open_store(f"sqlite://{directory}/agents.db", defaults, buffer=buffer)
 
 
 STORES = [
