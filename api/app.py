@@ -20,7 +20,7 @@ from controller.docker_runtime import DockerRuntime
 from controller.manager import Controller
 from controller.metrics import Metrics
 from controller.stats_refresher import StatsRefresher
-from controller.store import SqliteStore
+from controller.store_url import open_store
 from controller.watch import WatchHub
 
 log = logging.getLogger("parallax.api")
@@ -74,13 +74,12 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     app.add_routes(openapi.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = SqliteStore(settings.store_path, spec_defaults(settings))
-        await store.open()
+        store = await open_store(settings.store, spec_defaults(settings), buffer=settings.watch_buffer)
         metrics = Metrics(settings)
         runtime = DockerRuntime(settings, observer=metrics)
         await runtime.open()
         controller = Controller(settings, store, runtime, metrics)
-        hub = WatchHub(store)
+        hub = WatchHub(store, buffer=settings.watch_buffer)
         await hub.start()
         app[STORE] = store
         app[CONTROLLER] = controller

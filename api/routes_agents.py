@@ -20,7 +20,7 @@ from controller.admission import admit
 from controller.model import PHASES, TYPES, Agent, keep_stored_secrets
 from controller.schema import flat_to_manifest, is_manifest
 from controller.selector import parse_selector
-from controller.store import Change
+from controller.store import Change, CutOff, Subscription
 
 routes = web.RouteTableDef()
 
@@ -51,10 +51,11 @@ def _wait_timeout(request: web.Request) -> float | None:
     return DEFAULT_WAIT_SECONDS if seconds is None else seconds
 
 
-async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: float) -> Agent:
-    """The agent as soon as it is running or has failed; its latest state when the timeout passes."""
+async def _wait_settled(changes: Subscription[Change], agent: Agent, timeout: float) -> Agent:
+    """The agent as soon as it is running or has failed; its latest state when the timeout passes (or
+    when the store's changes came too fast to follow: the subscription was cut off)."""
     latest = agent
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(TimeoutError, CutOff):
         async with asyncio.timeout(timeout):
             while not (latest.phase in SETTLED_PHASES or latest.status.get("error")):
                 change = await changes.get()
@@ -65,9 +66,10 @@ async def _wait_settled(changes: asyncio.Queue[Change], agent: Agent, timeout: f
     return latest
 
 
-async def _wait_purged(changes: asyncio.Queue[Change], agent: Agent, timeout: float) -> Agent | None:
-    """The agent's record as it was purged, or None when the timeout passes first."""
-    with contextlib.suppress(TimeoutError):
+async def _wait_purged(changes: Subscription[Change], agent: Agent, timeout: float) -> Agent | None:
+    """The agent's record as it was purged, or None when the timeout passes first (or the subscription
+    was cut off)."""
+    with contextlib.suppress(TimeoutError, CutOff):
         async with asyncio.timeout(timeout):
             while True:
                 change = await changes.get()

@@ -5,6 +5,8 @@ same stream over SSE without them. (An agent's event list, ``GET /agents/{name}/
 
 A client resumes from the last ``resourceVersion`` it saw (``Last-Event-ID`` or ``?resourceVersion=``)
 without a gap; when that version is too old it gets an ``ERROR`` item with code 410 and must re-list.
+So does a client that reads too slowly to keep up (more than ``PARALLAX_WATCH_BUFFER`` items behind),
+and then its stream ends.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ async def _pump(
         except TimeoutError:
             await heartbeat()
             continue
+        except Expired as exc:  # cut off: the client read too slowly to keep up
+            await send(_expired(str(exc)), None)
+            return
         if item is None:
             return
         await send(item.to_dict(), item.resource_version)

@@ -7,11 +7,14 @@ the start with the variable's name instead of being replaced by a default.
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.quantity import QuantityError, parse_cpu, parse_memory
+from controller.store_rules import DEFAULT_SUBSCRIBER_BUFFER
 
 
 class ConfigError(ValueError):
@@ -21,6 +24,56 @@ class ConfigError(ValueError):
 def default_store_path() -> str:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "parallax" / "agents.db")
+
+
+STORE_SCHEMES = ("sqlite",)
+"""The stores ``PARALLAX_STORE`` may name (``controller.store_url.open_store`` opens them)."""
+
+_STORE_FORMS = "sqlite:///abs/path/agents.db, sqlite:relative/path/agents.db or a file path"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """What ``PARALLAX_STORE`` names: a kind of store (``scheme``) and, for SQLite, its file."""
+
+    scheme: str
+    path: str
+
+
+def parse_store_url(raw: str, name: str = "PARALLAX_STORE") -> StoreLocation:
+    """``sqlite:///abs/path`` (a file URL: empty host, absolute path), ``sqlite:relative/path``, or a plain
+    path (``/abs/path``, ``relative/path``; ``./a:b.db`` for a relative path with a colon). Any other
+    scheme, a host, a query or a fragment is a ``ConfigError`` naming ``name``; a password in the URL is
+    never repeated in it."""
+    match = _SCHEME.match(raw)
+    if match is None:
+        if not raw:
+            raise ConfigError(f"{name}: empty; use {_STORE_FORMS}")
+        return StoreLocation("sqlite", raw)
+    scheme = match.group(0)[:-1].lower()
+    if scheme not in STORE_SCHEMES:
+        raise ConfigError(
+            f"{name}: {_shown(raw)}: {scheme} stores are not supported (only SQLite is, so far); use {_STORE_FORMS}"
+        )
+    rest = raw[match.end() :]
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host:
+            raise ConfigError(f"{name}: {_shown(raw)}: a SQLite store is a file, not a host; use {_STORE_FORMS}")
+        rest = slash + path
+    if "?" in rest or "#" in rest:
+        raise ConfigError(f"{name}: {_shown(raw)}: a SQLite URL takes no query or fragment; use {_STORE_FORMS}")
+    path = urllib.parse.unquote(rest)
+    if not path or path.endswith("/") or "\0" in path:
+        raise ConfigError(f"{name}: {_shown(raw)}: names no file; use {_STORE_FORMS}")
+    return StoreLocation(scheme, path)
+
+
+def _shown(raw: str) -> str:
+    """``raw`` for a message: without the password or the query a database URL may carry."""
+    shown = raw.split("?", 1)[0] + ("?..." if "?" in raw else "")
+    return repr(re.sub(r"^([^:/?#]+://[^:/@]*):[^@/]*@", r"\1:***@", shown))
 
 
 @dataclass(frozen=True)
@@ -33,6 +86,11 @@ class Settings:
     default_cpu: float = 0.5
     default_pids: int = 512
     store_path: str = field(default_factory=default_store_path)
+    """The SQLite file (policy keeps it and its directory out of mounts). Derived from ``store_url``
+    when that is given."""
+    store_url: str | None = None
+    """``PARALLAX_STORE`` as given (a URL or a plain path, see ``parse_store_url``); None: the SQLite
+    file ``store_path``."""
     image_prefix: str = "parallax/agent-"
     resync_seconds: float = 30.0
     workers: int = 4
@@ -57,6 +115,19 @@ class Settings:
     # Docker through their own pool of max_streams + LIVE_SPARE_CONNECTIONS connections, never the
     # reconciler's.
     max_streams: int = 100
+    # Changes a subscriber of the store, or a watch client, may fall behind before it is cut off: a
+    # watch then ends with an ERROR item, code 410 (re-list); the controller's own subscriber re-queues
+    # every agent. So a client too slow to read costs at most this many queued items.
+    watch_buffer: int = DEFAULT_SUBSCRIBER_BUFFER
+
+    def __post_init__(self) -> None:
+        if self.store_url is not None:
+            object.__setattr__(self, "store_path", parse_store_url(self.store_url).path)
+
+    @property
+    def store(self) -> str:
+        """What ``controller.store_url.open_store`` opens: ``store_url``, else the file ``store_path``."""
+        return self.store_url if self.store_url is not None else self.store_path
 
     @property
     def docker_url(self) -> str:
@@ -84,7 +155,7 @@ class Settings:
             default_memory=memory,
             default_cpu=cpu,
             default_pids=_int(env, "PARALLAX_DEFAULT_PIDS", base.default_pids, 16, 1 << 20),
-            store_path=env.get("PARALLAX_STORE", base.store_path),
+            store_url=env.get("PARALLAX_STORE") or None,
             image_prefix=env.get("PARALLAX_IMAGE_PREFIX", base.image_prefix),
             resync_seconds=_float(env, "PARALLAX_RESYNC_SECONDS", base.resync_seconds, 0.1),
             workers=_int(env, "PARALLAX_WORKERS", base.workers, 1, 256),
@@ -102,6 +173,7 @@ class Settings:
             body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),
             idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
             max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
+            watch_buffer=_int(env, "PARALLAX_WATCH_BUFFER", base.watch_buffer, 16, 1 << 20),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(

@@ -16,7 +16,7 @@ from controller.logging_setup import reconcile_scope
 from controller.metrics import Metrics, reconcile_result
 from controller.reconciler import Reconciler
 from controller.runtime import Runtime, RuntimeChange
-from controller.store import Store, StoreError
+from controller.store import CutOff, Store, StoreError
 from controller.tasks import cancel_all
 from controller.workqueue import ItemExponentialFailureRateLimiter, RateLimitingQueue, ShutDown
 
@@ -61,8 +61,9 @@ class Controller:
         """All loops still running (a crashed loop makes the controller not ready)."""
         return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
-    async def enqueue_all(self) -> None:
-        """The start-up and resync trigger: every record, and every instance that claims to be ours."""
+    async def enqueue_all(self, *, now: bool = False) -> None:
+        """The start-up and resync trigger: every record, and every instance that claims to be ours.
+        ``now``: as news (``add_now``, ending any backoff), for when store changes may have been missed."""
         names: set[str] = set()
         try:
             names.update(agent.name for agent in await self.store.list())
@@ -74,7 +75,10 @@ class Controller:
         except AgentError as exc:
             self._docker_failed(exc)
         for name in sorted(names):
-            self.queue.add(name)
+            if now:
+                self.queue.add_now(name)
+            else:
+                self.queue.add(name)
 
     def _docker_ok(self) -> None:
         if not self.docker_up:
@@ -121,7 +125,16 @@ class Controller:
         changes = self.store.subscribe()
         try:
             while True:
-                change = await changes.get()
+                try:
+                    change = await changes.get()
+                except CutOff as exc:
+                    # Fell too far behind: changes were lost, so any record may hold a new desired state.
+                    # Subscribe again first (nothing after the re-list is missed), then requeue them all.
+                    log.warning("store changes came faster than they were queued (%s); requeueing every agent", exc)
+                    self.store.unsubscribe(changes)
+                    changes = self.store.subscribe()
+                    await self.enqueue_all(now=True)
+                    continue
                 if change.spec_changed:  # a new desired state: act on it now, whatever the backoff
                     self.queue.add_now(change.agent.name)
         finally:

@@ -46,7 +46,7 @@ from controller.config import Settings
 from controller.errors import RESOLUTION
 from controller.model import PHASES, TYPES, Agent
 from controller.stats import cpu_sample, memory_bytes
-from controller.store import Change, Store, StoreError
+from controller.store import Change, CutOff, Store, StoreError, Subscription
 from controller.tasks import cancel_all
 from controller.timestamps import parse_time
 
@@ -139,6 +139,14 @@ class AgentTracker:
             if agent.metadata.generation == 1 and observed == 0 and created and agent.phase == "Pending":
                 seen = replace(seen, accepted_at=_epoch(created, now), accepted_generation=1)
             self._agents[agent.name] = seen
+
+    def resync(self, agents: Iterable[Agent], now: float) -> None:
+        """``seed`` after changes were missed: agents that are no longer listed are forgotten too."""
+        agents = list(agents)
+        listed = {agent.name for agent in agents}
+        for name in [name for name in self._agents if name not in listed]:
+            del self._agents[name]
+        self.seed(agents, now)
 
     def apply(self, change: Change, now: float) -> None:
         agent = change.agent
@@ -447,19 +455,31 @@ class Metrics:
         await cancel_all(self._tasks)
         self._tasks.clear()
 
-    async def _follow_store(self, store: Store, changes: asyncio.Queue[Change]) -> None:
+    async def _follow_store(self, store: Store, changes: Subscription[Change]) -> None:
         try:
+            await self._list_store(store, self.tracker.seed)
             while True:
                 try:
-                    self.tracker.seed(await store.list(), time.time())
-                    break
-                except StoreError as exc:
-                    log.warning("metrics: cannot list the store yet: %s", exc)
-                    await asyncio.sleep(1.0)
-            while True:
-                self.tracker.apply(await changes.get(), time.time())
+                    change = await changes.get()
+                except CutOff as exc:  # changes were missed: subscribe again, then list again
+                    log.warning("metrics: the store's changes came faster than they were counted (%s); re-listing", exc)
+                    store.unsubscribe(changes)
+                    changes = store.subscribe()
+                    await self._list_store(store, self.tracker.resync)
+                    continue
+                self.tracker.apply(change, time.time())
         finally:
             store.unsubscribe(changes)
+
+    @staticmethod
+    async def _list_store(store: Store, use: Callable[[Iterable[Agent], float], None]) -> None:
+        while True:
+            try:
+                use(await store.list(), time.time())
+                return
+            except StoreError as exc:
+                log.warning("metrics: cannot list the store yet: %s", exc)
+                await asyncio.sleep(1.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,8 +1,10 @@
 """Desired-state store: Agent records with generation, resourceVersion and compare-and-set writes.
 
-``Store`` is the interface the API and the reconciler use; ``SqliteStore`` is the embedded default
-(WAL journal, one file, no setup). Every write bumps one store-wide resourceVersion counter, like
-etcd's revision, so a change feed can be resumed from a version later on.
+``Store`` is the contract the API, the controller and the watch hub use (``tests/contract/`` checks
+it); ``SqliteStore`` is the embedded default (WAL journal, one file, no setup). What a write does is
+decided by ``controller.store_rules``, which every store calls; ``controller.store_url.open_store``
+picks the store ``PARALLAX_STORE`` names. Every write bumps one store-wide resourceVersion counter,
+like etcd's revision, so a change feed can be resumed from a version later on.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import builtins
 import concurrent.futures
 import contextlib
-import copy
 import fcntl
 import functools
 import json
@@ -20,118 +21,176 @@ import os
 import sqlite3
 import stat
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
+from controller import store_rules as rules
 from controller.model import Agent, SpecDefaults, container_name
+from controller.store_rules import (
+    DEFAULT_SUBSCRIBER_BUFFER,
+    EVENT_AGGREGATE_SECONDS,
+    EVENT_TTL_SECONDS,
+    EVENTS_PER_AGENT,
+    AgentEvent,
+    AlreadyExists,
+    Change,
+    ChangeType,
+    Conflict,
+    CutOff,
+    NotFound,
+    Staged,
+    StoreError,
+    StoreUnavailable,
+    Subscription,
+    Write,
+)
 from controller.timestamps import now_iso
+
+__all__ = [
+    "DEFAULT_SUBSCRIBER_BUFFER",
+    "EVENTS_PER_AGENT",
+    "EVENT_AGGREGATE_SECONDS",
+    "EVENT_TTL_SECONDS",
+    "AgentEvent",
+    "AlreadyExists",
+    "Change",
+    "ChangeType",
+    "Conflict",
+    "CutOff",
+    "NotFound",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Subscription",
+    "Write",
+]
 
 log = logging.getLogger("parallax.store")
 T = TypeVar("T")
 
 
-class StoreError(Exception):
-    """Base of the store's errors; the API maps each to an HTTP status."""
-
-    index: int | None = None
-    """For ``Store.write_all``: the position of the write that was refused."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class AlreadyExists(StoreError):
-    pass
-
-
-class Conflict(StoreError):
-    pass
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be read or written (disk full, file unwritable, locked by another controller)."""
-
-
-ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
-
-
-@dataclass(frozen=True)
-class Change:
-    type: ChangeType
-    agent: Agent
-    spec_changed: bool
-    """False for status-only writes (the reconciler's own); True for anything that changes desired state."""
-
-
-@dataclass(frozen=True)
-class AgentEvent:
-    """A controller event about one agent (client-go's Event: repeated ones are counted, not repeated)."""
-
-    agent: str
-    uid: str
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-    count: int
-    first_timestamp: str
-    last_timestamp: str
-    resource_version: int
-    labels: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "apiVersion": "parallax.ai/v1",
-            "kind": "Event",
-            "involvedObject": {"kind": "Agent", "name": self.agent, "uid": self.uid},
-            "type": self.type,
-            "reason": self.reason,
-            "message": self.message,
-            "count": self.count,
-            "firstTimestamp": self.first_timestamp,
-            "lastTimestamp": self.last_timestamp,
-            "metadata": {"resourceVersion": str(self.resource_version)},
-        }
-
-
-EVENTS_PER_AGENT = 50
-EVENT_TTL_SECONDS = 3600
-EVENT_AGGREGATE_SECONDS = 600
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write of ``Store.write_all``: create or replace ``agent``, or mark agent ``name`` deleted."""
-
-    op: Literal["create", "replace", "delete"]
-    name: str
-    agent: Agent | None = None
-    planned_from: Agent | None = None
-    """The record this write was decided from: if its desired state (spec, labels, annotations, deletion)
-    changed since, the write is a conflict. The controller's status writes do not count."""
-
-
 class Store(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-    async def get(self, name: str) -> Agent: ...
-    async def list(self) -> list[Agent]: ...
-    async def create(self, agent: Agent) -> Agent: ...
-    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent: ...
-    async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent: ...
-    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent: ...
-    async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]: ...
-    async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None: ...
-    async def purge(self, name: str, uid: str) -> bool: ...
-    def subscribe(self) -> asyncio.Queue[Change]: ...
-    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None: ...
-    async def current_rv(self) -> int: ...
-    async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent: ...
-    async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]: ...
-    def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]: ...
+    """The desired-state store: what the API, the controller and the watch hub may rely on, whatever
+    keeps the records (SQLite now, PostgreSQL later). ``tests/contract/test_store_contract.py`` is this
+    contract as tests: a store is one that passes it unchanged.
+
+    - Records are Agents keyed by name. What a write does and when it is refused are the rules of
+      ``controller.store_rules``, which every store calls (resourceVersion, generation, compare-and-set,
+      container-name ownership, deletion marks).
+    - Writes take effect in the order they are called, each seeing every write called before it
+      (including ones not committed yet): the call orders them, not its completion.
+    - A write is answered only once it is durable; a write that is refused changes nothing. The errors
+      are ``NotFound``, ``AlreadyExists``, ``Conflict`` (stale ``expected_rv``, a record being deleted,
+      a ``planned_from`` that is out of date) and ``StoreUnavailable`` (cannot read or write: then the
+      write is not made, and neither is any write accepted after it in the same failed commit).
+    - Every committed change is announced, after it is durable and in resourceVersion order, to every
+      subscriber of ``subscribe`` and ``subscribe_feed`` that subscribed before it was committed.
+      Subscriptions are bounded (``buffer`` when the store was opened): a subscriber that falls more
+      than that behind is cut off and gets ``CutOff`` (then re-lists), while the store and the other
+      subscribers go on.
+    """
+
+    async def open(self) -> None:
+        """Connect, check and load; ``StoreUnavailable`` (naming the cause) when the store cannot be used,
+        e.g. another controller owns it."""
+        ...
+
+    async def close(self) -> None:
+        """Finish (answer) every write already accepted, then release the store."""
+        ...
+
+    async def ping(self) -> None:
+        """``StoreUnavailable`` unless the store can be read, and written again if the last write failed
+        (``/readyz``)."""
+        ...
+
+    async def get(self, name: str) -> Agent:
+        """The committed record, a private copy the caller may change; ``NotFound``."""
+        ...
+
+    async def list(self) -> list[Agent]:
+        """Every committed record, ordered by name. Shared objects: callers must not change them."""
+        ...
+
+    async def create(self, agent: Agent) -> Agent:
+        """A new record (``store_rules.stage_create``): fresh uid, generation 1, status Pending, announced
+        ``ADDED``. ``AlreadyExists`` when the name, or its container name, is taken (also by a write not
+        committed yet)."""
+        ...
+
+    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
+        """Replace spec, labels and annotations (``store_rules.stage_replace``); generation moves only
+        with the spec; nothing to change writes (and announces) nothing. ``NotFound``; ``Conflict`` when
+        ``expected_rv`` is stale (``store_rules.check_rv``) or the record is being deleted."""
+        ...
+
+    async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent:
+        """Replace agent ``name`` with ``build(latest)``, where ``latest`` is a copy of the record with
+        every write called before this one: reading it, building and accepting the write are one step,
+        so no write made meanwhile is lost (a merge patch applies to the latest version, a redacted
+        secret keeps the latest value). ``build`` may raise (an invalid result): that error is raised and
+        nothing is written. Errors as ``replace``."""
+        ...
+
+    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
+        """Mark the record deleted (``deletionTimestamp``, phase Terminating, announced ``MODIFIED``); the
+        controller purges it once its container is gone. Marking it again writes nothing. ``NotFound``,
+        ``Conflict`` on a stale ``expected_rv``."""
+        ...
+
+    async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]:
+        """All or nothing, in one commit (``store_rules.stage_all``): each write is checked as if those
+        before it were made, and they take consecutive resourceVersions. If one is refused, its error is
+        raised with ``index`` its position, and none is written or announced. The answers are in the
+        order of ``writes``."""
+        ...
+
+    async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
+        """The controller's status write (announced with ``spec_changed=False``); never a conflict. None
+        when the record is gone or is another incarnation (``uid``); the same status writes nothing."""
+        ...
+
+    async def purge(self, name: str, uid: str) -> bool:
+        """Remove the record of incarnation ``uid`` (announced ``DELETED``, with a new resourceVersion)
+        and free its container name; False when there is no such record."""
+        ...
+
+    async def current_rv(self) -> int:
+        """The last committed resourceVersion: every change with a version up to it is committed, and
+        every change committed after a ``subscribe``/``subscribe_feed`` that preceded this call has a
+        higher one (so subscribe first, then read this, then list: nothing is missed)."""
+        ...
+
+    def subscribe(self) -> Subscription[Change]:
+        """Record changes from now on, in resourceVersion order, each once durable (the controller's
+        trigger, ``?wait=true``, metrics). Bounded: ``CutOff`` once the subscriber falls too far behind."""
+        ...
+
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
+        """Stop announcing to ``queue`` (unknown or cut-off queues are fine)."""
+        ...
+
+    def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
+        """Record changes and events together, in resourceVersion order (what the watch hub serves).
+        Bounded like ``subscribe``."""
+        ...
+
+    def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
+        """Stop announcing to ``queue`` (unknown or cut-off queues are fine)."""
+        ...
+
+    async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent:
+        """Record an event about ``agent`` with the next resourceVersion, announced on the feed once
+        durable. The same event (agent, uid, type, reason, message) within ``EVENT_AGGREGATE_SECONDS``
+        counts up the earlier one instead (its ``count``, ``lastTimestamp`` and version move); an agent
+        keeps its newest ``EVENTS_PER_AGENT`` events, none older than ``EVENT_TTL_SECONDS``."""
+        ...
+
+    async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]:
+        """The agent's events, oldest (by resourceVersion) first; only incarnation ``uid``'s when given."""
+        ...
 
 
 _SCHEMA = """
@@ -177,15 +236,6 @@ class _Write:
     caller's answer (and it is where the cache is updated and watchers are told, in commit order)."""
     group: int = 0
     """Writes of one ``write_all`` share a group (non-zero), and a batch never splits a group."""
-
-
-@dataclass(frozen=True)
-class _Staged:
-    """A checked write: the record to answer with, and the change to commit (None: nothing to write)."""
-
-    name: str
-    answer: Agent
-    change: Change | None
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
@@ -256,14 +306,15 @@ class SqliteStore:
 
     MAX_BATCH = 512
 
-    def __init__(self, path: str, defaults: SpecDefaults) -> None:
+    def __init__(self, path: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> None:
         self.path = path
         self._defaults = defaults
+        self._buffer = buffer
         self._conn: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
-        self._subscribers: set[asyncio.Queue[Change]] = set()
-        self._feed_subscribers: set[asyncio.Queue[Change | AgentEvent]] = set()
+        self._subscribers: set[Subscription[Change]] = set()
+        self._feed_subscribers: set[Subscription[Change | AgentEvent]] = set()
         self.write_error: str | None = None
         self._cache: dict[str, Agent] = {}  # committed records
         self._pending: dict[str, tuple[int, Agent | None]] = {}  # name -> (write seq, record or None if purged)
@@ -275,6 +326,7 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._latest = _MemoryView(self)
         self.batches = 0
         """Group commits so far (transactions, so fsyncs); the benchmarks print writes per batch."""
 
@@ -364,11 +416,6 @@ class SqliteStore:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def _view(self, name: str) -> Agent | None:
-        """The record as the next write must see it: the last one queued, else the committed one."""
-        pending = self._pending.get(name)
-        return pending[1] if pending is not None else self._cache.get(name)
-
     def _next_rv(self) -> int:
         self._assigned_rv += 1
         return self._assigned_rv
@@ -390,10 +437,18 @@ class SqliteStore:
     async def _submit(self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], T], rv: int = 0) -> T:
         return cast(T, await self._enqueue(run, after, rv))
 
-    def _put(self, staged: _Staged, group: int = 0) -> Awaitable[Any]:
+    def _put(self, staged: Staged, group: int = 0) -> Awaitable[Any]:
         """Queue writing (or, for a purge, deleting) a staged record; its change is announced once durable."""
         name, change = staged.name, staged.change
         assert change is not None
+        # Staged against the records as they are now, with the next version: accept it before anything
+        # else can stage, so the queue stays in resourceVersion order and names stay owned.
+        assert change.agent.metadata.resource_version == self._assigned_rv + 1, "staged out of order"
+        self._assigned_rv += 1
+        if change.type == "ADDED":
+            self._owners[container_name(name)] = name
+        elif change.type == "DELETED":
+            self._owners.pop(container_name(name), None)
         self._seq += 1
         seq = self._seq
         self._pending[name] = (seq, None if change.type == "DELETED" else change.agent)
@@ -422,7 +477,7 @@ class SqliteStore:
 
         return self._enqueue(run, after, change.agent.metadata.resource_version, group)
 
-    async def _write_staged(self, staged: builtins.list[_Staged]) -> builtins.list[Agent]:
+    async def _write_staged(self, staged: builtins.list[Staged]) -> builtins.list[Agent]:
         """Queue the staged writes together (so they share one commit) and answer once they are durable.
         A record that needs no write still waits for a queued write of it that its answer has seen."""
         answers: builtins.list[Any] = []  # an Agent, or an awaitable of one
@@ -501,136 +556,46 @@ class SqliteStore:
             if not write.future.done():
                 write.future.set_exception(StoreUnavailable(error))
 
-    # Staging: the checks of one write against a view of the records, and the record it would write.
-    # Synchronous, so nothing else can write between a check and the queueing of what it allowed.
-
-    def _stage_create(self, agent: Agent, view: Callable[[str], Agent | None]) -> _Staged:
-        if view(agent.name) is not None:
-            raise AlreadyExists(f"agent {agent.name!r} already exists")
-        container = container_name(agent.name)
-        owner = self._owners.get(container)
-        if owner is not None and owner != agent.name:
-            raise AlreadyExists(f"agent {owner!r} already uses container name {container!r}")
-        new = agent.copy()
-        new.metadata.uid = str(uuid.uuid4())
-        new.metadata.generation = 1
-        new.metadata.resource_version = self._next_rv()
-        new.metadata.creation_timestamp = now_iso()
-        new.metadata.deletion_timestamp = None
-        new.status = {"phase": "Pending", "observedGeneration": 0, "restartCount": 0}
-        self._owners[container] = agent.name
-        return _Staged(new.name, new, Change("ADDED", new, True))
-
-    def _stage_replace(self, agent: Agent, expected_rv: str | None, view: Callable[[str], Agent | None]) -> _Staged:
-        current = view(agent.name)
-        if current is None:
-            raise NotFound(f"agent {agent.name!r} not found")
-        _check_rv(current, expected_rv, self._cache.get(current.name))
-        if current.metadata.deletion_timestamp is not None:
-            raise Conflict(f"agent {agent.name!r} is being deleted")
-        spec_changed = current.spec != agent.spec
-        if (
-            not spec_changed
-            and current.metadata.labels == agent.metadata.labels
-            and current.metadata.annotations == agent.metadata.annotations
-        ):
-            return _Staged(current.name, current, None)
-        new = current.copy()
-        new.spec = agent.spec
-        new.metadata.labels = dict(agent.metadata.labels)
-        new.metadata.annotations = dict(agent.metadata.annotations)
-        if spec_changed:
-            new.metadata.generation += 1
-        new.metadata.resource_version = self._next_rv()
-        return _Staged(new.name, new, Change("MODIFIED", new, True))
-
-    def _stage_delete(self, name: str, expected_rv: str | None, view: Callable[[str], Agent | None]) -> _Staged:
-        current = view(name)
-        if current is None:
-            raise NotFound(f"agent {name!r} not found")
-        _check_rv(current, expected_rv, self._cache.get(current.name))
-        if current.metadata.deletion_timestamp is not None:
-            return _Staged(name, current, None)
-        new = current.copy()
-        new.metadata.deletion_timestamp = now_iso()
-        new.metadata.resource_version = self._next_rv()
-        new.status["phase"] = "Terminating"
-        return _Staged(name, new, Change("MODIFIED", new, True))
+    # Writing: the store_rules check a write against the records plus the writes queued for the next
+    # commit, synchronously, and it is queued at once, so nothing can write between the check and it.
 
     async def create(self, agent: Agent) -> Agent:
-        return (await self._write_staged([self._stage_create(agent, self._view)]))[0]
+        return (await self._write_staged([rules.stage_create(self._latest, agent, self._assigned_rv + 1)]))[0]
 
     async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
         """Replace spec, labels and annotations; generation moves only when the spec changes."""
-        return (await self._write_staged([self._stage_replace(agent, expected_rv, self._view)]))[0]
+        staged = rules.stage_replace(self._latest, agent, expected_rv, self._assigned_rv + 1)
+        return (await self._write_staged([staged]))[0]
 
     async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent:
         """Replace agent ``name`` with ``build(latest)``: ``latest`` is the record with every write queued
         so far, and reading it, building and queueing are one synchronous step. So a merge patch applies
         to the latest version and a redacted secret keeps the latest value: no acknowledged write made
         meanwhile is lost. ``build`` may raise (an invalid result): then nothing is written."""
-        current = self._view(name)
-        if current is None:
-            raise NotFound(f"agent {name!r} not found")
-        _check_rv(current, expected_rv, self._cache.get(name))
-        return (await self._write_staged([self._stage_replace(build(current.copy()), expected_rv, self._view)]))[0]
+        staged = rules.stage_update(self._latest, name, build, expected_rv, self._assigned_rv + 1)
+        return (await self._write_staged([staged]))[0]
 
     async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
-        return (await self._write_staged([self._stage_delete(name, expected_rv, self._view)]))[0]
+        staged = rules.stage_delete(self._latest, name, expected_rv, self._assigned_rv + 1)
+        return (await self._write_staged([staged]))[0]
 
     async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]:
         """All or nothing, in one commit: each write is checked as if those before it were made, and if
         one is refused (its error is raised, naming the agent) none of them is written."""
-        overlay: dict[str, Agent | None] = {}
-
-        def view(name: str) -> Agent | None:
-            return overlay[name] if name in overlay else self._view(name)
-
-        owners, assigned = dict(self._owners), self._assigned_rv
-        staged: builtins.list[_Staged] = []
-        try:
-            for write in writes:
-                if write.planned_from is not None and _desired(view(write.name)) != _desired(write.planned_from):
-                    raise Conflict(f"agent {write.name!r} was changed after it was read; read it again")
-                if write.op == "delete":
-                    item = self._stage_delete(write.name, None, view)
-                elif write.agent is None:
-                    raise ValueError(f"a {write.op} needs the agent")
-                elif write.op == "create":
-                    item = self._stage_create(write.agent, view)
-                else:
-                    item = self._stage_replace(write.agent, None, view)
-                overlay[item.name] = item.answer
-                staged.append(item)
-        except StoreError as exc:
-            self._owners, self._assigned_rv = owners, assigned
-            exc.index = len(staged)  # the writes before it were staged
-            raise
-        except ValueError:
-            self._owners, self._assigned_rv = owners, assigned
-            raise
-        return await self._write_staged(staged)
+        return await self._write_staged(rules.stage_all(self._latest, writes, self._assigned_rv + 1))
 
     async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
         """Write status (the controller's only write); None when the record is gone or was replaced."""
-        current = self._view(name)
-        if current is None or current.metadata.uid != uid:
+        staged = rules.stage_status(self._latest, name, uid, status, self._assigned_rv + 1)
+        if staged is None:
             return None
-        if current.status == status:
-            return (await self._write_staged([_Staged(name, current, None)]))[0]  # unchanged: nothing to write
-        new = current.copy()
-        new.status = copy.deepcopy(status)
-        new.metadata.resource_version = self._next_rv()
-        return (await self._write_staged([_Staged(name, new, Change("MODIFIED", new, False))]))[0]
+        return (await self._write_staged([staged]))[0]  # unchanged: nothing to write, nothing announced
 
     async def purge(self, name: str, uid: str) -> bool:
-        current = self._view(name)
-        if current is None or current.metadata.uid != uid:
+        staged = rules.stage_purge(self._latest, name, uid, self._assigned_rv + 1)
+        if staged is None:
             return False
-        gone = current.copy()
-        gone.metadata.resource_version = self._next_rv()
-        self._owners.pop(container_name(name), None)
-        await self._write_staged([_Staged(name, gone, Change("DELETED", gone, True))])
+        await self._write_staged([staged])
         return True
 
     async def current_rv(self) -> int:
@@ -673,8 +638,7 @@ class SqliteStore:
         def after(result: tuple[int, str]) -> AgentEvent:
             count, first = result
             event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
-            for feed in self._feed_subscribers:
-                feed.put_nowait(event)
+            _announce(self._feed_subscribers, event)
             return event
 
         return await self._submit(run, after, rv)
@@ -695,21 +659,21 @@ class SqliteStore:
             AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
         ]
 
-    def subscribe_feed(self) -> asyncio.Queue[Change | AgentEvent]:
+    def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
         """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
-        queue: asyncio.Queue[Change | AgentEvent] = asyncio.Queue()
+        queue: Subscription[Change | AgentEvent] = Subscription(self._buffer)
         self._feed_subscribers.add(queue)
         return queue
 
-    def unsubscribe_feed(self, queue: asyncio.Queue[Change | AgentEvent]) -> None:
+    def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
         self._feed_subscribers.discard(queue)
 
-    def subscribe(self) -> asyncio.Queue[Change]:
-        queue: asyncio.Queue[Change] = asyncio.Queue()
+    def subscribe(self) -> Subscription[Change]:
+        queue: Subscription[Change] = Subscription(self._buffer)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
         self._subscribers.discard(queue)
 
     def _notify(self, change: Change) -> None:
@@ -717,33 +681,32 @@ class SqliteStore:
             self._cache.pop(change.agent.name, None)
         else:
             self._cache[change.agent.name] = change.agent.copy()
-        for queue in self._subscribers:
-            queue.put_nowait(change)
-        for feed in self._feed_subscribers:
-            feed.put_nowait(change)
+        _announce(self._subscribers, change)
+        _announce(self._feed_subscribers, change)
 
 
-def _desired(agent: Agent | None) -> tuple[Any, ...] | None:
-    """What a user decided about an agent (everything but its status and resourceVersion)."""
-    if agent is None:
-        return None
-    meta = agent.metadata
-    return (meta.uid, meta.generation, meta.labels, meta.annotations, meta.deletion_timestamp, agent.spec)
+class _MemoryView:
+    """The ``store_rules.View`` of a ``SqliteStore``: its committed records plus the writes queued for
+    the next commit."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def latest(self, name: str) -> Agent | None:
+        """The record as the next write must see it: the last one queued, else the committed one."""
+        pending = self._store._pending.get(name)
+        return pending[1] if pending is not None else self._store._cache.get(name)
+
+    def committed(self, name: str) -> Agent | None:
+        return self._store._cache.get(name)
+
+    def owner(self, container: str) -> str | None:
+        return self._store._owners.get(container)
 
 
-def _check_rv(current: Agent, expected_rv: str | None, committed: Agent | None = None) -> None:
-    """Compare-and-set against ``current`` (the record including queued writes). A client can only have
-    read ``committed``: if it holds that version and only the controller's status is queued on top of it,
-    nothing it decided on has changed, so it is not stale."""
-    if expected_rv is None or str(current.metadata.resource_version) == str(expected_rv):
-        return
-    if (
-        committed is not None
-        and str(committed.metadata.resource_version) == str(expected_rv)
-        and _desired(committed) == _desired(current)
-    ):
-        return
-    raise Conflict(
-        f"agent {current.name!r} was modified: resourceVersion {expected_rv} is stale "
-        f"(current {current.metadata.resource_version}); re-read it and try again"
-    )
+def _announce(subscribers: set[Subscription[T]], item: T) -> None:
+    """Offer ``item`` to every subscriber; one that is cut off (too far behind) is dropped, and nobody
+    else waits for it."""
+    for queue in [queue for queue in subscribers if not queue.offer(item)]:
+        subscribers.discard(queue)
+        log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
