@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.quantity import QuantityError, parse_cpu, parse_memory
-from controller.store_rules import DEFAULT_SUBSCRIBER_BUFFER
+from controller.model.quantity import QuantityError, parse_cpu, parse_memory
+from controller.store.rules import DEFAULT_SUBSCRIBER_BUFFER
 
 
 class ConfigError(ValueError):
@@ -27,7 +27,7 @@ def default_store_path() -> str:
 
 
 STORE_SCHEMES = ("sqlite",)
-"""The stores ``PARALLAX_STORE`` may name (``controller.store_url.open_store`` opens them)."""
+"""The stores ``PARALLAX_STORE`` may name (``controller.store.url.open_store`` opens them)."""
 
 _STORE_FORMS = "sqlite:///abs/path/agents.db, sqlite:relative/path/agents.db or a file path"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
@@ -104,7 +104,7 @@ class Settings:
     log_format: str = "text"
     agent_metrics: bool = True
     # Host directories bind mounts may come from: "PATH" (read-only mounts) or "PATH:rw". None: only
-    # the ``volumes/`` directory beside the store (see controller/policy.py).
+    # the ``volumes/`` directory beside the store (see controller/admission/policy.py).
     allowed_volume_roots: tuple[str, ...] | None = None
     metrics_auth: bool = True
     body_timeout_seconds: float = 30.0
@@ -126,7 +126,7 @@ class Settings:
 
     @property
     def store(self) -> str:
-        """What ``controller.store_url.open_store`` opens: ``store_url``, else the file ``store_path``."""
+        """What ``controller.store.url.open_store`` opens: ``store_url``, else the file ``store_path``."""
         return self.store_url if self.store_url is not None else self.store_path
 
     @property

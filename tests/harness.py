@@ -21,7 +21,7 @@ import aiodocker
 import aiohttp
 from aiohttp import web
 
-from api.app import make_app
+from api.server.app import make_app
 from controller.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.model import SpecDefaults
-from controller.store import Store
-from controller.store_url import open_store
+from controller.model.agent import SpecDefaults
+from controller.store.sqlite import Store
+from controller.store.url import open_store
 
 StoreFactory = Callable[[Path, SpecDefaults, int], Awaitable[Store]]
 """``factory(directory, defaults, buffer)``: a new, empty, opened store (``directory`` is the test's own)."""
@@ -36,7 +36,7 @@ def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
 @pytest.fixture
 async def make_store(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Store]]]:
     """``await make_store(buffer=n)``: another store of the kind under test (closed at the end)."""
-    from controller.admission import spec_defaults
+    from controller.admission.admit import spec_defaults
     from controller.config import Settings
 
     opened: list[Store] = []

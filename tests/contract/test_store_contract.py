@@ -1,4 +1,4 @@
-"""The store contract (``controller.store.Store``): what every store must do, whatever keeps the
+"""The store contract (``controller.store.sqlite.Store``): what every store must do, whatever keeps the
 records. Each test runs against every store in ``conftest.STORES``; a new store passes them unchanged.
 
 Only the ``Store`` interface is used here. What is particular to one store (SQLite's files, lock,
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.admission import admit
+from controller.admission.admit import admit
 from controller.config import Settings
-from controller.model import Agent
-from controller.store import AgentEvent, AlreadyExists, Conflict, CutOff, NotFound, Store, Write
-from controller.watch import Expired, WatchHub
+from controller.model.agent import Agent
+from controller.observe.watch import Expired, WatchHub
+from controller.store.sqlite import AgentEvent, AlreadyExists, Conflict, CutOff, NotFound, Store, Write
 
 MakeStore = Callable[..., Awaitable[Store]]
 

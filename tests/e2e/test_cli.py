@@ -19,7 +19,7 @@ import aiodocker
 import pytest
 import yaml
 
-from api.client import ApiClient, ErrorAnswer
+from api.cli.client import ApiClient, ErrorAnswer
 from tests.harness import cleanup_instance
 from tests.server_process import PARALLAX, Server, free_port, remove_instance_networks, server_environment
 

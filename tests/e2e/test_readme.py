@@ -23,7 +23,7 @@ import aiodocker
 import pytest
 import yaml
 
-from controller.model import container_name
+from controller.model.agent import container_name
 from tests.harness import REPO, cleanup_instance
 from tests.server_process import PARALLAX, Server, remove_instance_networks, server_environment
 

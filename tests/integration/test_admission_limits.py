@@ -12,7 +12,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from controller.schema import flat_to_manifest, load_schema
+from controller.admission.schema import flat_to_manifest, load_schema
 from tests.harness import Controller, docker_exec, running
 
 pytestmark = pytest.mark.docker

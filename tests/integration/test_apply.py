@@ -13,13 +13,13 @@ import aiodocker
 import pytest
 import yaml
 
-from controller.admission import admit, spec_defaults
-from controller.apply import Applier
+from controller.admission.admit import admit, spec_defaults
+from controller.apply.applier import Applier
+from controller.apply.specs_dir import FILE_ANNOTATION, SOURCE_LABEL, SpecsDirFollower
+from controller.apply.yaml_loader import load_documents
 from controller.config import Settings
-from controller.docker_runtime import DockerRuntime
-from controller.specs_dir import FILE_ANNOTATION, SOURCE_LABEL, SpecsDirFollower
-from controller.store import SqliteStore
-from controller.yaml_loader import load_documents
+from controller.runtime.docker.runtime import DockerRuntime
+from controller.store.sqlite import SqliteStore
 from tests.harness import REPO, Controller, inspect, running, wait_for
 
 pytestmark = pytest.mark.docker

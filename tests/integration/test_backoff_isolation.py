@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from api.state import CONTROLLER
-from controller.reconciler import Result
+from api.server.state import CONTROLLER
+from controller.reconcile.reconciler import Result
 from tests.conftest import StartController
 from tests.harness import running
 

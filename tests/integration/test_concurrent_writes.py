@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from api.state import STORE
+from api.server.state import STORE
 from tests.harness import Controller
 
 pytestmark = pytest.mark.docker

@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from controller.admission import spec_defaults
-from controller.model import Agent, AgentSpec, Metadata
-from controller.store import SqliteStore
+from controller.admission.admit import spec_defaults
+from controller.model.agent import Agent, AgentSpec, Metadata
+from controller.store.sqlite import SqliteStore
 from tests.conftest import StartController
 from tests.harness import Controller, make_settings, wait_for
 

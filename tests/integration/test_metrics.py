@@ -11,10 +11,10 @@ import aiodocker
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.logging_setup import make_handler
-from controller.metrics import AgentTracker
-from controller.model import Agent, AgentSpec, Metadata, Resources
-from controller.store import Change
+from controller.model.agent import Agent, AgentSpec, Metadata, Resources
+from controller.observe.logging_setup import make_handler
+from controller.observe.metrics import AgentTracker
+from controller.store.sqlite import Change
 from tests.conftest import StartController
 from tests.harness import Controller, docker_cli, running, wait_for
 

@@ -15,10 +15,10 @@ from typing import Any
 import aiodocker
 import pytest
 
-from api.state import STORE
-from controller.admission import admit
-from controller.model import Agent
-from controller.store import Store
+from api.server.state import STORE
+from controller.admission.admit import admit
+from controller.model.agent import Agent
+from controller.store.sqlite import Store
 from tests.conftest import StartController
 from tests.harness import Controller, docker_cli, docker_exec, inspect, running
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from tests.harness import REPO
 
 CHECK = """
-import controller.schema, api.openapi
-from controller.admission import admit
+import controller.admission.schema, api.server.openapi
+from controller.admission.admit import admit
 from controller.config import Settings
-assert controller.schema.__file__.startswith(TARGET), controller.schema.__file__
+assert controller.admission.schema.__file__.startswith(TARGET), controller.admission.schema.__file__
 agent, _ = admit({"name": "wheel-check", "type": "claude", "resources": {"memory": "1g"}}, Settings())
 assert agent.spec.resources.memory == "1g"
-assert "Agent" in api.openapi.agent_schemas()
+assert "Agent" in api.server.openapi.agent_schemas()
 print("ok")
 """
 

@@ -19,7 +19,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from controller.render import workspace_volume
+from controller.runtime.docker.render import workspace_volume
 from tests.conftest import StartController
 from tests.harness import REPO, TEST_IMAGE, Controller, docker_cli, docker_exec, inspect, running, wait_for
 

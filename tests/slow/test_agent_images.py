@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 
 from controller.config import Settings
-from controller.model import Agent, SpecDefaults, container_name
-from controller.render import render_container
+from controller.model.agent import Agent, SpecDefaults, container_name
+from controller.runtime.docker.render import render_container
 from tests.harness import REPO, Controller, docker_exec, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -56,7 +56,7 @@ def agent_images(docker_daemon: None) -> dict[str, dict[str, Any]]:
     started = time.monotonic()
     subprocess.run(["bash", str(REPO / "scripts" / "make-debian-base.sh"), DEBIAN_BASE], check=True, timeout=900)
     base_seconds = time.monotonic() - started
-    command = [sys.executable, "-m", "api.cli_images", "build", "all", "--base-image", DEBIAN_BASE]
+    command = [sys.executable, "-m", "api.cli.images", "build", "all", "--base-image", DEBIAN_BASE]
     if HOST_CA_BUNDLE.exists():
         # This machine's trust store, which includes the CA of its TLS-intercepting egress proxy.
         command += ["--ca-bundle", str(HOST_CA_BUNDLE)]

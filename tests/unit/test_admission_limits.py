@@ -1,4 +1,4 @@
-"""What Docker and the kernel cannot carry, beyond what JSON Schema can say (``controller.admission``)."""
+"""What Docker and the kernel cannot carry, beyond what JSON Schema can say (``controller.admission.admit``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from controller.admission import MAX_EXEC_BYTES, AdmissionError, admit
+from controller.admission.admit import MAX_EXEC_BYTES, AdmissionError, admit
 from controller.config import Settings
-from controller.render import desired_container
+from controller.runtime.docker.render import desired_container
 
 SECRET = "sk-unit-secret-0123456789"
 

@@ -1,6 +1,6 @@
 """Every file a Dockerfile COPYs or ADDs from its build context is in git, so a fresh clone can build it.
 
-The contexts are the ones the build tools send: ``parallax images build`` (``api/cli_images.py``) and a
+The contexts are the ones the build tools send: ``parallax images build`` (``api/cli/images.py``) and a
 plain ``docker build images/<name>`` use ``images/<name>/``; ``deploy/build-image.sh`` stages a temporary
 context from the ``cp -r ... "$context/"`` line it runs, plus what it writes there itself. The check once
 missed nothing and still the base image could not be built from a clone: ``.gitignore``'s ``build/`` kept

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from api.cli_images import (
+from api.cli.images import (
     AGENT_IMAGES,
     IMAGES_DIR,
     context_tar,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.admission import AdmissionError, admit
+from controller.admission.admit import AdmissionError, admit
 from controller.config import Settings
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"

@@ -1,4 +1,4 @@
-"""The OpenAPI document (api/openapi.py), built from the descriptions each route module keeps beside its
+"""The OpenAPI document (api/server/openapi.py), built from the descriptions each route module keeps beside its
 handlers (``openapi.describe``)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api import openapi
-from api.app import make_app
-from api.auth import is_open
-from api.params import parse_flag
-from api.state import SETTINGS
+from api.server import openapi
+from api.server.app import make_app
+from api.server.auth import is_open
+from api.server.params import parse_flag
+from api.server.state import SETTINGS
 from controller.config import Settings
 
 

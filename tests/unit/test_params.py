@@ -1,4 +1,4 @@
-"""The one parser of query parameters (api/params.py): flags, integers, numbers."""
+"""The one parser of query parameters (api/server/params.py): flags, integers, numbers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from api.errors import ApiError
-from api.params import flag, flag_is_set, integer, integer_value, number, parse_flag, parse_integer
+from api.server.errors import ApiError
+from api.server.params import flag, flag_is_set, integer, integer_value, number, parse_flag, parse_integer
 
 
 @pytest.mark.parametrize("raw", ["", "true", "True", "TRUE", "1", "yes", "YES", "Yes"])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.admission import admit
+from controller.admission.admit import admit
+from controller.apply.plan import diff, plan_apply, plan_delete, show
 from controller.config import Settings
-from controller.docker_runtime import DockerRuntime
-from controller.model import Agent
-from controller.plan import diff, plan_apply, plan_delete, show
-from controller.render import ANNOTATION_RESTARTED_AT
+from controller.model.agent import Agent
+from controller.runtime.docker.render import ANNOTATION_RESTARTED_AT
+from controller.runtime.docker.runtime import DockerRuntime
 
 SETTINGS = Settings(store_path="/nonexistent/agents.db")
 RENDER = DockerRuntime(SETTINGS).render

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from api.auth import check_bind, is_loopback, is_open, token_matches
-from api.errors import MAX_JSON_DEPTH, MAX_JSON_ITEMS, json_shape_problem
-from controller.admission import AdmissionError, admit
+from api.server.auth import check_bind, is_loopback, is_open, token_matches
+from api.server.errors import MAX_JSON_DEPTH, MAX_JSON_ITEMS, json_shape_problem
+from controller.admission.admit import AdmissionError, admit
+from controller.admission.policy import CAPABILITY_ALLOWLIST, default_volume_root, mount_refusal, volume_roots
 from controller.config import ConfigError, Settings
-from controller.mounts import parse_volume
-from controller.policy import CAPABILITY_ALLOWLIST, default_volume_root, mount_refusal, volume_roots
-from controller.render import render_container, workspace_volume
+from controller.model.mounts import parse_volume
+from controller.runtime.docker.render import render_container, workspace_volume
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from controller.quantity import MIN_MEMORY_BYTES, QuantityError, nano_cpus, parse_cpu, parse_memory
+from controller.model.quantity import MIN_MEMORY_BYTES, QuantityError, nano_cpus, parse_cpu, parse_memory
 
 KiB = 1024
 MiB = 1024**2

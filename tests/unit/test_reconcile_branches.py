@@ -1,6 +1,6 @@
 """Every branch of ``Reconciler.reconcile``, through the runtime seam, without Docker.
 
-The runtime is ``controller.fake_runtime.FakeRuntime`` (in memory, on a ``FakeClock``); the store is a
+The runtime is ``controller.runtime.fake.FakeRuntime`` (in memory, on a ``FakeClock``); the store is a
 real ``SqliteStore`` in ``tmp_path``; records are admitted as the API admits them. Each test asserts what
 a user would see: the record's status, its events, what the runtime holds and the calls made.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from controller.admission import admit, spec_defaults
-from controller.clock import FakeClock
+from controller.admission.admit import admit, spec_defaults
 from controller.config import Settings
-from controller.decide import iso
-from controller.errors import (
+from controller.model.agent import Agent
+from controller.model.clock import FakeClock
+from controller.model.errors import (
     CONTAINER_ERROR,
     IMAGE_NOT_FOUND,
     NETWORK_ERROR,
@@ -28,11 +28,11 @@ from controller.errors import (
     SOCKET_ERROR,
     AgentError,
 )
-from controller.fake_runtime import Call, FakeInstance, FakeRuntime
-from controller.model import Agent
-from controller.reconciler import Reconciler, Result
-from controller.runtime import Runtime, RuntimeChange
-from controller.store import NotFound, SqliteStore
+from controller.reconcile.decide import iso
+from controller.reconcile.reconciler import Reconciler, Result
+from controller.runtime.fake import Call, FakeInstance, FakeRuntime
+from controller.runtime.interface import Runtime, RuntimeChange
+from controller.store.sqlite import NotFound, SqliteStore
 
 IMAGE = "parallax/agent-claude:latest"
 NETWORK = "parallax-agents"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import aiodocker
 
-from controller.docker_driver import _classify
-from controller.errors import CONTAINER_ERROR, AgentError
-from controller.redact import MIN_SCRUB_LENGTH, scrub
+from controller.model.errors import CONTAINER_ERROR, AgentError
+from controller.model.redact import MIN_SCRUB_LENGTH, scrub
+from controller.runtime.docker.driver import _classify
 
 SECRET = "sk-live-0123456789abcdef"
 

@@ -1,4 +1,5 @@
-"""Docker's image reference grammar (distribution/reference), as ``controller.reference`` and the schema say it."""
+"""Docker's image reference grammar (distribution/reference), as ``controller.admission.reference``
+and the schema say it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import re
 
 import pytest
 
-from controller.reference import PATTERN, reference_problem
-from controller.schema import ecma_regex, load_schema
+from controller.admission.reference import PATTERN, reference_problem
+from controller.admission.schema import ecma_regex, load_schema
 
 ACCEPTED = [
     "busybox",

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from controller.admission import admit
+from controller.admission.admit import admit
 from controller.config import Settings
-from controller.model import Agent, Resources, container_name
-from controller.render import (
+from controller.model.agent import Agent, Resources, container_name
+from controller.runtime.docker.render import (
     ANNOTATION_RESTARTED_AT,
     LABEL_AGENT,
     LABEL_GENERATION,

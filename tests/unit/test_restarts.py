@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from controller.restarts import INITIAL_BACKOFF, MAX_BACKOFF, RESET_AFTER, decide_exit, next_delay, should_restart
+from controller.reconcile.restarts import (
+    INITIAL_BACKOFF,
+    MAX_BACKOFF,
+    RESET_AFTER,
+    decide_exit,
+    next_delay,
+    should_restart,
+)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from controller.admission import AdmissionError, admit
+from controller.admission.admit import AdmissionError, admit
+from controller.admission.schema import FieldError, flat_to_manifest, validate_manifest
 from controller.config import Settings
-from controller.schema import FieldError, flat_to_manifest, validate_manifest
 
 SECRET = "sk-secret"
 

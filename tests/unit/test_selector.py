@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.selector import SelectorError, parse_selector
+from controller.model.selector import SelectorError, parse_selector
 
 RESEARCH = {"team": "research", "env": "a"}
 OPS = {"team": "ops", "env": "b"}

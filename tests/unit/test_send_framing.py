@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from api.routes_live import frame_message
+from api.server.routes_live import frame_message
 
 # What the entrypoints do with a line they read: parallax-agent and images/testing/agent.sh.
 DECODE = 'IFS= read -r line; printf "%s" "$(printf "%b" "$line")"'

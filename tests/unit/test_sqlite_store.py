@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.admission import admit, spec_defaults
+from controller.admission.admit import admit, spec_defaults
 from controller.config import Settings
-from controller.model import Agent
-from controller.store import AlreadyExists, NotFound, SqliteStore, StoreUnavailable, Write
+from controller.model.agent import Agent
+from controller.store.sqlite import AlreadyExists, NotFound, SqliteStore, StoreUnavailable, Write
 
 
 def settings(tmp_path: Path) -> Settings:

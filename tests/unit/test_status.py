@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from controller.errors import IMAGE_NOT_FOUND, RESOLUTION, SOCKET_ERROR
-from controller.status import clear_error, set_condition, set_error, with_phase
+from controller.model.errors import IMAGE_NOT_FOUND, RESOLUTION, SOCKET_ERROR
+from controller.reconcile.status import clear_error, set_condition, set_error, with_phase
 
 T0 = "2025-01-01T00:00:00.000000Z"
 T1 = "2025-01-01T00:01:00.000000Z"

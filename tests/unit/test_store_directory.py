@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.admission import spec_defaults
+from controller.admission.admit import spec_defaults
 from controller.config import Settings
-from controller.store import SqliteStore, StoreUnavailable
+from controller.store.sqlite import SqliteStore, StoreUnavailable
 
 
 def mode(path: Path) -> int:

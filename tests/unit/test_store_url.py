@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from api.cli import main
-from controller.admission import spec_defaults
+from api.cli.main import main
+from controller.admission.admit import spec_defaults
+from controller.admission.policy import default_volume_root, store_files
 from controller.config import ConfigError, Settings, parse_store_url
-from controller.policy import default_volume_root, store_files
-from controller.store import SqliteStore
-from controller.store_url import open_store
+from controller.store.sqlite import SqliteStore
+from controller.store.url import open_store
 
 
 @pytest.mark.parametrize(

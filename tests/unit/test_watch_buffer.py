@@ -17,14 +17,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from api import routes_watch
-from api.state import STORE, WATCH
-from controller.admission import admit, spec_defaults
+from api.server import routes_watch
+from api.server.state import STORE, WATCH
+from controller.admission.admit import admit, spec_defaults
 from controller.config import ConfigError, Settings
-from controller.manager import Controller
-from controller.metrics import AgentTracker
-from controller.store import CutOff, SqliteStore, Subscription, Write
-from controller.watch import WatchHub
+from controller.observe.metrics import AgentTracker
+from controller.observe.watch import WatchHub
+from controller.reconcile.controller import Controller
+from controller.store.sqlite import CutOff, SqliteStore, Subscription, Write
 
 
 def settings(tmp_path: Path) -> Settings:

@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller.clock import FakeClock
-from controller.workqueue import (
+from controller.model.clock import FakeClock
+from controller.reconcile.workqueue import (
     DelayingQueue,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,

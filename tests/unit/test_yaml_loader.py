@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from controller.yaml_loader import MAX_BYTES, MAX_DEPTH, YamlError, load_documents, load_json_documents
+from controller.apply.yaml_loader import MAX_BYTES, MAX_DEPTH, YamlError, load_documents, load_json_documents
 
 AGENT = """\
 apiVersion: parallax.ai/v1

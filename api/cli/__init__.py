@@ -1,0 +1,1 @@
+"""The parallax command: its HTTP client, commands, and the image builder."""

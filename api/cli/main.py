@@ -1,0 +1,96 @@
+"""The ``parallax`` command. ``parallax serve`` runs the API and the controller in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+from api.cli.commands import register as register_client_commands
+from api.cli.images import images
+from controller.config import ConfigError, Settings
+from controller.observe.logging_setup import configure_logging
+from controller.store.sqlite import StoreUnavailable
+
+log = logging.getLogger("parallax.cli")
+
+
+@click.group()
+def main() -> None:
+    """Parallax: run AI coding agents in isolated Docker containers."""
+
+
+@main.command()
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--specs-dir",
+    type=click.Path(exists=True, file_okay=False),
+    envvar="PARALLAX_SPECS_DIR",
+    help="Keep the agents described by the YAML files in this directory applied (or PARALLAX_SPECS_DIR).",
+)
+def serve(log_level: str, specs_dir: str | None) -> None:
+    """Run the HTTP API and the reconcile loop (settings come from the environment)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid setting: {exc}") from exc
+    from api.server.auth import check_bind
+
+    try:
+        warning = check_bind(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure_logging(log_level, settings.log_format, sys.stderr)
+    if warning:
+        log.warning("%s", warning)
+    try:
+        asyncio.run(_serve(settings, specs_dir))
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+
+
+async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
+    from aiohttp import web  # imported here: the client commands start faster without it
+
+    from api.server.app import make_app
+
+    app = make_app(settings, specs_dir=specs_dir)
+    # aiohttp's keep-alive timer also runs from the moment a connection opens until its request's headers
+    # are complete, so it is the header timeout as well. The access log is ours too: parallax.access.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        keepalive_timeout=settings.idle_timeout_seconds,
+        access_log=logging.getLogger("parallax.access"),
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info(
+            "serving on http://%s:%d (store %s, Docker %s)",
+            settings.host,
+            settings.port,
+            settings.store_path,
+            settings.docker_socket,
+        )
+        await stop.wait()
+        log.info("shutting down; agents keep running")
+    finally:
+        await runner.cleanup()
+
+
+register_client_commands(main)
+main.add_command(images)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The aiohttp application: one ``web.Application`` running the API and the controller together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from api.server import openapi, routes_agents, routes_apply, routes_health, routes_live, routes_metrics, routes_watch
+from api.server.auth import auth_middleware
+from api.server.errors import error_middleware
+from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
+from api.server.streams import STREAMS, Streams
+from api.server.throttle import concurrency_middleware
+from controller.admission.admit import spec_defaults
+from controller.config import Settings
+from controller.observe.metrics import Metrics
+from controller.observe.stats_refresher import StatsRefresher
+from controller.observe.watch import WatchHub
+from controller.reconcile.controller import Controller
+from controller.runtime.docker.runtime import DockerRuntime
+from controller.store.url import open_store
+
+log = logging.getLogger("parallax.api")
+
+MAX_LOGGED_REASON = 200
+
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp's server logs every request it cannot parse (a header over 8190 bytes, a malformed
+    request line) as an ERROR with a full traceback, so any client could flood the log. Such a request is
+    the client's mistake, answered 4xx and logged once by the access log: this makes aiohttp's own record
+    of it one DEBUG line saying why, without a traceback and without echoing the request's bytes.
+    Everything else the server logs (a real bug) keeps its level and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            reason = " ".join(str(exc.message).split()).split(": b", 1)[0][:MAX_LOGGED_REASON]
+            record.msg, record.args = "refused a malformed HTTP request from %s: %s %s", (remote, exc.code, reason)
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def server_logger() -> logging.Logger:
+    """The logger of aiohttp's HTTP server (``handler_args``), with ``OneLineBadRequests`` on it."""
+    logger = logging.getLogger("parallax.http")
+    if not any(isinstance(f, OneLineBadRequests) for f in logger.filters):
+        logger.addFilter(OneLineBadRequests())
+    return logger
+
+
+def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str | None = None) -> web.Application:
+    streams = Streams(settings.max_streams)
+    app = web.Application(
+        # auth before the concurrency limit: a request without the token is refused without taking a slot
+        middlewares=[error_middleware, auth_middleware, concurrency_middleware(settings.api_concurrency, streams)],
+        client_max_size=settings.max_body_bytes,
+        handler_args={"logger": server_logger()},
+    )
+    app[SETTINGS] = settings
+    app[STREAMS] = streams
+    app.add_routes(routes_health.routes)
+    app.add_routes(routes_watch.routes)
+    app.add_routes(routes_agents.routes)
+    app.add_routes(routes_live.routes)
+    app.add_routes(routes_metrics.routes)
+    app.add_routes(routes_apply.routes)
+    app.add_routes(openapi.routes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = await open_store(settings.store, spec_defaults(settings), buffer=settings.watch_buffer)
+        metrics = Metrics(settings)
+        runtime = DockerRuntime(settings, observer=metrics)
+        await runtime.open()
+        controller = Controller(settings, store, runtime, metrics)
+        hub = WatchHub(store, buffer=settings.watch_buffer)
+        await hub.start()
+        app[STORE] = store
+        app[CONTROLLER] = controller
+        app[RUNTIME] = runtime
+        # Live views (logs, stats, attach) have their own engine client and connection pool: however many
+        # of them are open, the reconciler's calls never wait for a connection.
+        app[LIVE] = runtime.live
+        app[STATS] = stats = StatsRefresher(store, runtime.live, settings.stats_seconds)
+        app[WATCH] = hub
+        await metrics.start(store, stats if settings.agent_metrics else None)
+        if run_controller:
+            await controller.start()
+            stats.start()
+        try:
+            yield
+        finally:
+            await stats.stop()
+            await controller.stop()
+            await metrics.stop()
+            await hub.stop()
+            await streams.close()
+            await runtime.close()
+            await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def end_watches(app: web.Application) -> None:
+        if WATCH in app:
+            app[WATCH].end_listeners()
+        streams.end_all()
+
+    app.on_shutdown.append(end_watches)
+    app.cleanup_ctx.append(routes_apply.lifecycle(specs_dir))
+    return app

@@ -1,0 +1,68 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (store, Docker and the loops all work)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.server import openapi
+from api.server.state import CONTROLLER, STORE
+from controller.store.sqlite import StoreError
+
+routes = web.RouteTableDef()
+
+HEALTH_SCHEMAS = {
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["ok"],
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@routes.get("/healthz")
+@openapi.describe(
+    "Liveness: the process answers", responses={"200": openapi.answer("Health", "alive")}, schemas=HEALTH_SCHEMAS
+)
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+@openapi.describe(
+    "Readiness: store, Docker and the controller loops all work",
+    responses={"200": openapi.answer("Readiness", "ready"), "503": openapi.answer("Readiness", "not ready")},
+    schemas=HEALTH_SCHEMAS,
+)
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        await request.app[STORE].ping()
+        checks["store"] = {"ok": True}
+    except StoreError as exc:
+        checks["store"] = {"ok": False, "message": str(exc)}
+    controller = request.app[CONTROLLER]
+    checks["docker"] = (
+        {"ok": True}
+        if controller.docker_up
+        else {"ok": False, "code": "SOCKET_ERROR", "message": controller.docker_error or "unreachable"}
+    )
+    checks["controller"] = {"ok": controller.alive}
+    ready = all(bool(check["ok"]) for check in checks.values())
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )

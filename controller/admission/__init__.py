@@ -1,0 +1,1 @@
+"""Whether an Agent may be admitted: the JSON schema, Docker's grammars, the security policy. Pure."""

@@ -1,0 +1,1 @@
+"""Declarative apply: YAML documents, plans with causes, the specs-directory follower."""

@@ -1,0 +1,1 @@
+"""Looking at it: Prometheus metrics, stats sampling, structured logs, the watch hub."""

@@ -1,0 +1,1 @@
+"""The loop: work queue, the controller wiring sources to workers, the pure decide and its executor."""

@@ -1,0 +1,222 @@
+"""``reconcile(name)``: bring one agent's instances in line with its record, level-triggered.
+
+Like controller-runtime's ``Reconcile``, it receives only a key and reads the record and the runtime's
+view itself. What to do is decided by the pure ``controller.reconcile.decide.decide``; this module executes its
+operations through the runtime interface, feeds back what it learnt, and decides again, until nothing is
+left to do. Then it writes status and returns a ``Result`` (done, or requeue after N seconds). Errors are
+written to the agent's status and raised, so the work queue retries the key with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.admission.policy import mount_refusal, redirectable, resolve_mounts
+from controller.config import Settings
+from controller.model.agent import Agent
+from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, AgentError
+from controller.model.mounts import parse_volume
+from controller.model.redact import scrub
+from controller.model.timestamps import format_time
+from controller.reconcile.decide import CREDENTIALS_TAIL_LINES, AgentEventNote, Facts, Operation, after, decide, plan
+from controller.reconcile.status import set_error
+from controller.runtime.interface import Desired, Instance, Runtime
+from controller.store.sqlite import NotFound, Store, StoreError
+
+log = logging.getLogger("parallax.reconciler")
+
+MAX_ROUNDS = 12
+"""Decide → execute rounds in one reconcile; a normal create takes five (network, create, start, output)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        settings: Settings,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_collected: Callable[[str], None] = lambda kind: None,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.settings = settings
+        self.now = now
+        self.on_collected = on_collected
+
+    async def reconcile(self, name: str) -> Result:
+        try:
+            agent: Agent | None = await self.store.get(name)
+        except NotFound:
+            agent = None
+        try:
+            instances = await self.runtime.instances(name)
+        except AgentError as err:
+            if agent is not None:
+                await self._fail(agent, err)
+            raise
+        desired = self.runtime.render(agent) if agent is not None else None
+        facts = Facts()
+        try:
+            for _ in range(MAX_ROUNDS):
+                decision = decide(name, agent, instances, desired, self.now(), facts)
+                for note in decision.events:
+                    await self._event(agent, note)
+                for operation in decision.operations:
+                    instances = await self._execute(name, agent, desired, operation, instances, facts)
+                # A decision's status holds once its operations are done: if one fails, the error is
+                # written on the status as it was (a restart that did not happen is not counted).
+                if agent is not None and decision.status is not None:
+                    agent.status = decision.status
+                if decision.done:
+                    return Result()
+                if not decision.operations:
+                    if agent is not None and decision.status is not None:
+                        await self._write(agent, decision.status)
+                    return Result(decision.requeue_after)
+        except AgentError as err:
+            if agent is not None:
+                await self._fail(agent, err)
+            raise
+        if agent is not None:
+            await self._write(agent, agent.status)
+        return Result(requeue_after=0)
+
+    async def plan(self, name: str, agent: Agent | None) -> list[Operation]:
+        """The operations reconciling ``agent`` (a record as it would be) would make now, from ``decide``
+        itself and the runtime's instances: what ``apply --dry-run`` shows. The runtime is only read."""
+        instances = await self.runtime.instances(name)
+        desired = self.runtime.render(agent) if agent is not None else None
+        return plan(name, agent, instances, desired, self.now())
+
+    # -- executing one operation -------------------------------------------------------------------
+
+    async def _execute(
+        self,
+        name: str,
+        agent: Agent | None,
+        desired: Desired | None,
+        op: Operation,
+        instances: list[Instance],
+        facts: Facts,
+    ) -> list[Instance]:
+        """Perform ``op``; the instances as they are after it."""
+        runtime = self.runtime
+        if op.kind == "ensure-network":
+            await runtime.ensure_network(op.target)
+            facts.network_ready = True
+        elif op.kind == "read-output":
+            facts.output[op.target] = await runtime.recent_output(op.target, CREDENTIALS_TAIL_LINES)
+        elif op.kind == "create":
+            assert agent is not None and desired is not None
+            created = await self._create(agent, desired)
+            instances = [*instances, created]
+        elif op.kind == "start":
+            assert agent is not None
+            await self._guard_mounts(agent, "started")
+            await runtime.start(op.target)
+            log.info("agent %s: started container %s", name, op.target[:12])
+            found = await runtime.instance(op.target)
+            instances = [i for i in instances if i.id != op.target] + ([found] if found is not None else [])
+        elif op.kind == "stop":
+            log.info("agent %s: stopping container %s: %s", name, op.target[:12], op.cause)
+            await runtime.stop(op.target, op.grace_seconds)
+            instances = after(op, instances, agent, desired)
+        elif op.kind == "remove":
+            log.info("agent %s: removing container %s: %s", name, op.target[:12], op.cause)
+            await runtime.remove(op.target)
+            instances = after(op, instances, agent, desired)
+            if op.collected:
+                self.on_collected("container")
+        elif op.kind == "rename":
+            log.warning("agent %s: %s; renaming it back", name, op.cause)
+            await runtime.rename(op.target, name)
+            instances = after(op, instances, agent, desired)
+        elif op.kind == "connect":
+            assert agent is not None
+            log.warning("agent %s: %s; reconnecting", name, op.cause)
+            await runtime.connect(op.target, agent.spec.network, [name])
+            instances = after(op, instances, agent, desired)
+        elif op.kind == "remove-workspace":
+            assert agent is not None
+            await runtime.remove_workspace(agent)
+        elif op.kind == "purge":
+            assert agent is not None
+            await self.store.purge(name, agent.metadata.uid)
+            log.info("agent %s deleted", name)
+        if op.event is not None:
+            await self._event(agent, op.event)
+        return instances
+
+    async def _create(self, agent: Agent, desired: Desired) -> Instance:
+        await self._guard_mounts(agent, "created")
+        if not await self.runtime.image_present(desired.image):
+            raise AgentError(IMAGE_NOT_FOUND, f"image {desired.image} is not present locally (nothing is pulled)")
+        await self.runtime.ensure_workspace(agent)
+        created = await self.runtime.create(agent, desired)
+        log.info("agent %s: created container %s", agent.name, created.id[:12])
+        await self._event(
+            agent,
+            AgentEventNote("Normal", "Created", f"created container {created.id[:12]} from image {desired.image}"),
+        )
+        return created
+
+    async def _guard_mounts(self, agent: Agent, doing: str) -> None:
+        """The mount policy on the host paths as they are now, before every creation and every start:
+        Docker resolves bind-mount host paths again at each start. Each must still lie in an allowed root
+        and expose nothing of the host (a path may have become a symlink since admission), and none may be
+        redirectable through a read-write mount of this or any other agent (``policy.redirectable``).
+        Other agents' records count while they exist, deleting ones included, so of two agents whose
+        mounts conflict, whichever starts second is refused, however the two were admitted."""
+        spec = agent.spec
+        if not spec.volumes:
+            return
+        for i, volume in enumerate(spec.volumes):
+            why = mount_refusal(parse_volume(volume), self.settings)
+            if why is not None:
+                raise AgentError(
+                    CONTAINER_ERROR,
+                    f"volumes[{i}]: {why}; the container is not {doing} (the path changed since admission?)",
+                )
+        others = [a for a in await self.store.list() if a.name != agent.name and a.spec.volumes]
+        theirs = [m for other in others for m in resolve_mounts(other.spec.volumes, f"agent {other.name!r} ")]
+        for mount, why in redirectable(resolve_mounts(spec.volumes), theirs):
+            raise AgentError(CONTAINER_ERROR, f"{mount.owner}: {why}; the container is not {doing}")
+
+    # -- status and events -------------------------------------------------------------------------
+
+    async def _fail(self, agent: Agent, err: AgentError) -> None:
+        err.scrub(
+            agent.spec.env
+        )  # the runtime's text may quote an env entry: status, events, log and raise get it clean
+        previous = agent.status.get("error") or {}
+        level = logging.DEBUG if previous.get("code") == err.code else logging.WARNING
+        log.log(level, "agent %s: %s", agent.name, err)
+        await self._event(agent, AgentEventNote("Warning", err.code, err.message))
+        status = set_error(agent.status, err.code, err.message, format_time(self.now()))
+        status["observedGeneration"] = agent.metadata.generation
+        await self._write(agent, status)
+
+    async def _event(self, agent: Agent | None, note: AgentEventNote) -> None:
+        """Record an event; a store that cannot take it must not stop the agent being looked after."""
+        if agent is None:
+            return
+        message = scrub(note.message, agent.spec.env)
+        try:
+            await self.store.record_event(agent, note.type, note.reason, message)
+        except StoreError as exc:
+            log.debug("event %s for %s not recorded: %s", note.reason, agent.name, exc)
+
+    async def _write(self, agent: Agent, status: dict[str, Any]) -> None:
+        updated = await self.store.update_status(agent.name, agent.metadata.uid, status)
+        if updated is not None:
+            agent.status = updated.status

@@ -1,0 +1,139 @@
+"""The container an Agent should have, as a pure function of the Agent and the settings.
+
+``render_container`` returns a Docker Engine ``ContainerCreate`` body; ``config_hash`` digests it.
+The hash goes on the container as a label, so the reconciler tells "spec changed: recreate" from
+"same spec: keep" without comparing Docker's inspect output field by field (Docker Compose's way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from controller.config import Settings
+from controller.model.agent import (
+    AGENT_HOME,
+    ANNOTATION_RESTARTED_AT,
+    WORKSPACE_PATH,
+    Agent,
+    AgentSpec,
+    capability_name,
+)
+from controller.model.mounts import parse_volume
+from controller.model.quantity import nano_cpus, parse_memory
+
+LABEL_MANAGED = "parallax.managed"
+LABEL_AGENT = "parallax.agent"
+LABEL_UID = "parallax.agent.uid"
+LABEL_TYPE = "parallax.agent.type"
+LABEL_HASH = "parallax.config-hash"
+LABEL_GENERATION = "parallax.generation"
+LABEL_INSTANCE = "parallax.instance"
+LABEL_RESTARTED_AT = "parallax.restarted-at"
+
+WORKSPACE_PREFIX = "parallax-workspace-"
+# exec: coding agents run what they install in their home or /tmp (npx, pip --user, downloaded tools), as
+# they may in /workspace; Docker's tmpfs default is noexec. nosuid and nodev stay.
+TMPFS_OPTIONS = "rw,exec,nosuid,nodev,mode=1777,size=64m"
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILE = "3"
+
+
+def workspace_volume(agent_name: str, instance: str = "default") -> str:
+    """The agent's named volume, mounted read-write at ``/workspace``: the only writable disk it has.
+
+    Controllers sharing one daemon (``PARALLAX_INSTANCE``) get volumes of their own names.
+    """
+    if instance != "default":
+        return f"{WORKSPACE_PREFIX}{instance}-{agent_name}"
+    return WORKSPACE_PREFIX + agent_name
+
+
+def workspace_labels(agent: Agent, settings: Settings) -> dict[str, str]:
+    """Labels of the workspace volume: ours, this agent's, this controller instance's (no uid, so a
+    kept workspace is found again by an agent re-created under the same name)."""
+    return {LABEL_MANAGED: "true", LABEL_AGENT: agent.name, LABEL_INSTANCE: settings.instance}
+
+
+def image_for(spec: AgentSpec, settings: Settings) -> str:
+    if spec.image:
+        return spec.image
+    return f"{settings.image_prefix}{'base' if spec.type == 'custom' else spec.type}:latest"
+
+
+def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
+    """The ``ContainerCreate`` body for ``agent``, without the hash and generation labels."""
+    spec = agent.spec
+    memory = parse_memory(spec.resources.memory)
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_AGENT: agent.name,
+        LABEL_UID: agent.metadata.uid,
+        LABEL_TYPE: spec.type,
+        LABEL_INSTANCE: settings.instance,
+    }
+    restarted_at = agent.metadata.annotations.get(ANNOTATION_RESTARTED_AT)
+    if restarted_at:
+        labels[LABEL_RESTARTED_AT] = restarted_at
+    config: dict[str, Any] = {
+        "Image": image_for(spec, settings),
+        "Hostname": agent.name[:63],
+        "Env": [f"{key}={value}" for key, value in sorted(spec.env.items())],
+        "Labels": labels,
+        "OpenStdin": True,
+        "StdinOnce": False,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "Tty": False,
+        "HostConfig": {
+            "Memory": memory,
+            "MemorySwap": memory,
+            "NanoCpus": nano_cpus(spec.resources.cpu),
+            "PidsLimit": spec.resources.pids,
+            "Binds": [parse_volume(v).docker_bind() for v in spec.volumes],
+            "Mounts": [
+                {"Type": "volume", "Source": workspace_volume(agent.name, settings.instance), "Target": WORKSPACE_PATH}
+            ],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": TMPFS_OPTIONS, AGENT_HOME: TMPFS_OPTIONS},
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges:true"],
+            "Init": True,
+            "Privileged": False,
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}},
+            "RestartPolicy": {"Name": "no"},
+            "NetworkMode": spec.network,
+        },
+        "NetworkingConfig": {"EndpointsConfig": {spec.network: {"Aliases": [agent.name]}}},
+    }
+    context = spec.security_context
+    if context.run_as_user is not None:
+        group = f":{context.run_as_group}" if context.run_as_group is not None else ""
+        config["User"] = f"{context.run_as_user}{group}"
+    if context.add_capabilities:
+        config["HostConfig"]["CapAdd"] = sorted({capability_name(c) for c in context.add_capabilities})
+    if spec.command is not None:
+        config["Entrypoint"] = list(spec.command)
+    if spec.args is not None:
+        config["Cmd"] = list(spec.args)
+    return config
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable digest of a rendered config (key order does not matter)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def desired_container(agent: Agent, settings: Settings) -> tuple[dict[str, Any], str]:
+    """The create body with its hash and generation labels added, and the hash."""
+    config = render_container(agent, settings)
+    digest = config_hash(config)
+    config["Labels"] = {
+        **config["Labels"],
+        LABEL_HASH: digest,
+        LABEL_GENERATION: str(agent.metadata.generation),
+    }
+    return config, digest

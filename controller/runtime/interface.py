@@ -1,0 +1,171 @@
+"""The runtime interface: what the reconciler needs from whatever runs agents, in the agent model's terms.
+
+The reconciler decides; a runtime acts. A runtime knows how to render an Agent into the thing it runs
+(a Docker container, a Swarm service, an entry in the fake runtime's memory), how to recognise its own
+instances (labels, for Docker), how to map its engine's events to agent names, and how to classify its
+engine's failures into error codes. Nothing above a runtime sees an engine's vocabulary: the reconciler
+works with ``Instance``, ``Desired`` and ``RuntimeChange`` only.
+
+A new backend implements ``Runtime``; ``controller.runtime.fake`` is the in-memory one the unit tests of
+the reconcile branches use, ``controller.runtime.docker.driver`` the local Docker daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from controller.model.agent import Agent
+
+InstanceState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One observed instance of an agent (a container, for Docker), as the runtime reports it now."""
+
+    id: str
+    name: str
+    agent: str
+    uid: str
+    config_hash: str
+    state: str
+    exit_code: int = 0
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str = ""
+    networks: tuple[str, ...] = ()
+    restart_count: int = 0
+    misnamed: bool = False
+    """The instance does not carry the name the runtime gives this agent (renamed behind our back)."""
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "restarting", "paused")
+
+    @property
+    def created(self) -> bool:
+        """Made but never started (a controller stopped between create and start leaves one)."""
+        return self.state == "created"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What a runtime will run for an agent: ``config_hash`` digests everything that, when it changes,
+    needs a new instance; ``body`` is the runtime's own rendering, handed back to ``create``."""
+
+    config_hash: str
+    image: str
+    body: Any
+
+
+RuntimeChangeKind = Literal["instance", "network-detached", "network-removed", "image-added", "image-removed"]
+
+
+@dataclass(frozen=True)
+class RuntimeChange:
+    """Something changed in the runtime, mapped to what it concerns: one agent's instance; an instance
+    detached from a network (``instance_id``); a network removed; an image added or removed."""
+
+    kind: RuntimeChangeKind
+    agent: str | None = None
+    instance_id: str | None = None
+    network: str | None = None
+
+
+@dataclass(frozen=True)
+class ManagedNetwork:
+    id: str
+    name: str
+
+
+class LiveViews(Protocol):
+    """Views of a running instance for the API (DESIGN allows these direct calls: they create, start,
+    stop and remove nothing). Live views use engine connections of their own, never the reconciler's,
+    and a stream releases its connection when its consumer leaves the ``open_logs`` block."""
+
+    def open_logs(
+        self, instance_id: str, *, tail: str, since: int | None, timestamps: bool, follow: bool
+    ) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """``async with live.open_logs(...) as lines``: the engine has answered (its error is raised here);
+        ``lines`` are whole lines of the instance's stdout and stderr."""
+        ...
+
+    async def stats(self, instance_id: str) -> dict[str, Any]:
+        """One resource-usage sample, in the Docker Engine stats format."""
+        ...
+
+    async def write_stdin(self, instance_id: str, data: bytes) -> None: ...
+
+
+class Runtime(Protocol):
+    """The verbs of the reconcile loop. Every failure is an ``AgentError`` with an error code
+    (``SOCKET_ERROR`` when the engine cannot be reached, never "nothing there")."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    def render(self, agent: Agent) -> Desired:
+        """Pure: what this runtime would run for ``agent`` now."""
+        ...
+
+    async def agents_with_instances(self) -> set[str]:
+        """Names of the agents that instances of this controller belong to (for resync and GC)."""
+        ...
+
+    async def instances(self, agent: str) -> list[Instance]:
+        """Every instance of this controller claiming to be ``agent``'s, in any state."""
+        ...
+
+    async def instance(self, instance_id: str) -> Instance | None: ...
+
+    async def image_present(self, image: str) -> bool: ...
+
+    async def ensure_network(self, name: str) -> bool:
+        """Make a usable network exist (labelled managed when made here); True if it was made now."""
+        ...
+
+    async def ensure_workspace(self, agent: Agent) -> None: ...
+
+    async def remove_workspace(self, agent: Agent) -> None: ...
+
+    async def create(self, agent: Agent, desired: Desired) -> Instance:
+        """Make (not start) the agent's instance, on the agent's network; the instance as made (state
+        ``created``)."""
+        ...
+
+    async def start(self, instance_id: str) -> None: ...
+
+    async def stop(self, instance_id: str, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace_seconds``."""
+        ...
+
+    async def remove(self, instance_id: str) -> None: ...
+
+    async def rename(self, instance_id: str, agent: str) -> None:
+        """Give the instance back the name this runtime gives ``agent``'s instance."""
+        ...
+
+    async def connect(self, instance_id: str, network: str, aliases: list[str]) -> None: ...
+
+    async def recent_output(self, instance_id: str, lines: int) -> list[str]: ...
+
+    async def managed_networks(self) -> list[ManagedNetwork]: ...
+
+    async def network_in_use(self, network_id: str) -> bool: ...
+
+    async def remove_network(self, network_id: str) -> None: ...
+
+    def changes(self) -> AsyncIterator[RuntimeChange]:
+        """One connection to the engine's stream of changes, ending when that connection does. A runtime
+        that caches what it knows forgets it when a stream starts (changes may have been missed)."""
+        ...
+
+    @property
+    def live(self) -> LiveViews: ...

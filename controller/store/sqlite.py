@@ -1,0 +1,712 @@
+"""Desired-state store: Agent records with generation, resourceVersion and compare-and-set writes.
+
+``Store`` is the contract the API, the controller and the watch hub use (``tests/contract/`` checks
+it); ``SqliteStore`` is the embedded default (WAL journal, one file, no setup). What a write does is
+decided by ``controller.store.rules``, which every store calls; ``controller.store.url.open_store``
+picks the store ``PARALLAX_STORE`` names. Every write bumps one store-wide resourceVersion counter,
+like etcd's revision, so a change feed can be resumed from a version later on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
+
+from controller.model.agent import Agent, SpecDefaults, container_name
+from controller.model.timestamps import now_iso
+from controller.store import rules
+from controller.store.rules import (
+    DEFAULT_SUBSCRIBER_BUFFER,
+    EVENT_AGGREGATE_SECONDS,
+    EVENT_TTL_SECONDS,
+    EVENTS_PER_AGENT,
+    AgentEvent,
+    AlreadyExists,
+    Change,
+    ChangeType,
+    Conflict,
+    CutOff,
+    NotFound,
+    Staged,
+    StoreError,
+    StoreUnavailable,
+    Subscription,
+    Write,
+)
+
+__all__ = [
+    "DEFAULT_SUBSCRIBER_BUFFER",
+    "EVENTS_PER_AGENT",
+    "EVENT_AGGREGATE_SECONDS",
+    "EVENT_TTL_SECONDS",
+    "AgentEvent",
+    "AlreadyExists",
+    "Change",
+    "ChangeType",
+    "Conflict",
+    "CutOff",
+    "NotFound",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Subscription",
+    "Write",
+]
+
+log = logging.getLogger("parallax.store")
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    """The desired-state store: what the API, the controller and the watch hub may rely on, whatever
+    keeps the records (SQLite now, PostgreSQL later). ``tests/contract/test_store_contract.py`` is this
+    contract as tests: a store is one that passes it unchanged.
+
+    - Records are Agents keyed by name. What a write does and when it is refused are the rules of
+      ``controller.store.rules``, which every store calls (resourceVersion, generation, compare-and-set,
+      container-name ownership, deletion marks).
+    - Writes take effect in the order they are called, each seeing every write called before it
+      (including ones not committed yet): the call orders them, not its completion.
+    - A write is answered only once it is durable; a write that is refused changes nothing. The errors
+      are ``NotFound``, ``AlreadyExists``, ``Conflict`` (stale ``expected_rv``, a record being deleted,
+      a ``planned_from`` that is out of date) and ``StoreUnavailable`` (cannot read or write: then the
+      write is not made, and neither is any write accepted after it in the same failed commit).
+    - Every committed change is announced, after it is durable and in resourceVersion order, to every
+      subscriber of ``subscribe`` and ``subscribe_feed`` that subscribed before it was committed.
+      Subscriptions are bounded (``buffer`` when the store was opened): a subscriber that falls more
+      than that behind is cut off and gets ``CutOff`` (then re-lists), while the store and the other
+      subscribers go on.
+    """
+
+    async def open(self) -> None:
+        """Connect, check and load; ``StoreUnavailable`` (naming the cause) when the store cannot be used,
+        e.g. another controller owns it."""
+        ...
+
+    async def close(self) -> None:
+        """Finish (answer) every write already accepted, then release the store."""
+        ...
+
+    async def ping(self) -> None:
+        """``StoreUnavailable`` unless the store can be read, and written again if the last write failed
+        (``/readyz``)."""
+        ...
+
+    async def get(self, name: str) -> Agent:
+        """The committed record, a private copy the caller may change; ``NotFound``."""
+        ...
+
+    async def list(self) -> list[Agent]:
+        """Every committed record, ordered by name. Shared objects: callers must not change them."""
+        ...
+
+    async def create(self, agent: Agent) -> Agent:
+        """A new record (``store_rules.stage_create``): fresh uid, generation 1, status Pending, announced
+        ``ADDED``. ``AlreadyExists`` when the name, or its container name, is taken (also by a write not
+        committed yet)."""
+        ...
+
+    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
+        """Replace spec, labels and annotations (``store_rules.stage_replace``); generation moves only
+        with the spec; nothing to change writes (and announces) nothing. ``NotFound``; ``Conflict`` when
+        ``expected_rv`` is stale (``store_rules.check_rv``) or the record is being deleted."""
+        ...
+
+    async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent:
+        """Replace agent ``name`` with ``build(latest)``, where ``latest`` is a copy of the record with
+        every write called before this one: reading it, building and accepting the write are one step,
+        so no write made meanwhile is lost (a merge patch applies to the latest version, a redacted
+        secret keeps the latest value). ``build`` may raise (an invalid result): that error is raised and
+        nothing is written. Errors as ``replace``."""
+        ...
+
+    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
+        """Mark the record deleted (``deletionTimestamp``, phase Terminating, announced ``MODIFIED``); the
+        controller purges it once its container is gone. Marking it again writes nothing. ``NotFound``,
+        ``Conflict`` on a stale ``expected_rv``."""
+        ...
+
+    async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]:
+        """All or nothing, in one commit (``store_rules.stage_all``): each write is checked as if those
+        before it were made, and they take consecutive resourceVersions. If one is refused, its error is
+        raised with ``index`` its position, and none is written or announced. The answers are in the
+        order of ``writes``."""
+        ...
+
+    async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
+        """The controller's status write (announced with ``spec_changed=False``); never a conflict. None
+        when the record is gone or is another incarnation (``uid``); the same status writes nothing."""
+        ...
+
+    async def purge(self, name: str, uid: str) -> bool:
+        """Remove the record of incarnation ``uid`` (announced ``DELETED``, with a new resourceVersion)
+        and free its container name; False when there is no such record."""
+        ...
+
+    async def current_rv(self) -> int:
+        """The last committed resourceVersion: every change with a version up to it is committed, and
+        every change committed after a ``subscribe``/``subscribe_feed`` that preceded this call has a
+        higher one (so subscribe first, then read this, then list: nothing is missed)."""
+        ...
+
+    def subscribe(self) -> Subscription[Change]:
+        """Record changes from now on, in resourceVersion order, each once durable (the controller's
+        trigger, ``?wait=true``, metrics). Bounded: ``CutOff`` once the subscriber falls too far behind."""
+        ...
+
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
+        """Stop announcing to ``queue`` (unknown or cut-off queues are fine)."""
+        ...
+
+    def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
+        """Record changes and events together, in resourceVersion order (what the watch hub serves).
+        Bounded like ``subscribe``."""
+        ...
+
+    def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
+        """Stop announcing to ``queue`` (unknown or cut-off queues are fine)."""
+        ...
+
+    async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent:
+        """Record an event about ``agent`` with the next resourceVersion, announced on the feed once
+        durable. The same event (agent, uid, type, reason, message) within ``EVENT_AGGREGATE_SECONDS``
+        counts up the earlier one instead (its ``count``, ``lastTimestamp`` and version move); an agent
+        keeps its newest ``EVENTS_PER_AGENT`` events, none older than ``EVENT_TTL_SECONDS``."""
+        ...
+
+    async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]:
+        """The agent's events, oldest (by resourceVersion) first; only incarnation ``uid``'s when given."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    container_name TEXT NOT NULL UNIQUE,
+    manifest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (key, value) VALUES ('resourceVersion', 0);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_ts TEXT NOT NULL,
+    last_ts TEXT NOT NULL,
+    last_epoch REAL NOT NULL,
+    rv INTEGER NOT NULL,
+    labels TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_agent ON events (agent, rv);
+"""
+
+
+@dataclass
+class _Write:
+    """One row change waiting for the next group commit; ``run`` executes it on the store's thread."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    rv: int
+    """The resourceVersion this write takes (0: none); the queue is in resourceVersion order."""
+    future: asyncio.Future[Any]
+    after: Callable[[Any], Any]
+    """Called on the event loop once the batch is durable, with what ``run`` returned; its result is the
+    caller's answer (and it is where the cache is updated and watchers are told, in commit order)."""
+    group: int = 0
+    """Writes of one ``write_all`` share a group (non-zero), and a batch never splits a group."""
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _constant(value: T, _: Any) -> T:
+    return value
+
+
+_STORE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+def _private_directory(directory: str, name: str) -> None:
+    """Make or check the store's directory: the store holds every agent's secrets and its contents start
+    containers, so nobody else may read its files or put files of their own in their place.
+
+    A missing directory is created 0700. An existing one of ours that holds nothing but this store's
+    files (and the default ``volumes/``) is the store's own and is tightened to 0700. Any other directory
+    is shared (a home directory, ``/tmp``): its mode is not ours to change, so it is used only when no one
+    else can write to it, and the store's own files in it are made 0600.
+    """
+    try:
+        os.makedirs(directory, mode=0o700)
+        os.chmod(directory, 0o700)  # makedirs' mode passes through the umask
+        return
+    except FileExistsError:
+        pass
+    info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreUnavailable(f"store directory {directory} is not a directory")
+    mode, uid = stat.S_IMODE(info.st_mode), os.geteuid()
+    own = {name + suffix for suffix in _STORE_FILE_SUFFIXES} | {"volumes"}
+    if info.st_uid == uid and set(os.listdir(directory)) <= own:
+        if mode & 0o077:
+            os.chmod(directory, 0o700)
+    elif info.st_uid not in (uid, 0):
+        raise StoreUnavailable(
+            f"store directory {directory} belongs to uid {info.st_uid}, not to this user (uid {uid}), "
+            "who could replace the store's files; set PARALLAX_STORE to a path in a directory of your own"
+        )
+    elif mode & 0o022:
+        who = "anyone" if mode & 0o002 else "its group"
+        raise StoreUnavailable(
+            f"store directory {directory} (mode {mode:04o}) is writable by {who}, who could replace the "
+            f"store's files; set PARALLAX_STORE to a path in a directory of its own, e.g. "
+            f"{os.path.join(directory, 'parallax', name)} (created 0700)"
+        )
+    for suffix in _STORE_FILE_SUFFIXES:
+        path = os.path.join(directory, name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            file = os.stat(path)
+            if file.st_uid == uid and stat.S_IMODE(file.st_mode) & 0o077:
+                os.chmod(path, 0o600)
+
+
+class SqliteStore:
+    """SQLite in WAL mode, written by group commit.
+
+    One controller owns the store (a lock file makes sure), so the committed records live in memory
+    and reads never touch the disk. A write is checked against the committed records plus those
+    still waiting to be committed, is given its resourceVersion at once, and waits for the batch it
+    joined: every write queued while the previous batch was being committed goes into the next one,
+    a single transaction with one fsync. Callers are answered, the cache is updated and watchers are
+    told only after that fsync, in resourceVersion order. If a batch fails (disk full), it and every
+    write queued behind it are refused, so nothing decided on top of a lost write survives.
+    """
+
+    MAX_BATCH = 512
+
+    def __init__(self, path: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> None:
+        self.path = path
+        self._defaults = defaults
+        self._buffer = buffer
+        self._conn: sqlite3.Connection | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
+        self._subscribers: set[Subscription[Change]] = set()
+        self._feed_subscribers: set[Subscription[Change | AgentEvent]] = set()
+        self.write_error: str | None = None
+        self._cache: dict[str, Agent] = {}  # committed records
+        self._pending: dict[str, tuple[int, Agent | None]] = {}  # name -> (write seq, record or None if purged)
+        self._owners: dict[str, str] = {}  # container name -> agent name, committed plus pending
+        self._committed_rv = 0
+        self._assigned_rv = 0
+        self._seq = 0
+        self._queue: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._latest = _MemoryView(self)
+        self.batches = 0
+        """Group commits so far (transactions, so fsyncs); the benchmarks print writes per batch."""
+
+    async def open(self) -> None:
+        _private_directory(os.path.dirname(os.path.abspath(self.path)), os.path.basename(self.path))
+        self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreUnavailable(f"store {self.path} is in use by another controller") from exc
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parallax-store")
+
+        def connect() -> tuple[list[str], int]:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+            manifests = [row[0] for row in conn.execute("SELECT manifest FROM agents")]
+            row = conn.execute("SELECT value FROM counters WHERE key = 'resourceVersion'").fetchone()
+            return manifests, int(row[0]) if row else 0
+
+        manifests, rv = await self._run(connect)
+        self._cache = {agent.name: agent for agent in (self._load(m) for m in manifests)}
+        self._owners = {container_name(name): name for name in self._cache}
+        self._committed_rv = self._assigned_rv = rv
+
+    async def close(self) -> None:
+        await self._idle.wait()
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _run(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the store's one thread (sqlite3 blocks: never on the event loop)."""
+        if self._thread is None:
+            raise StoreUnavailable("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("store is not open")
+        return self._conn
+
+    async def _read_query(self, query: str, args: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
+        conn = self.conn
+        try:
+            return await self._run(lambda: conn.execute(query, args).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unreadable: {exc}") from exc
+
+    async def ping(self) -> None:
+        """Readable, and writable again if the last write failed (disk full, file unwritable)."""
+        await self._read_query("SELECT 1")
+        if self.write_error is not None:
+            await self._submit(
+                lambda conn: conn.execute("INSERT OR REPLACE INTO counters (key, value) VALUES ('probe', 0)"),
+                lambda _: None,
+            )
+
+    def _load(self, manifest: str) -> Agent:
+        return Agent.from_manifest(json.loads(manifest), self._defaults)
+
+    async def get(self, name: str) -> Agent:
+        """A private copy of the record (callers may change it)."""
+        agent = self._cache.get(name)
+        if agent is None:
+            raise NotFound(f"agent {name!r} not found")
+        return agent.copy()
+
+    async def list(self) -> list[Agent]:
+        """Every record, by name. Shared read-only objects: the API's hot path, so no copies are made."""
+        return [self._cache[name] for name in sorted(self._cache)]
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _next_rv(self) -> int:
+        self._assigned_rv += 1
+        return self._assigned_rv
+
+    def _enqueue(
+        self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], Any], rv: int = 0, group: int = 0
+    ) -> Awaitable[Any]:
+        """Queue a write for the next group commit; the returned awaitable is its answer once durable."""
+        if self._conn is None:
+            raise StoreUnavailable("store is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Write(run, rv, future, after, group))
+        if self._flusher is None:
+            self._idle.clear()
+            self._flusher = asyncio.create_task(self._flush(), name="store-group-commit")
+        # The write is in a batch now: a caller that gives up does not take it back.
+        return asyncio.shield(future)
+
+    async def _submit(self, run: Callable[[sqlite3.Connection], Any], after: Callable[[Any], T], rv: int = 0) -> T:
+        return cast(T, await self._enqueue(run, after, rv))
+
+    def _put(self, staged: Staged, group: int = 0) -> Awaitable[Any]:
+        """Queue writing (or, for a purge, deleting) a staged record; its change is announced once durable."""
+        name, change = staged.name, staged.change
+        assert change is not None
+        # Staged against the records as they are now, with the next version: accept it before anything
+        # else can stage, so the queue stays in resourceVersion order and names stay owned.
+        assert change.agent.metadata.resource_version == self._assigned_rv + 1, "staged out of order"
+        self._assigned_rv += 1
+        if change.type == "ADDED":
+            self._owners[container_name(name)] = name
+        elif change.type == "DELETED":
+            self._owners.pop(container_name(name), None)
+        self._seq += 1
+        seq = self._seq
+        self._pending[name] = (seq, None if change.type == "DELETED" else change.agent)
+        if change.type == "DELETED":
+
+            def run(conn: sqlite3.Connection) -> Any:
+                return conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+        else:
+            agent = change.agent
+            manifest = json.dumps(agent.to_manifest(redact=False), sort_keys=True)
+            row = (name, agent.metadata.uid, container_name(name), manifest)
+
+            def run(conn: sqlite3.Connection) -> Any:
+                return conn.execute(
+                    "INSERT INTO agents (name, uid, container_name, manifest) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, manifest = excluded.manifest",
+                    row,
+                )
+
+        def after(_: Any) -> Agent:
+            if self._pending.get(name, (None,))[0] == seq:
+                del self._pending[name]
+            self._notify(change)
+            return change.agent.copy()
+
+        return self._enqueue(run, after, change.agent.metadata.resource_version, group)
+
+    async def _write_staged(self, staged: builtins.list[Staged]) -> builtins.list[Agent]:
+        """Queue the staged writes together (so they share one commit) and answer once they are durable.
+        A record that needs no write still waits for a queued write of it that its answer has seen."""
+        answers: builtins.list[Any] = []  # an Agent, or an awaitable of one
+        group = 0
+        if len(staged) > 1:
+            self._seq += 1
+            group = self._seq
+        for item in staged:
+            answer = item.answer.copy()
+            if item.change is not None:
+                answers.append(self._put(item, group))
+            elif item.name in self._pending:
+                answers.append(self._enqueue(_nothing, functools.partial(_constant, answer), 0, group))
+            else:
+                answers.append(answer)  # nothing to wait for (the steady state's unchanged status)
+        waits = [a for a in answers if not isinstance(a, Agent)]
+        if not waits:
+            return answers
+        done = iter(await asyncio.gather(*waits))
+        return [a if isinstance(a, Agent) else next(done) for a in answers]
+
+    async def _flush(self) -> None:
+        """The group-commit loop: one transaction for everything queued, until the queue is empty."""
+        try:
+            while self._queue:
+                cut = min(self.MAX_BATCH, len(self._queue))
+                while cut < len(self._queue) and self._queue[cut].group != 0:
+                    if self._queue[cut].group != self._queue[cut - 1].group:
+                        break
+                    cut += 1  # the rest of a write_all goes into the same transaction
+                batch, self._queue = self._queue[:cut], self._queue[cut:]
+                rv = max([self._committed_rv, *(write.rv for write in batch)])
+                try:
+                    results = await self._run(functools.partial(self._commit, batch, rv))
+                except sqlite3.Error as exc:
+                    self._refuse(batch + self._queue, f"store unwritable: {exc}")
+                    self._queue = []
+                    continue
+                except BaseException as exc:  # the thread is gone (closing): nobody may wait forever
+                    self._refuse(batch + self._queue, f"store write failed: {exc!r}")
+                    self._queue = []
+                    raise
+                self.batches += 1
+                self.write_error = None
+                self._committed_rv = max(self._committed_rv, rv)
+                for write, result in zip(batch, results, strict=True):
+                    answer = write.after(result)
+                    if not write.future.done():
+                        write.future.set_result(answer)
+        finally:
+            self._flusher = None
+            self._idle.set()
+
+    def _commit(self, batch: builtins.list[_Write], rv: int) -> builtins.list[Any]:
+        """On the store's thread: the whole batch in one transaction, so one fsync."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [write.run(conn) for write in batch]
+            conn.execute("UPDATE counters SET value = ? WHERE key = 'resourceVersion'", (rv,))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _refuse(self, writes: builtins.list[_Write], error: str) -> None:
+        """A failed batch: refuse it and all queued behind it, and forget what they were going to change."""
+        self.write_error = error
+        log.warning("%s; %d queued writes refused", error, len(writes))
+        self._pending.clear()
+        self._owners = {container_name(name): name for name in self._cache}
+        self._assigned_rv = self._committed_rv
+        for write in writes:
+            if not write.future.done():
+                write.future.set_exception(StoreUnavailable(error))
+
+    # Writing: the store_rules check a write against the records plus the writes queued for the next
+    # commit, synchronously, and it is queued at once, so nothing can write between the check and it.
+
+    async def create(self, agent: Agent) -> Agent:
+        return (await self._write_staged([rules.stage_create(self._latest, agent, self._assigned_rv + 1)]))[0]
+
+    async def replace(self, agent: Agent, *, expected_rv: str | None = None) -> Agent:
+        """Replace spec, labels and annotations; generation moves only when the spec changes."""
+        staged = rules.stage_replace(self._latest, agent, expected_rv, self._assigned_rv + 1)
+        return (await self._write_staged([staged]))[0]
+
+    async def update(self, name: str, build: Callable[[Agent], Agent], *, expected_rv: str | None = None) -> Agent:
+        """Replace agent ``name`` with ``build(latest)``: ``latest`` is the record with every write queued
+        so far, and reading it, building and queueing are one synchronous step. So a merge patch applies
+        to the latest version and a redacted secret keeps the latest value: no acknowledged write made
+        meanwhile is lost. ``build`` may raise (an invalid result): then nothing is written."""
+        staged = rules.stage_update(self._latest, name, build, expected_rv, self._assigned_rv + 1)
+        return (await self._write_staged([staged]))[0]
+
+    async def mark_deleted(self, name: str, *, expected_rv: str | None = None) -> Agent:
+        staged = rules.stage_delete(self._latest, name, expected_rv, self._assigned_rv + 1)
+        return (await self._write_staged([staged]))[0]
+
+    async def write_all(self, writes: Sequence[Write]) -> builtins.list[Agent]:
+        """All or nothing, in one commit: each write is checked as if those before it were made, and if
+        one is refused (its error is raised, naming the agent) none of them is written."""
+        return await self._write_staged(rules.stage_all(self._latest, writes, self._assigned_rv + 1))
+
+    async def update_status(self, name: str, uid: str, status: dict[str, Any]) -> Agent | None:
+        """Write status (the controller's only write); None when the record is gone or was replaced."""
+        staged = rules.stage_status(self._latest, name, uid, status, self._assigned_rv + 1)
+        if staged is None:
+            return None
+        return (await self._write_staged([staged]))[0]  # unchanged: nothing to write, nothing announced
+
+    async def purge(self, name: str, uid: str) -> bool:
+        staged = rules.stage_purge(self._latest, name, uid, self._assigned_rv + 1)
+        if staged is None:
+            return False
+        await self._write_staged([staged])
+        return True
+
+    async def current_rv(self) -> int:
+        """The last committed resourceVersion (every committed change has one at most this)."""
+        return self._committed_rv
+
+    async def record_event(self, agent: Agent, type_: str, reason: str, message: str) -> AgentEvent:
+        """Record an event; the same event again within 10 minutes bumps its count instead."""
+        now, stamp = time.time(), now_iso()
+        labels = json.dumps(agent.metadata.labels, sort_keys=True)
+        name, uid = agent.name, agent.metadata.uid
+        rv = self._next_rv()
+
+        def run(conn: sqlite3.Connection) -> tuple[int, str]:
+            row = conn.execute(
+                "SELECT id, count, first_ts FROM events WHERE agent = ? AND uid = ? AND type = ? AND reason = ? "
+                "AND message = ? AND last_epoch >= ? ORDER BY id DESC LIMIT 1",
+                (name, uid, type_, reason, message, now - EVENT_AGGREGATE_SECONDS),
+            ).fetchone()
+            if row is not None:
+                count, first = int(row[1]) + 1, str(row[2])
+                conn.execute(
+                    "UPDATE events SET count = ?, last_ts = ?, last_epoch = ?, rv = ?, labels = ? WHERE id = ?",
+                    (count, stamp, now, rv, labels, row[0]),
+                )
+                return count, first
+            conn.execute(
+                "INSERT INTO events (agent, uid, type, reason, message, count, first_ts, last_ts, last_epoch, rv,"
+                " labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, uid, type_, reason, message, 1, stamp, stamp, now, rv, labels),
+            )
+            conn.execute(
+                "DELETE FROM events WHERE agent = ? AND id NOT IN "
+                "(SELECT id FROM events WHERE agent = ? ORDER BY rv DESC LIMIT ?)",
+                (name, name, EVENTS_PER_AGENT),
+            )
+            conn.execute("DELETE FROM events WHERE last_epoch < ?", (now - EVENT_TTL_SECONDS,))
+            return 1, stamp
+
+        def after(result: tuple[int, str]) -> AgentEvent:
+            count, first = result
+            event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
+            _announce(self._feed_subscribers, event)
+            return event
+
+        return await self._submit(run, after, rv)
+
+    async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]:
+        """Events of an agent, oldest first; only those of one incarnation when ``uid`` is given."""
+        query = (
+            "SELECT agent, uid, type, reason, message, count, first_ts, last_ts, rv, labels FROM events WHERE agent = ?"
+        )
+        args: tuple[Any, ...] = (name,)
+        if uid is not None:
+            query += " AND uid = ?"
+            args += (uid,)
+        query += " AND last_epoch >= ? ORDER BY rv"
+        args += (time.time() - EVENT_TTL_SECONDS,)
+        rows = await self._read_query(query, args)
+        return [
+            AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
+        ]
+
+    def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
+        """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
+        queue: Subscription[Change | AgentEvent] = Subscription(self._buffer)
+        self._feed_subscribers.add(queue)
+        return queue
+
+    def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
+        self._feed_subscribers.discard(queue)
+
+    def subscribe(self) -> Subscription[Change]:
+        queue: Subscription[Change] = Subscription(self._buffer)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
+        self._subscribers.discard(queue)
+
+    def _notify(self, change: Change) -> None:
+        if change.type == "DELETED":
+            self._cache.pop(change.agent.name, None)
+        else:
+            self._cache[change.agent.name] = change.agent.copy()
+        _announce(self._subscribers, change)
+        _announce(self._feed_subscribers, change)
+
+
+class _MemoryView:
+    """The ``store_rules.View`` of a ``SqliteStore``: its committed records plus the writes queued for
+    the next commit."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def latest(self, name: str) -> Agent | None:
+        """The record as the next write must see it: the last one queued, else the committed one."""
+        pending = self._store._pending.get(name)
+        return pending[1] if pending is not None else self._store._cache.get(name)
+
+    def committed(self, name: str) -> Agent | None:
+        return self._store._cache.get(name)
+
+    def owner(self, container: str) -> str | None:
+        return self._store._owners.get(container)
+
+
+def _announce(subscribers: set[Subscription[T]], item: T) -> None:
+    """Offer ``item`` to every subscriber; one that is cut off (too far behind) is dropped, and nobody
+    else waits for it."""
+    for queue in [queue for queue in subscribers if not queue.offer(item)]:
+        subscribers.discard(queue)
+        log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
