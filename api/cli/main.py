@@ -13,7 +13,7 @@ from api.cli.commands import register as register_client_commands
 from api.cli.images import images
 from controller.config import ConfigError, Settings
 from controller.observe.logging_setup import configure_logging
-from controller.store.sqlite import StoreUnavailable
+from controller.store.interface import StoreUnavailable
 
 log = logging.getLogger("parallax.cli")
 

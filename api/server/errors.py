@@ -14,7 +14,7 @@ from api.server.state import SETTINGS
 from controller.admission.admit import AdmissionError
 from controller.model.errors import RESOLUTION, SOCKET_ERROR, AgentError
 from controller.model.selector import SelectorError
-from controller.store.sqlite import AlreadyExists, Conflict, NotFound, StoreUnavailable
+from controller.store.interface import AlreadyExists, Conflict, NotFound, StoreUnavailable
 
 log = logging.getLogger("parallax.api")
 

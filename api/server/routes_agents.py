@@ -20,7 +20,7 @@ from controller.admission.admit import admit
 from controller.admission.schema import flat_to_manifest, is_manifest
 from controller.model.agent import PHASES, TYPES, Agent, keep_stored_secrets
 from controller.model.selector import parse_selector
-from controller.store.sqlite import Change, CutOff, Subscription
+from controller.store.interface import Change, CutOff, Subscription
 
 routes = web.RouteTableDef()
 

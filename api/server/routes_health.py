@@ -6,7 +6,7 @@ from aiohttp import web
 
 from api.server import openapi
 from api.server.state import CONTROLLER, STORE
-from controller.store.sqlite import StoreError
+from controller.store.interface import StoreError
 
 routes = web.RouteTableDef()
 

@@ -25,7 +25,7 @@ from controller.model.errors import SOCKET_ERROR, AgentError
 from controller.model.timestamps import now_iso, parse_runtime_time, parse_time
 from controller.observe.stats import summarize
 from controller.runtime.interface import Instance
-from controller.store.sqlite import Conflict, NotFound, Write
+from controller.store.interface import Conflict, NotFound, Write
 
 routes = web.RouteTableDef()
 

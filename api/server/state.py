@@ -9,7 +9,7 @@ from controller.observe.stats_refresher import StatsRefresher
 from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
 from controller.runtime.interface import LiveViews, Runtime
-from controller.store.sqlite import Store
+from controller.store.interface import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

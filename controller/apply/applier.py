@@ -25,7 +25,7 @@ from controller.config import Settings
 from controller.model.agent import REDACTED, Agent, container_name, keep_stored_secrets
 from controller.model.errors import AgentError
 from controller.reconcile.decide import Operation
-from controller.store.sqlite import AlreadyExists, Conflict, NotFound, Store, StoreError, StoreUnavailable, Write
+from controller.store.interface import AlreadyExists, Conflict, NotFound, Store, StoreError, StoreUnavailable, Write
 
 log = logging.getLogger("parallax.apply")
 

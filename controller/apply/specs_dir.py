@@ -31,7 +31,7 @@ from controller.apply.yaml_loader import (
     load_json_documents,
 )
 from controller.model.agent import Agent
-from controller.store.sqlite import StoreError
+from controller.store.interface import StoreError
 
 log = logging.getLogger("parallax.specs_dir")
 

@@ -47,7 +47,7 @@ from controller.model.agent import PHASES, TYPES, Agent
 from controller.model.errors import RESOLUTION
 from controller.model.timestamps import parse_time
 from controller.observe.stats import cpu_sample, memory_bytes
-from controller.store.sqlite import Change, CutOff, Store, StoreError, Subscription
+from controller.store.interface import Change, CutOff, Store, StoreError, Subscription
 from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.metrics")

@@ -17,7 +17,7 @@ from typing import Any
 from controller.model.errors import AgentError
 from controller.observe.stats import CpuSample, cpu_sample
 from controller.runtime.interface import LiveViews
-from controller.store.sqlite import Store, StoreError
+from controller.store.interface import Store, StoreError
 from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.stats")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.store.sqlite import DEFAULT_SUBSCRIBER_BUFFER, AgentEvent, Change, CutOff, Store, Subscription
+from controller.store.interface import DEFAULT_SUBSCRIBER_BUFFER, AgentEvent, Change, CutOff, Store, Subscription
 from controller.tasks import cancel_all
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from controller.observe.metrics import Metrics, reconcile_result
 from controller.reconcile.reconciler import Reconciler
 from controller.reconcile.workqueue import ItemExponentialFailureRateLimiter, RateLimitingQueue, ShutDown
 from controller.runtime.interface import Runtime, RuntimeChange
-from controller.store.sqlite import CutOff, Store, StoreError
+from controller.store.interface import CutOff, Store, StoreError
 from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.controller")

@@ -25,7 +25,7 @@ from controller.model.timestamps import format_time
 from controller.reconcile.decide import CREDENTIALS_TAIL_LINES, AgentEventNote, Facts, Operation, after, decide, plan
 from controller.reconcile.status import set_error
 from controller.runtime.interface import Desired, Instance, Runtime
-from controller.store.sqlite import NotFound, Store, StoreError
+from controller.store.interface import NotFound, Store, StoreError
 
 log = logging.getLogger("parallax.reconciler")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from controller.config import ConfigError, parse_store_url
 from controller.model.agent import SpecDefaults
-from controller.store.sqlite import DEFAULT_SUBSCRIBER_BUFFER, SqliteStore, Store
+from controller.store.interface import DEFAULT_SUBSCRIBER_BUFFER, Store
+from controller.store.sqlite import SqliteStore
 
 
 async def open_store(url: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> Store:

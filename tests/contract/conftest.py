@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.admission.admit import spec_defaults
+from controller.config import Settings
 from controller.model.agent import SpecDefaults
-from controller.store.sqlite import Store
+from controller.store.interface import Store
 from controller.store.url import open_store
 
 StoreFactory = Callable[[Path, SpecDefaults, int], Awaitable[Store]]
@@ -36,9 +38,6 @@ def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
 @pytest.fixture
 async def make_store(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Store]]]:
     """``await make_store(buffer=n)``: another store of the kind under test (closed at the end)."""
-    from controller.admission.admit import spec_defaults
-    from controller.config import Settings
-
     opened: list[Store] = []
 
     async def make(*, buffer: int = 4096) -> Store:

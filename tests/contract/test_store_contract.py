@@ -18,7 +18,7 @@ from controller.admission.admit import admit
 from controller.config import Settings
 from controller.model.agent import Agent
 from controller.observe.watch import Expired, WatchHub
-from controller.store.sqlite import AgentEvent, AlreadyExists, Conflict, CutOff, NotFound, Store, Write
+from controller.store.interface import AgentEvent, AlreadyExists, Conflict, CutOff, NotFound, Store, Write
 
 MakeStore = Callable[..., Awaitable[Store]]
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.model.agent import Agent, AgentSpec, Metadata, Resources
 from controller.observe.logging_setup import make_handler
 from controller.observe.metrics import AgentTracker
-from controller.store.sqlite import Change
+from controller.store.interface import Change
 from tests.conftest import StartController
 from tests.harness import Controller, docker_cli, running, wait_for
 

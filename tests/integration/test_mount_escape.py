@@ -18,7 +18,7 @@ import pytest
 from api.server.state import STORE
 from controller.admission.admit import admit
 from controller.model.agent import Agent
-from controller.store.sqlite import Store
+from controller.store.interface import Store
 from tests.conftest import StartController
 from tests.harness import Controller, docker_cli, docker_exec, inspect, running
 

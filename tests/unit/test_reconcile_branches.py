@@ -32,7 +32,8 @@ from controller.reconcile.decide import iso
 from controller.reconcile.reconciler import Reconciler, Result
 from controller.runtime.fake import Call, FakeInstance, FakeRuntime
 from controller.runtime.interface import Runtime, RuntimeChange
-from controller.store.sqlite import NotFound, SqliteStore
+from controller.store.interface import NotFound
+from controller.store.sqlite import SqliteStore
 
 IMAGE = "parallax/agent-claude:latest"
 NETWORK = "parallax-agents"

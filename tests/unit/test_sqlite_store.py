@@ -16,7 +16,8 @@ import pytest
 from controller.admission.admit import admit, spec_defaults
 from controller.config import Settings
 from controller.model.agent import Agent
-from controller.store.sqlite import AlreadyExists, NotFound, SqliteStore, StoreUnavailable, Write
+from controller.store.interface import AlreadyExists, NotFound, StoreUnavailable, Write
+from controller.store.sqlite import SqliteStore
 
 
 def settings(tmp_path: Path) -> Settings:

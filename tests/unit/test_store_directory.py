@@ -12,7 +12,8 @@ import pytest
 
 from controller.admission.admit import spec_defaults
 from controller.config import Settings
-from controller.store.sqlite import SqliteStore, StoreUnavailable
+from controller.store.interface import StoreUnavailable
+from controller.store.sqlite import SqliteStore
 
 
 def mode(path: Path) -> int:

@@ -24,7 +24,8 @@ from controller.config import ConfigError, Settings
 from controller.observe.metrics import AgentTracker
 from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
-from controller.store.sqlite import CutOff, SqliteStore, Subscription, Write
+from controller.store.interface import CutOff, Subscription, Write
+from controller.store.sqlite import SqliteStore
 
 
 def settings(tmp_path: Path) -> Settings:
