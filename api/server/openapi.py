@@ -34,6 +34,19 @@ JSON = "application/json"
 AGENT_NAME_PATH = "#/components/schemas/AgentName"
 
 
+def list_of(kind: str, item: str) -> dict[str, Any]:
+    """The schema of a ``{"apiVersion", "kind": <kind>, "items": [<item>...]}`` list."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "items"],
+        "properties": {
+            "apiVersion": {"const": "parallax.ai/v1"},
+            "kind": {"const": kind},
+            "items": {"type": "array", "items": ref(item)},
+        },
+    }
+
+
 def ref(name: str) -> dict[str, str]:
     """A reference to the schema ``name`` under ``components``."""
     return {"$ref": f"#/components/schemas/{name}"}

@@ -124,17 +124,7 @@ async def create_agent(request: web.Request) -> web.Response:
         "400": WATCH_REFUSED,
         **openapi.errors(401, 429, 503),
     },
-    schemas={
-        "AgentList": {
-            "type": "object",
-            "required": ["apiVersion", "kind", "items"],
-            "properties": {
-                "apiVersion": {"const": "parallax.ai/v1"},
-                "kind": {"const": "AgentList"},
-                "items": {"type": "array", "items": openapi.ref("Agent")},
-            },
-        }
-    },
+    schemas={"AgentList": openapi.list_of("AgentList", "Agent")},
 )
 async def list_agents(request: web.Request) -> web.StreamResponse:
     if flag(request.query, "watch"):

@@ -286,15 +286,7 @@ async def send(request: web.Request) -> web.Response:
                 "metadata": {"type": "object"},
             },
         },
-        "EventList": {
-            "type": "object",
-            "required": ["apiVersion", "kind", "items"],
-            "properties": {
-                "apiVersion": {"const": "parallax.ai/v1"},
-                "kind": {"const": "EventList"},
-                "items": {"type": "array", "items": openapi.ref("Event")},
-            },
-        },
+        "EventList": openapi.list_of("EventList", "Event"),
     },
 )
 async def agent_event_list(request: web.Request) -> web.Response:
