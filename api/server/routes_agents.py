@@ -16,7 +16,7 @@ from api.server.routes_watch import WATCH_REFUSED, resume_parameters, watch_over
 from api.server.state import SETTINGS, STORE
 from api.server.streams import until_gone
 from api.server.throttle import release_slot
-from controller.admission.admit import admit
+from controller.admission.admit import admit, mentions_volumes
 from controller.admission.schema import flat_to_manifest, is_manifest
 from controller.model.agent import PHASES, TYPES, Agent, keep_stored_secrets
 from controller.model.selector import parse_selector
@@ -89,7 +89,8 @@ async def _wait_purged(changes: Subscription[Change], agent: Agent, timeout: flo
 async def create_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     wait = _wait_timeout(request)
-    agent, _ = admit(await read_json(request), settings, others=await store.list())
+    body = await read_json(request)
+    agent, _ = admit(body, settings, others=await store.list() if mentions_volumes(body) else ())
     changes = store.subscribe() if wait is not None else None
     try:
         created = await store.create(agent)
@@ -170,7 +171,8 @@ async def get_agent(request: web.Request) -> web.Response:
 async def replace_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     name = request.match_info["name"]
-    agent, rv = admit(await read_json(request), settings, name=name, others=await store.list())
+    body = await read_json(request)
+    agent, rv = admit(body, settings, name=name, others=await store.list() if mentions_volumes(body) else ())
     updated = await store.update(name, functools.partial(keep_stored_secrets, agent), expected_rv=rv)
     return web.json_response(agent_json(updated))
 

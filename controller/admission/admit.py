@@ -81,7 +81,11 @@ def admit(
         field = "name" if flat else "metadata.name"
         raise AdmissionError([FieldError(field, f"{metadata['name']!r} does not match the name in the URL {name!r}")])
     spec = AgentSpec.from_dict(_whole_numbers(manifest["spec"]), spec_defaults(settings))
-    neighbours = [(o.name, o.spec.volumes) for o in others if o.spec.volumes and o.name != metadata["name"]]
+    neighbours = (
+        [(o.name, o.spec.volumes) for o in others if o.spec.volumes and o.name != metadata["name"]]
+        if spec.volumes
+        else []
+    )
     verdict = check_spec(spec, settings, prefix, neighbours)
     if verdict.invalid:
         raise AdmissionError(list(verdict.invalid))
@@ -196,3 +200,12 @@ def _exec_sizes(spec: dict[str, Any]) -> Iterator[tuple[str, str]]:
             f"{MAX_EXEC_BYTES // 1024} KiB are allowed (the kernel's limit for starting a process is shared "
             "with the image's own environment)",
         )
+
+
+def mentions_volumes(body: Any) -> bool:
+    """Whether ``body`` (flat or manifest) asks for volumes: only then do other agents' mounts matter to
+    its admission, so a caller need not list every record for a body without any."""
+    if not isinstance(body, dict):
+        return False
+    spec = body.get("spec")
+    return bool(body.get("volumes")) or (isinstance(spec, dict) and bool(spec.get("volumes")))
