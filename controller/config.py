@@ -119,6 +119,8 @@ class Settings:
     # watch then ends with an ERROR item, code 410 (re-list); the controller's own subscriber re-queues
     # every agent. So a client too slow to read costs at most this many queued items.
     watch_buffer: int = DEFAULT_SUBSCRIBER_BUFFER
+    # What runs agents (controller.runtime.select.RUNTIMES): the local Docker daemon is the only one so far.
+    runtime: str = "docker"
 
     def __post_init__(self) -> None:
         if self.store_url is not None:
@@ -174,6 +176,7 @@ class Settings:
             idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
             max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
             watch_buffer=_int(env, "PARALLAX_WATCH_BUFFER", base.watch_buffer, 16, 1 << 20),
+            runtime=_choice(env, "PARALLAX_RUNTIME", base.runtime, ("docker",)),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(

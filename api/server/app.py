@@ -20,7 +20,7 @@ from controller.observe.metrics import Metrics
 from controller.observe.stats_refresher import StatsRefresher
 from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
-from controller.runtime.docker.runtime import DockerRuntime
+from controller.runtime.select import make_runtime
 from controller.store.url import open_store
 
 log = logging.getLogger("parallax.api")
@@ -76,7 +76,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await open_store(settings.store, spec_defaults(settings), buffer=settings.watch_buffer)
         metrics = Metrics(settings)
-        runtime = DockerRuntime(settings, observer=metrics)
+        runtime = make_runtime(settings, observer=metrics)
         await runtime.open()
         controller = Controller(settings, store, runtime, metrics)
         hub = WatchHub(store, buffer=settings.watch_buffer)

@@ -138,3 +138,10 @@ def test_host_network_as_the_default_network_is_refused() -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_the_runtime_is_docker_unless_named_and_an_unknown_one_is_refused() -> None:
+    assert Settings.from_env({}).runtime == "docker"
+    assert Settings.from_env({"PARALLAX_RUNTIME": "docker"}).runtime == "docker"
+    with pytest.raises(ConfigError, match="PARALLAX_RUNTIME"):
+        Settings.from_env({"PARALLAX_RUNTIME": "swarm"})
