@@ -157,14 +157,15 @@ def decide(
 def _converge(agent: Agent, current: Instance | None, desired: Desired, now: datetime, facts: Facts) -> Decision:
     spec = agent.spec
     stamp = iso(now)
+    if spec.suspend and current is not None and current.running:
+        stop = Operation("stop", current.id, "spec.suspend is true", grace_seconds=spec.stop_grace_period_seconds)
+        return Decision((stop,), status=agent.status)
+    if not spec.suspend and not facts.network_ready:
+        ensure = Operation("ensure-network", spec.network, "the agent's network must exist")
+        return Decision((ensure,), status=agent.status)
     status = copy.deepcopy(agent.status)
     status["observedGeneration"] = agent.metadata.generation
     if spec.suspend:
-        if current is not None and current.running:
-            return Decision(
-                (Operation("stop", current.id, "spec.suspend is true", grace_seconds=spec.stop_grace_period_seconds),),
-                status=agent.status,
-            )
         status = clear_error(status)
         status["containerId"] = current.id if current else None
         status = with_phase(
@@ -172,8 +173,6 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         )
         return Decision(status=status)
 
-    if not facts.network_ready:
-        return Decision((Operation("ensure-network", spec.network, "the agent's network must exist"),), status=status)
     if current is not None and current.config_hash != desired.config_hash:
         event = AgentEventNote(
             NORMAL, "Recreating", f"spec changed (generation {agent.metadata.generation}): recreating the container"
