@@ -286,6 +286,15 @@ def _ancestors(path: str) -> Iterable[str]:
         yield path
 
 
+def _redirections(reader: ResolvedMount, writers: Iterable[ResolvedMount]) -> Iterable[tuple[ResolvedMount, str]]:
+    """Each of ``writers`` that contains a directory ``reader``'s host path is looked up in, with the
+    first such directory."""
+    for writer in writers:
+        inside = next((d for d in reader.lookups if is_within(d, writer.target)), None)
+        if inside is not None:
+            yield writer, inside
+
+
 def redirectable(
     mounts: Sequence[ResolvedMount], others: Sequence[ResolvedMount] = ()
 ) -> list[tuple[ResolvedMount, str]]:
@@ -295,31 +304,28 @@ def redirectable(
     found: list[tuple[ResolvedMount, str]] = []
     writable_others = [w for w in others if not w.mount.read_only]
     for mine in mounts:
-        for writer in [*(w for w in mounts if w is not mine and not w.mount.read_only), *writable_others]:
-            inside = next((d for d in mine.lookups if is_within(d, writer.target)), None)
-            if inside is not None:
-                found.append(
-                    (
-                        mine,
-                        f"host path {mine.mount.host_path!r} is looked up in {inside}, inside {writer.owner} "
-                        f"({writer.target}, read-write): whatever runs there could swap a path component for a "
-                        "symlink and redirect this mount; mount the read-write directory itself, or keep the "
-                        "two apart",
-                    )
+        writers = [*(w for w in mounts if w is not mine and not w.mount.read_only), *writable_others]
+        for writer, inside in _redirections(mine, writers):
+            found.append(
+                (
+                    mine,
+                    f"host path {mine.mount.host_path!r} is looked up in {inside}, inside {writer.owner} "
+                    f"({writer.target}, read-write): whatever runs there could swap a path component for a "
+                    "symlink and redirect this mount; mount the read-write directory itself, or keep the "
+                    "two apart",
                 )
-                break
+            )
+            break
         if mine.mount.read_only:
             continue
-        for other in others:
-            inside = next((d for d in other.lookups if is_within(d, mine.target)), None)
-            if inside is not None:
-                found.append(
-                    (
-                        mine,
-                        f"read-write host path {mine.mount.host_path!r} contains {inside}, where the host path of "
-                        f"{other.owner} ({other.mount.host_path!r}) is looked up: whatever runs here could "
-                        "redirect that mount; keep the two apart",
-                    )
+        for other, inside in ((o, d) for o in others for _, d in _redirections(o, [mine])):
+            found.append(
+                (
+                    mine,
+                    f"read-write host path {mine.mount.host_path!r} contains {inside}, where the host path of "
+                    f"{other.owner} ({other.mount.host_path!r}) is looked up: whatever runs here could "
+                    "redirect that mount; keep the two apart",
                 )
-                break
+            )
+            break
     return found

@@ -5,7 +5,7 @@ its cause, and an executor (``controller.reconcile.reconciler``) that performs t
 here does I/O. Facts that cost a call to learn (the network is usable, an instance's last output lines)
 are asked for with an operation; the executor learns them and calls ``decide`` again, so a reconcile is a
 few rounds of decide → execute until nothing is left to do. ``POST /apply?dryRun=true`` shows the
-operations of the first round, from this same function.
+operations of every round (``plan``, assuming each succeeds), from this same function.
 """
 
 from __future__ import annotations
