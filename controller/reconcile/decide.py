@@ -34,6 +34,13 @@ CREDENTIALS_TAIL_LINES = 20
 CREDENTIALS_WINDOW_SECONDS = 12.0
 CREDENTIALS_RECHECK_SECONDS = 3.0
 MAX_PLAN_ROUNDS = 12
+START_ATTEMPTS = 2
+START_REFUSAL_SECONDS = 10.0
+"""An instance is replaced by a new one once the runtime has refused to start it ``START_ATTEMPTS``
+times over at least ``START_REFUSAL_SECONDS``: the runtime kept an instance it can no longer start (a
+network deleted and made again, a task its engine left behind after a crash). Refusals within a few
+seconds may be passing (a daemon going down answers oddly while it does); the same refusal ten seconds
+later is not, and replacing meanwhile would act on a daemon in the middle of its shutdown."""
 
 OperationKind = Literal[
     "ensure-network",
@@ -165,6 +172,10 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         return Decision((ensure,), status=agent.status)
     status = copy.deepcopy(agent.status)
     status["observedGeneration"] = agent.metadata.generation
+    failed = status.get("startFailures") or {}
+    if current is None or current.running or failed.get("containerId") != current.id:
+        status.pop("startFailures", None)
+        failed = {}
     if spec.suspend:
         status = clear_error(status)
         status["containerId"] = current.id if current else None
@@ -210,6 +221,8 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         )
     if ops:
         return Decision(tuple(ops), status=status)
+    if _unstartable(failed, now):
+        return _replace_unstartable(agent, status, current, failed)
     if current.created:
         started = AgentEventNote(NORMAL, "Started", f"started container {current.id[:12]}")
         return Decision((Operation("start", current.id, "it was created", event=started),), status=status)
@@ -221,6 +234,33 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
     if current.running:
         return _running(agent, status, current, now, facts)
     return _exited(agent, status, current, now)
+
+
+def _unstartable(failed: dict[str, Any], now: datetime) -> bool:
+    since = parse_time(failed["since"]) if failed.get("since") else None
+    return (
+        int(failed.get("count", 0)) >= START_ATTEMPTS
+        and since is not None
+        and (now - since).total_seconds() >= START_REFUSAL_SECONDS
+    )
+
+
+def _replace_unstartable(agent: Agent, status: dict[str, Any], current: Instance, failed: dict[str, Any]) -> Decision:
+    """The instance failed to start ``START_ATTEMPTS`` times: remove it, and the next round creates a new
+    one from the same spec (the workspace is a volume of its own, so it stays). A restart that had to
+    replace the instance is counted as a restart."""
+    why = str(failed.get("message") or "the runtime refused")
+    event = AgentEventNote(
+        WARNING,
+        "Replaced",
+        f"container {current.id[:12]} could not be started ({failed['count']} attempts, last: {why}); "
+        "replaced it with a new one",
+    )
+    status.pop("startFailures", None)
+    if not current.created and agent.status.get("phase") != "Suspended":
+        status["restartCount"] = int(status.get("restartCount", 0)) + 1
+    cause = f"it could not be started {failed['count']} times"
+    return Decision((Operation("remove", current.id, cause, event=event),), status=status)
 
 
 def _running(agent: Agent, status: dict[str, Any], info: Instance, now: datetime, facts: Facts) -> Decision:

@@ -18,7 +18,7 @@ from typing import Any
 from controller.admission.policy import mount_refusal, redirectable, resolve_mounts
 from controller.config import Settings
 from controller.model.agent import Agent
-from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, AgentError
+from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, SOCKET_ERROR, AgentError
 from controller.model.mounts import parse_volume
 from controller.model.redact import scrub
 from controller.model.timestamps import format_time
@@ -31,6 +31,19 @@ log = logging.getLogger("parallax.reconciler")
 
 MAX_ROUNDS = 12
 """Decide → execute rounds in one reconcile; a normal create takes five (network, create, start, output)."""
+
+
+def _one_more(status: dict[str, Any], instance_id: str, err: AgentError, now: str) -> dict[str, Any]:
+    """``status.startFailures`` after one more refused start of ``instance_id``: how many, since when."""
+    before = status.get("startFailures") or {}
+    if before.get("containerId") != instance_id:
+        before = {"count": 0, "since": now}
+    return {
+        "containerId": instance_id,
+        "count": int(before["count"]) + 1,
+        "since": before["since"],
+        "message": f"{err.code}: {err.message}",
+    }
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,14 @@ class Reconciler:
         elif op.kind == "start":
             assert agent is not None
             await self._guard_mounts(agent, "started")
-            await runtime.start(op.target)
+            try:
+                await runtime.start(op.target)
+            except AgentError as err:
+                if err.code != SOCKET_ERROR:  # the runtime answered, and refused: count it (decide.START_ATTEMPTS)
+                    err.scrub(agent.spec.env)
+                    failures = _one_more(agent.status, op.target, err, format_time(self.now()))
+                    agent.status = {**agent.status, "startFailures": failures}
+                raise
             log.info("agent %s: started container %s", name, op.target[:12])
             found = await runtime.instance(op.target)
             instances = [i for i in instances if i.id != op.target] + ([found] if found is not None else [])

@@ -85,3 +85,30 @@ async def test_removed_managed_network_is_recreated_and_rejoined(start_controlle
     assert info is not None and info["Id"] == before["status"]["containerId"], "the container was not kept"
     net = await (await docker.networks.get(network)).show()
     assert net["Labels"]["parallax.managed"] == "true"
+
+
+async def test_container_docker_can_no_longer_start_is_replaced(start_controller, docker: aiodocker.Docker):
+    """A stopped container whose network was removed and made again refers to the old network's id:
+    Docker refuses every start of it ("network … not found"). After two refusals the agent gets a new
+    container, says so in an event, and runs; before, it stayed in CONTAINER_ERROR/NETWORK_ERROR forever."""
+    controller = await start_controller()
+    network = f"{controller.settings.network}-unstartable"
+    before = await _started(controller, "drift-unstartable", network=network)
+    await controller.stop()
+    for argv in (("stop", "-t", "1", "parallax-agent-drift-unstartable"), ("network", "rm", network)):
+        code, out = await docker_cli(*argv)
+        assert code == 0, out
+    controller = await start_controller()
+
+    after = await controller.wait_agent(
+        "drift-unstartable",
+        lambda a: running(a) and a["status"]["containerId"] != before["status"]["containerId"],
+        timeout=60,
+    )
+    assert after["status"]["restartCount"] == 1 and "startFailures" not in after["status"]
+    info = await inspect(docker, "parallax-agent-drift-unstartable")
+    assert info is not None and info["Id"] == after["status"]["containerId"] and info["State"]["Running"]
+    assert network in info["NetworkSettings"]["Networks"]
+    _, events = await controller.request("GET", "/agents/drift-unstartable/events")
+    replaced = [e for e in events["items"] if e["reason"] == "Replaced"]
+    assert len(replaced) == 1 and "not found" in replaced[0]["message"], events

@@ -490,6 +490,73 @@ async def test_a_failed_operation_writes_its_error_once_and_raises(world: World)
     assert status["phase"] == "Running" and status["restartCount"] == 1 and "error" not in status
 
 
+async def test_instance_the_runtime_refuses_to_start_for_ten_seconds_is_replaced_and_counted_as_a_restart(
+    world: World,
+) -> None:
+    instance = await world.running({"name": "a", "type": "claude", "env": {"TOKEN": "s3cret-value"}})
+    world.clock.advance(20)
+    world.runtime.exit(instance.id, 1)
+    for _ in range(3):  # e.g. Docker's "network … not found" after the network was made again
+        world.runtime.fail_next("start", AgentError(NETWORK_ERROR, "network 1369e57e not found (s3cret-value)"))
+        with pytest.raises(AgentError):
+            await world.reconcile("a")
+        world.clock.advance(4)
+        # refusals within ten seconds may be passing (a daemon shutting down): the instance is kept
+        assert world.runtime.held("a")[0].id == instance.id
+    failures = (await world.status("a"))["startFailures"]
+    assert failures["containerId"] == instance.id and failures["count"] == 3
+    assert "s3cret-value" not in failures["message"]
+    assert [c.verb for c in world.runtime.calls if c.verb == "start"] == ["start", "start", "start"]
+
+    await world.reconcile("a")  # twelve seconds after the first refusal
+
+    (replacement,) = world.runtime.held("a")
+    assert replacement.id != instance.id
+    assert [v for v, _ in world.runtime.mutations()][-3:] == ["remove", "create", "start"]
+    status = await world.status("a")
+    assert status["phase"] == "Running" and status["containerId"] == replacement.id
+    assert status["restartCount"] == 1 and "startFailures" not in status and "error" not in status
+    events = await world.store.list_events("a")
+    replaced = next(e for e in events if e.reason == "Replaced")
+    assert instance.id[:12] in replaced.message and "3 attempts" in replaced.message
+    assert all("s3cret-value" not in e.message for e in events)
+
+
+async def test_unreachable_runtime_during_a_start_does_not_count_towards_replacing(world: World) -> None:
+    instance = await world.running({"name": "a", "type": "claude"})
+    world.clock.advance(20)
+    world.runtime.exit(instance.id, 1)
+    for _ in range(3):
+        world.runtime.fail_next("start", AgentError(SOCKET_ERROR, "cannot reach the Docker daemon"))
+        with pytest.raises(AgentError):
+            await world.reconcile("a")
+    assert "startFailures" not in await world.status("a")
+
+    await world.reconcile("a")
+
+    assert world.runtime.held("a")[0].id == instance.id
+    assert (await world.status("a"))["phase"] == "Running"
+
+
+async def test_a_start_that_succeeds_after_one_refusal_forgets_the_refusal(world: World) -> None:
+    instance = await world.running({"name": "a", "type": "claude"})
+    world.clock.advance(20)
+    world.runtime.exit(instance.id, 1)
+    world.runtime.fail_next("start", AgentError(CONTAINER_ERROR, "refused once"))
+    with pytest.raises(AgentError):
+        await world.reconcile("a")
+    await world.reconcile("a")
+    assert "startFailures" not in await world.status("a")
+    world.clock.advance(20)
+    world.runtime.exit(instance.id, 1)
+    world.clock.advance(11)  # past the back-off of a second exit
+    world.runtime.fail_next("start", AgentError(CONTAINER_ERROR, "refused once more"))
+    with pytest.raises(AgentError):
+        await world.reconcile("a")
+    await world.reconcile("a")  # one refusal after a success is a first one again: no replacement
+    assert world.runtime.held("a")[0].id == instance.id
+
+
 async def test_mount_that_became_a_link_out_of_its_root_is_refused_before_the_restart(world: World) -> None:
     project = Path(world.settings.store_path).parent / "volumes" / "project"
     project.mkdir(parents=True)

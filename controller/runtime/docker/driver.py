@@ -33,6 +33,8 @@ from controller.model.errors import (
 from controller.runtime.docker.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
 from controller.runtime.interface import Instance
 
+AIODOCKER_UNREACHABLE = 900
+"""aiodocker's status for a request whose connection failed (it wraps aiohttp's connection errors)."""
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, asyncio.TimeoutError)
 _NEVER = "0001-01-01T00:00:00Z"
 
@@ -140,10 +142,17 @@ def _limit_field(lowered: str) -> str:
     return ""
 
 
+_GOING_AWAY = ("database not open", "is closing")
+"""What dockerd answers while it shuts down (its stores and its containerd connection closed under a
+request it still serves on a kept-alive connection): the daemon is going, the request is not refused."""
+
+
 def _classify(exc: aiodocker.DockerError, doing: str) -> AgentError:
     """The error code of a refused create or start, from what Docker said."""
     message = exc.message or str(exc)
     lowered = message.lower()
+    if any(phrase in lowered for phrase in _GOING_AWAY):
+        return AgentError(SOCKET_ERROR, f"{doing}: the Docker daemon is shutting down: {message}")
     if exc.status == 404 and ("image" in lowered or "no such image" in lowered):
         return AgentError(IMAGE_NOT_FOUND, f"{doing}: image not found locally: {message}")
     if "network" in lowered or "endpoint" in lowered or "address pool" in lowered:
@@ -182,6 +191,8 @@ class _DockerCall:
             raise _unreachable(exc) from exc
         if not isinstance(exc, aiodocker.DockerError):
             return False
+        if exc.status == AIODOCKER_UNREACHABLE:
+            raise AgentError(SOCKET_ERROR, f"cannot reach the Docker daemon: {exc.message}") from exc
         if exc.status in self.quiet or (self.busy_ok and "already in progress" in (exc.message or "")):
             return True
         if self.classify:
