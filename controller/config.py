@@ -93,6 +93,9 @@ class Settings:
     file ``store_path``."""
     image_prefix: str = "parallax/agent-"
     resync_seconds: float = 30.0
+    relist_seconds: float = 300.0
+    """How old the runtime cache's last full list may get before a resync lists again (a safety net:
+    the event stream keeps the cache current in between)."""
     workers: int = 4
     instance: str = "default"
     api_token: str | None = None
@@ -160,6 +163,7 @@ class Settings:
             store_url=env.get("PARALLAX_STORE") or None,
             image_prefix=env.get("PARALLAX_IMAGE_PREFIX", base.image_prefix),
             resync_seconds=_float(env, "PARALLAX_RESYNC_SECONDS", base.resync_seconds, 0.1),
+            relist_seconds=_float(env, "PARALLAX_RELIST_SECONDS", base.relist_seconds, 1.0),
             workers=_int(env, "PARALLAX_WORKERS", base.workers, 1, 256),
             instance=env.get("PARALLAX_INSTANCE", base.instance),
             api_token=env.get("PARALLAX_API_TOKEN") or None,

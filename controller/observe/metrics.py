@@ -401,6 +401,23 @@ class Metrics:
         self.docker_events = Counter(
             "parallax_docker_events_total", "Docker events received, by object type.", ["type"], registry=r
         )
+        self.cache_objects = Gauge(
+            "parallax_runtime_cache_objects",
+            "Instances (containers) in the runtime's watch-fed cache.",
+            registry=r,
+        )
+        self.cache_relists = Counter(
+            "parallax_runtime_cache_relists_total",
+            "Full lists of the runtime's instances into the cache, by reason (stream-open, periodic, unsynced).",
+            ["reason"],
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "parallax_docker_event_lag_seconds",
+            "Time from Docker emitting an event to the controller receiving it.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         build = Gauge(
             "parallax_build_info", "Build information; the value is always 1.", ["version", "python"], registry=r
         )
@@ -508,6 +525,15 @@ class Metrics:
     def on_docker_event(self, event: dict[str, Any]) -> None:
         kind = str(event.get("Type") or "other")
         self.docker_events.labels(kind if kind in EVENT_TYPES else "other").inc()
+        emitted = event.get("timeNano")
+        if isinstance(emitted, int):
+            self.event_lag.observe(max(0.0, time.time() - emitted / 1e9))
+
+    def on_cache_size(self, containers: int) -> None:
+        self.cache_objects.set(containers)
+
+    def on_relist(self, reason: str) -> None:
+        self.cache_relists.labels(reason).inc()
 
     # the manager's workers
     @contextlib.contextmanager

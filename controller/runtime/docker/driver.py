@@ -18,7 +18,6 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import aiodocker
 import aiohttp
-from aiodocker.events import DockerEvents
 
 from controller.config import Settings
 from controller.model.agent import container_name
@@ -30,6 +29,7 @@ from controller.model.errors import (
     SOCKET_ERROR,
     AgentError,
 )
+from controller.runtime.docker.cache import Listed
 from controller.runtime.docker.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
 from controller.runtime.interface import Instance
 
@@ -70,12 +70,22 @@ class DockerObserver(Protocol):
 
     def on_docker_event(self, event: dict[str, Any]) -> None: ...
 
+    def on_cache_size(self, containers: int) -> None: ...
+
+    def on_relist(self, reason: str) -> None: ...
+
 
 class NoopDockerObserver:
     def on_docker_call(self, operation: str, seconds: float, error_code: str | None) -> None:
         pass
 
     def on_docker_event(self, event: dict[str, Any]) -> None:
+        pass
+
+    def on_cache_size(self, containers: int) -> None:
+        pass
+
+    def on_relist(self, reason: str) -> None:
         pass
 
 
@@ -238,11 +248,13 @@ class DockerDriver:
             await self.docker.version()
 
     @_timed
-    async def list_agent_names(self) -> set[str]:
-        """Names of the agents that containers of this instance belong to (one call, no inspects)."""
+    async def list_agent_names(self) -> list[Listed]:
+        """The containers of this instance and their agents (one call, no inspects)."""
         with _DockerCall("listing containers", SOCKET_ERROR):
             found = await self.docker.containers.list(all=True, filters=self._filters())
-        return {str(c["Labels"][LABEL_AGENT]) for c in found if (c["Labels"] or {}).get(LABEL_AGENT)}
+        return [
+            Listed(str(c["Id"]), str(c["Labels"][LABEL_AGENT])) for c in found if (c["Labels"] or {}).get(LABEL_AGENT)
+        ]
 
     @_timed
     async def list_containers(self, agent: str | None = None) -> list[Instance]:
@@ -298,6 +310,9 @@ class DockerDriver:
             created = await self._ensure_network(name)
             self._networks_seen.add(name)
             return created
+
+    def knows_network(self, name: str) -> bool:
+        return name in self._networks_seen
 
     def forget_network(self, name: str) -> None:
         """Check ``name`` with Docker again next time (it was destroyed, or joining it failed)."""
@@ -419,33 +434,26 @@ class DockerDriver:
                 await volume.delete()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """One connection to Docker's event stream; it ends when the connection does (no retry here)."""
-        filters = json.dumps({"type": ["container", "network", "image"]})
-        events = DockerEvents(self.docker)  # type: ignore[no-untyped-call]
-        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-        task = asyncio.ensure_future(events.run(filters=filters))
+        """One connection to Docker's event stream; it ends when the connection does (no retry here).
+        The first item is ``STREAM_OPEN`` once Docker has answered: from then on no change is missed, so
+        a list made after it plus the events that follow are the whole truth."""
+        params = {"filters": json.dumps({"type": ["container", "network", "image"]})}
+        forever = aiohttp.ClientTimeout(total=None, sock_read=None, connect=5)
         try:
-            while True:
-                getter = asyncio.ensure_future(subscriber.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    event = getter.result()
-                    if event is None:
-                        break
-                    self.observer.on_docker_event(event)
-                    yield event
-                else:
-                    getter.cancel()
-                    break
-            if task.done() and task.exception() is not None:
-                exc = task.exception()
-                assert exc is not None
-                if isinstance(exc, _UNREACHABLE):
-                    raise _unreachable(exc)
-                raise AgentError(SOCKET_ERROR, f"event stream failed: {exc}")
-        finally:
-            await events.stop()  # type: ignore[no-untyped-call]
+            with _DockerCall("opening the event stream", SOCKET_ERROR):
+                async with self.docker._query("events", method="GET", params=params, timeout=forever) as response:
+                    yield dict(STREAM_OPEN)
+                    async for line in response.content:  # one JSON object per line
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        self.observer.on_docker_event(event)
+                        yield event
+        except json.JSONDecodeError as exc:
+            raise AgentError(SOCKET_ERROR, f"event stream failed: {exc}") from exc
 
+
+STREAM_OPEN = {"Type": "parallax", "Action": "stream-open"}
 
 LIVE_SPARE_CONNECTIONS = 16
 

@@ -8,13 +8,15 @@ of agents, and keeps the driver's caches honest (a failure or an event forgets w
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from controller.config import Settings
 from controller.model.agent import Agent, container_name
-from controller.model.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, AgentError
-from controller.runtime.docker.driver import DockerDriver, DockerObserver, LiveDocker
+from controller.model.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
+from controller.runtime.docker.cache import ContainerCache
+from controller.runtime.docker.driver import STREAM_OPEN, DockerDriver, DockerObserver, LiveDocker, NoopDockerObserver
 from controller.runtime.docker.render import (
     LABEL_AGENT,
     LABEL_INSTANCE,
@@ -35,8 +37,11 @@ class DockerRuntime:
 
     def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
         self.settings = settings
-        self.driver = DockerDriver(settings, observer=observer)
+        self.observer: DockerObserver = observer or NoopDockerObserver()
+        self.driver = DockerDriver(settings, observer=self.observer)
         self._live = LiveDocker(self.driver, own_client=True)
+        self.cache = ContainerCache(self._inspect, on_size=self.observer.on_cache_size)
+        self._streaming = False
 
     @property
     def live(self) -> LiveDocker:
@@ -58,18 +63,42 @@ class DockerRuntime:
         return Desired(config_hash=digest, image=str(body["Image"]), body=body)
 
     async def agents_with_instances(self) -> set[str]:
-        return await self.driver.list_agent_names()
+        """From the cache while the event stream keeps it; a relist when it does not, or when the last
+        one is ``PARALLAX_RELIST_SECONDS`` old (the safety net against an event Docker never sent)."""
+        cache = self.cache
+        if cache.synced and time.monotonic() - cache.listed_at < self.settings.relist_seconds:
+            return cache.agents()
+        return await self._relist("periodic" if cache.synced else "unsynced")
+
+    async def _relist(self, reason: str) -> set[str]:
+        listed = await self.driver.list_agent_names()
+        if not self._streaming:
+            return {item.agent for item in listed}  # no stream to keep a cache current: not one
+        self.observer.on_relist(reason)
+        return self.cache.replace(listed)
 
     async def instances(self, agent: str) -> list[Instance]:
+        if self.cache.synced:
+            return await self.cache.instances(agent)
         return await self.driver.list_containers(agent)
 
     async def instance(self, instance_id: str) -> Instance | None:
-        return await self.driver.inspect(instance_id)
+        return await self.cache.fresh(instance_id)
+
+    async def _inspect(self, instance_id: str) -> Instance | None:
+        try:
+            return await self.driver.inspect(instance_id)
+        except AgentError as err:
+            if err.code == SOCKET_ERROR:
+                self.cache.unsynced()  # the stream is about to say so too; until then trust nothing
+            raise
 
     async def image_present(self, image: str) -> bool:
         return await self.driver.image_exists(image)
 
     async def ensure_network(self, name: str) -> bool:
+        if self.driver.knows_network(name):
+            return False  # known usable since the last network event: no call, no Docker slot taken
         try:
             return await self.driver.ensure_network(name)
         except AgentError:
@@ -93,6 +122,7 @@ class DockerRuntime:
         except AgentError as err:
             self._forget_after(err, agent.spec.network)
             raise
+        self.cache.changed(container_id, agent.name)
         return Instance(
             id=container_id,
             name=name,
@@ -103,6 +133,9 @@ class DockerRuntime:
             networks=(agent.spec.network,),
         )
 
+    # Every write marks what it touched as changed in the cache (a removal forgets it), succeeded or not:
+    # the next read of that agent inspects it afresh instead of deciding on what was true before.
+
     async def start(self, instance_id: str) -> None:
         try:
             await self.driver.start(instance_id)
@@ -110,15 +143,28 @@ class DockerRuntime:
             if err.code in (NETWORK_ERROR, IMAGE_NOT_FOUND):
                 self.driver.forget_cached()  # which network or image it was, Docker does not say
             raise
+        finally:
+            self.cache.changed(instance_id)
 
     async def stop(self, instance_id: str, grace_seconds: int) -> None:
-        await self.driver.stop(instance_id, grace_seconds)
+        try:
+            await self.driver.stop(instance_id, grace_seconds)
+        finally:
+            self.cache.changed(instance_id)
 
     async def remove(self, instance_id: str) -> None:
-        await self.driver.remove(instance_id)
+        try:
+            await self.driver.remove(instance_id)
+        except AgentError:
+            self.cache.changed(instance_id)
+            raise
+        self.cache.forget(instance_id)
 
     async def rename(self, instance_id: str, agent: str) -> None:
-        await self.driver.rename(instance_id, container_name(agent))
+        try:
+            await self.driver.rename(instance_id, container_name(agent))
+        finally:
+            self.cache.changed(instance_id)
 
     async def connect(self, instance_id: str, network: str, aliases: list[str]) -> None:
         try:
@@ -126,6 +172,8 @@ class DockerRuntime:
         except AgentError:
             self.driver.forget_network(network)
             raise
+        finally:
+            self.cache.changed(instance_id)
 
     async def recent_output(self, instance_id: str, lines: int) -> list[str]:
         return await self.driver.recent_output(instance_id, lines)
@@ -149,10 +197,19 @@ class DockerRuntime:
         """Docker's event stream as changes of agents. What the driver remembers (networks, images) is
         forgotten first: events may have been missed while no stream was open."""
         self.driver.forget_cached()
-        async for event in self.driver.events():
-            change = self._change(event)
-            if change is not None:
-                yield change
+        self.cache.unsynced()
+        try:
+            async for event in self.driver.events():
+                if event == STREAM_OPEN:
+                    self._streaming = True
+                    await self._relist("stream-open")
+                    continue
+                change = self._change(event)
+                if change is not None:
+                    yield change
+        finally:
+            self._streaming = False
+            self.cache.unsynced()
 
     def _change(self, event: dict[str, Any]) -> RuntimeChange | None:
         kind, action = event.get("Type"), str(event.get("Action", "")).split(":")[0]
@@ -160,14 +217,23 @@ class DockerRuntime:
         if kind == "container" and action in CONTAINER_ACTIONS:
             if attributes.get(LABEL_MANAGED) == "true" and attributes.get(LABEL_INSTANCE) == self.settings.instance:
                 agent = attributes.get(LABEL_AGENT)
+                container_id = str((event.get("Actor") or {}).get("ID") or event.get("id") or "")
+                if container_id and action == "destroy":
+                    self.cache.forget(container_id)
+                elif container_id:
+                    self.cache.changed(container_id, agent)
                 if agent:
                     return RuntimeChange("instance", agent=agent)
         elif kind == "network" and action == "destroy":
             network = attributes.get("name")
             if network:
                 self.driver.forget_network(network)
+                self.cache.changed_on_network(network)
             return RuntimeChange("network-removed", network=network)
-        elif kind == "network" and action == "disconnect":
+        elif kind == "network" and action in ("connect", "disconnect"):
+            self.cache.changed(str(attributes.get("container") or ""))  # its networks changed
+            if action == "connect":
+                return None
             return RuntimeChange(
                 "network-detached", network=attributes.get("name"), instance_id=attributes.get("container")
             )
