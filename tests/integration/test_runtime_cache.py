@@ -52,9 +52,7 @@ async def test_resyncs_read_the_cache_and_the_event_stream_keeps_it_current(star
     old = agent["status"]["containerId"]
     code, out = await docker_cli("rm", "-f", f"parallax-agent-{victim}")
     assert code == 0, out
-    healed = await controller.wait_agent(
-        victim, lambda a: running(a) and a["status"]["containerId"] != old, timeout=30
-    )
+    healed = await controller.wait_agent(victim, lambda a: running(a) and a["status"]["containerId"] != old, timeout=30)
     assert healed["status"]["containerId"] != old
     _, later = await scrape(controller)
     assert value(later, "parallax_runtime_cache_objects") == AGENTS
