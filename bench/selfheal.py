@@ -1,9 +1,10 @@
 """Benchmark 2, self-heal: `docker kill` an agent's container and time until Docker reports it running
 again (and until the API says Running with restartCount 1), versus a plain supervisor on raw Docker:
 kill, wait for the `die` event, `docker start`, wait for the `start` event. One kill per agent (a second
-kill of the same agent would meet the crash-loop backoff, 10 s, by design).
+kill of the same agent would meet the crash-loop backoff, 10 s, by design). ``--agents N`` runs N agents
+in all (the killed ones among them), to see whether self-heal slows as the fleet grows.
 
-    .venv/bin/python -m bench.selfheal [--kills 20]
+    .venv/bin/python -m bench.selfheal [--kills 20] [--agents 1000]
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ from bench.common import (
     raw_network,
     shut_down,
 )
+from bench.scale import create_all
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--agents", type=int, default=0, help="agents running in all (default: --kills)")
     args = parser.parse_args()
     tag = new_tag()
     server = Server(tag)
     docker = aiodocker.Docker()
     names = [f"pb{tag}-{i}" for i in range(args.kills)]
-    print(f"self-heal: {args.kills} kills, parallax vs kill+start on raw Docker; {machine_note()}")
+    others = [f"pb{tag}-bg{i}" for i in range(max(0, args.agents - args.kills))]
+    print(
+        f"self-heal: {args.kills} kills among {len(names) + len(others)} agents, parallax vs kill+start on raw "
+        f"Docker; {machine_note()}"
+    )
     try:
         await server.start()
         network = await raw_network(docker, tag)
@@ -48,6 +55,8 @@ async def main() -> None:
                     assert body["status"]["phase"] == "Running", body
                     return str(body["status"]["containerId"])
 
+            if others:
+                await create_all(session, server, others)
             ids = [await create(name) for name in names]
             template = await docker.containers.container(ids[0]).show()
             raw_ids = []
@@ -93,7 +102,10 @@ async def main() -> None:
             ):
                 print(f"{label:28} {percentile(values, 50):>7.3f} {percentile(values, 95):>7.3f}")
             p50_ratio = percentile(ours_docker, 50) / percentile(theirs, 50)
-            print(f"ratio p50 (parallax Docker-running / raw): {p50_ratio:.2f}; {machine_note()}")
+            print(
+                f"ratio p50 (parallax Docker-running / raw): {p50_ratio:.2f} with {len(names) + len(others)} "
+                f"agents; {machine_note()}"
+            )
     finally:
         await shut_down(server, docker, tag)
 

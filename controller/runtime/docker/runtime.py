@@ -8,6 +8,8 @@ of agents, and keeps the driver's caches honest (a failure or an event forgets w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +30,7 @@ from controller.runtime.docker.render import (
 from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
 
 CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
+FIRST_SYNC_WAIT_SECONDS = 5.0
 IMAGE_ADDED = {"tag", "load", "pull", "import"}
 IMAGE_REMOVED = {"delete", "untag"}
 
@@ -42,6 +45,9 @@ class DockerRuntime:
         self._live = LiveDocker(self.driver, own_client=True)
         self.cache = ContainerCache(self._inspect, on_size=self.observer.on_cache_size)
         self._streaming = False
+        self._first_sync = asyncio.Event()
+        """Set once the first event stream has opened and listed, or failed: until then a read waits for
+        it (client-go's WaitForCacheSync) rather than asking Docker for one agent's containers."""
 
     @property
     def live(self) -> LiveDocker:
@@ -56,7 +62,11 @@ class DockerRuntime:
         await self.driver.close()
 
     async def ping(self) -> None:
-        await self.driver.ping()
+        try:
+            await self.driver.ping()
+        except AgentError:
+            self._first_sync.set()  # no stream is coming soon: reads go to Docker (and fail as it does)
+            raise
 
     def render(self, agent: Agent) -> Desired:
         body, digest = desired_container(agent, self.settings)
@@ -78,6 +88,9 @@ class DockerRuntime:
         return self.cache.replace(listed)
 
     async def instances(self, agent: str) -> list[Instance]:
+        if not self.cache.synced and not self._first_sync.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_sync.wait(), FIRST_SYNC_WAIT_SECONDS)
         if self.cache.synced:
             return await self.cache.instances(agent)
         return await self.driver.list_containers(agent)
@@ -202,7 +215,10 @@ class DockerRuntime:
             async for event in self.driver.events():
                 if event == STREAM_OPEN:
                     self._streaming = True
-                    await self._relist("stream-open")
+                    try:
+                        await self._relist("stream-open")
+                    finally:
+                        self._first_sync.set()
                     continue
                 change = self._change(event)
                 if change is not None:
@@ -210,6 +226,7 @@ class DockerRuntime:
         finally:
             self._streaming = False
             self.cache.unsynced()
+            self._first_sync.set()
 
     def _change(self, event: dict[str, Any]) -> RuntimeChange | None:
         kind, action = event.get("Type"), str(event.get("Action", "")).split(":")[0]
