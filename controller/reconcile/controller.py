@@ -164,8 +164,8 @@ class Controller:
 
     async def _on_change(self, change: RuntimeChange) -> None:
         """Requeue the agents whose outcome the change may alter, and only those."""
-        if change.kind == "instance" and change.agent:
-            self.queue.add(change.agent)
+        if change.kind in ("instance", "network-detached") and change.agent:
+            self.queue.add(change.agent)  # a runtime that knows whose instance was detached says so
         elif change.kind in ("network-detached", "network-removed"):
             # A detach concerns one instance (a failed start detaches its own, for one): only its agent.
             # A removed network concerns every agent on it.

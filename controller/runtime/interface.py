@@ -68,7 +68,8 @@ RuntimeChangeKind = Literal["instance", "network-detached", "network-removed", "
 @dataclass(frozen=True)
 class RuntimeChange:
     """Something changed in the runtime, mapped to what it concerns: one agent's instance; an instance
-    detached from a network (``instance_id``); a network removed; an image added or removed."""
+    detached from a network (``instance_id``, and ``agent`` when the runtime knows whose it is); a network
+    removed; an image added or removed."""
 
     kind: RuntimeChangeKind
     agent: str | None = None

@@ -118,6 +118,9 @@ class ContainerCache:
     def agents(self) -> set[str]:
         return set(self._by_agent)
 
+    def agent_of(self, container_id: str) -> str | None:
+        return self._agent_of.get(container_id)
+
     async def instances(self, agent: str) -> list[Instance]:
         """The agent's containers as they are now: the changed ones are inspected first."""
         for container_id in list(self._by_agent.get(agent, ())):

@@ -248,11 +248,15 @@ class DockerRuntime:
                 self.cache.changed_on_network(network)
             return RuntimeChange("network-removed", network=network)
         elif kind == "network" and action in ("connect", "disconnect"):
-            self.cache.changed(str(attributes.get("container") or ""))  # its networks changed
+            container_id = str(attributes.get("container") or "")
+            self.cache.changed(container_id)  # its networks changed
             if action == "connect":
                 return None
             return RuntimeChange(
-                "network-detached", network=attributes.get("name"), instance_id=attributes.get("container")
+                "network-detached",
+                agent=self.cache.agent_of(container_id),
+                network=attributes.get("name"),
+                instance_id=container_id,
             )
         elif kind == "image" and action in IMAGE_REMOVED:
             self.driver.forget_images()
