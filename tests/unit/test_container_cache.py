@@ -164,3 +164,21 @@ async def test_a_removed_network_marks_the_containers_that_were_on_it() -> None:
     await cache.instances("a")
     await cache.instances("b")
     assert engine.inspected == ["2"]
+
+
+async def test_a_periodic_relist_keeps_what_it_knows_and_verify_finds_a_missed_event() -> None:
+    engine = Engine()
+    engine.states = {"1": "running", "2": "running", "3": "running"}
+    cache = ContainerCache(engine.inspect)
+    cache.replace([Listed("1", "a"), Listed("2", "a")])
+    await cache.instances("a")
+    engine.inspected.clear()
+
+    engine.states["2"] = "exited"  # Docker never sent the die event
+    cache.replace([Listed("1", "a"), Listed("2", "a"), Listed("3", "a")], missed_events=False)
+    assert {i.id: i.state for i in await cache.instances("a")} == {"1": "running", "2": "running", "3": "running"}
+    assert engine.inspected == ["3"]  # only the new one: the others are believed until verified
+
+    assert sorted(cache.unverified()) == ["1", "2", "3"]
+    assert [cid for cid in sorted(cache.unverified()) if await cache.verify(cid)] == ["2"]
+    assert {i.id: i.state for i in await cache.instances("a")} == {"1": "running", "2": "exited", "3": "running"}

@@ -63,15 +63,18 @@ class ContainerCache:
 
     # -- what the list, the events and the controller's writes tell it -----------------------------
 
-    def replace(self, listed: Iterable[Listed]) -> set[str]:
-        """A relist: exactly these containers exist; every one is to be inspected before it is read
-        (events may have been missed). The names of their agents."""
+    def replace(self, listed: Iterable[Listed], *, missed_events: bool = True) -> set[str]:
+        """A relist: exactly these containers exist. After a gap in the events (``missed_events``) every
+        one is to be inspected before it is read; otherwise (the periodic safety net, with the stream
+        open throughout) only new ones are, and ``unverified`` names the rest for ``verify``. The names
+        of their agents."""
         listed = list(listed)
         present = {item.id for item in listed}
         for gone in [cid for cid in self._agent_of if cid not in present]:
             self.forget(gone)
         for item in listed:
-            self.changed(item.id, item.agent)
+            if missed_events or item.id not in self._agent_of:
+                self.changed(item.id, item.agent)
         self.synced = True
         self.listed_at = time.monotonic()
         self._on_size(len(self))
@@ -128,6 +131,25 @@ class ContainerCache:
                 await self._refresh(container_id)
         found = (self._known.get(cid) for cid in self._by_agent.get(agent, ()))
         return [instance for instance in found if instance is not None]
+
+    def unverified(self) -> list[str]:
+        """Containers inspected before and not marked since: what a periodic relist checks in the
+        background (``verify``)."""
+        return [cid for cid, instance in self._known.items() if instance is not None and cid not in self._changed]
+
+    async def verify(self, container_id: str) -> bool:
+        """Inspect a container the cache believes it knows; if Docker says otherwise (an event that never
+        came), mark it changed so its next read takes the new answer. Whether it differed."""
+        known = self._known.get(container_id)
+        if known is None or container_id in self._changed:
+            return False
+        instance = await self._inspect(container_id)
+        if self._known.get(container_id) is not known or container_id in self._changed:
+            return False  # changed meanwhile: the event's own inspection will tell
+        if instance != known:
+            self._changed[container_id] = next(self._versions)
+            return True
+        return False
 
     async def fresh(self, container_id: str) -> Instance | None:
         """One container inspected now (whether marked changed or not), the cache updated with it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,9 @@ from controller.runtime.docker.render import (
     workspace_volume,
 )
 from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
+from controller.tasks import cancel_all
+
+log = logging.getLogger("parallax.runtime")
 
 CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
 FIRST_SYNC_WAIT_SECONDS = 5.0
@@ -45,6 +49,7 @@ class DockerRuntime:
         self._live = LiveDocker(self.driver, own_client=True)
         self.cache = ContainerCache(self._inspect, on_size=self.observer.on_cache_size)
         self._streaming = False
+        self._verifying: asyncio.Task[None] | None = None
         self._first_sync = asyncio.Event()
         """Set once the first event stream has opened and listed, or failed: until then a read waits for
         it (client-go's WaitForCacheSync) rather than asking Docker for one agent's containers."""
@@ -58,6 +63,8 @@ class DockerRuntime:
         await self._live.open()
 
     async def close(self) -> None:
+        if self._verifying is not None:
+            await cancel_all([self._verifying])
         await self._live.close()
         await self.driver.close()
 
@@ -85,7 +92,24 @@ class DockerRuntime:
         if not self._streaming:
             return {item.agent for item in listed}  # no stream to keep a cache current: not one
         self.observer.on_relist(reason)
-        return self.cache.replace(listed)
+        if reason != "periodic":
+            return self.cache.replace(listed)  # events were missed: inspect everything before it is read
+        names = self.cache.replace(listed, missed_events=False)
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.create_task(self._verify(self.cache.unverified()), name="cache-verify")
+        return names
+
+    async def _verify(self, container_ids: list[str]) -> None:
+        """The periodic safety net, one container at a time in the background: a burst of inspections
+        would compete with the reconciles for Docker's slots."""
+        differed = 0
+        for container_id in container_ids:
+            try:
+                differed += await self.cache.verify(container_id)
+            except AgentError:
+                return  # the daemon is going away: the stream will say so and a relist follows
+        if differed:
+            log.warning("runtime cache: %d container(s) had changed without an event; re-read", differed)
 
     async def instances(self, agent: str) -> list[Instance]:
         if not self.cache.synced and not self._first_sync.is_set():
