@@ -80,7 +80,10 @@ async def ui_redirect(request: web.Request) -> web.Response:
     responses={
         "200": {"description": "the file", "content": {"text/html": {"schema": {"type": "string"}}}},
         "304": {"description": "not modified since the ETag the browser has"},
-        "404": {"description": "no such file in the dashboard", "content": {openapi.JSON: {"schema": openapi.ref("Error")}}},
+        "404": {
+            "description": "no such file in the dashboard",
+            "content": {openapi.JSON: {"schema": openapi.ref("Error")}},
+        },
     },
 )
 async def ui_asset(request: web.Request) -> web.Response:

@@ -35,7 +35,12 @@ POINT = {
 def _fleet(request: web.Request) -> dict[str, Any]:
     refresher = request.app[STATS]
     items = [{"agent": name, **point.to_dict()} for name, point in sorted(refresher.latest_points().items())]
-    return {"apiVersion": "parallax.ai/v1", "kind": "AgentUsageList", "intervalSeconds": refresher.interval, "items": items}
+    return {
+        "apiVersion": "parallax.ai/v1",
+        "kind": "AgentUsageList",
+        "intervalSeconds": refresher.interval,
+        "items": items,
+    }
 
 
 @routes.get("/metrics/agents")
@@ -50,7 +55,9 @@ def _fleet(request: web.Request) -> dict[str, Any]:
         **openapi.errors(400, 401, 429),
     },
     schemas={
-        "AgentUsage": {"allOf": [POINT, {"type": "object", "required": ["agent"], "properties": {"agent": {"type": "string"}}}]},
+        "AgentUsage": {
+            "allOf": [POINT, {"type": "object", "required": ["agent"], "properties": {"agent": {"type": "string"}}}]
+        },
         "AgentUsageList": {
             "type": "object",
             "required": ["apiVersion", "kind", "intervalSeconds", "items"],

@@ -59,7 +59,9 @@ class Point:
 
 
 class StatsRefresher:
-    def __init__(self, store: Store, live: LiveViews, interval: float, history_seconds: float = HISTORY_SECONDS) -> None:
+    def __init__(
+        self, store: Store, live: LiveViews, interval: float, history_seconds: float = HISTORY_SECONDS
+    ) -> None:
         self.store = store
         self.live = live
         self.interval = interval
