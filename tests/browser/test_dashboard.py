@@ -17,7 +17,7 @@ from tests.browser.conftest import TOKEN, call, login, screenshot_path
 from tests.conftest import StartController
 from tests.harness import Controller, running
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.docker, pytest.mark.browser]
 
 SECRET = "sk-ui-planted-4b7d0c2e9f"
 
