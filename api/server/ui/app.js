@@ -269,8 +269,10 @@ function logPane(scope, name) {
   };
   const add = (line) => {
     (paused ? held : lines).push(line);
-    if (lines.length > MAX_LOG_LINES) lines = lines.slice(-MAX_LOG_LINES);
-    if (!paused && matches(line)) {
+    if (lines.length > MAX_LOG_LINES) {
+      lines = lines.slice(-MAX_LOG_LINES / 2);
+      if (!paused) render();
+    } else if (!paused && matches(line)) {
       pre.append((pre.textContent ? "\n" : "") + line);
       pre.scrollTop = pre.scrollHeight;
     }
@@ -292,7 +294,7 @@ function logPane(scope, name) {
       stream = new AbortController();
       scope.signal.addEventListener("abort", () => stream.abort());
       const mine = stream;
-      let tail = "all";
+      let tail = String(MAX_LOG_LINES);
       render();
       keepOpen(mine, async (signal) => {
         const resp = await fetch(`/agents/${encodeURIComponent(name)}/logs?follow=true&tail=${tail}`, { headers: headers(), signal });
