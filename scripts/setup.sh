@@ -97,6 +97,8 @@ if [ "$state" = denied ]; then
     say "$user may use Docker: through the docker group from the next login, through an ACL on the socket until then"
 fi
 
+bash scripts/setup-browser.sh  # Chromium for tests/browser (the dashboard)
+
 # c. Python venv
 if [ ! -x .venv/bin/pip ]; then
     say "creating .venv"

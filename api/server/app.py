@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api.server import openapi, routes_agents, routes_apply, routes_health, routes_live, routes_metrics, routes_watch
+from api.server import (
+    openapi,
+    routes_agents,
+    routes_apply,
+    routes_health,
+    routes_live,
+    routes_metrics,
+    routes_ui,
+    routes_usage,
+    routes_watch,
+)
 from api.server.auth import auth_middleware
 from api.server.errors import error_middleware
 from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
@@ -70,8 +80,10 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     app.add_routes(routes_agents.routes)
     app.add_routes(routes_live.routes)
     app.add_routes(routes_metrics.routes)
+    app.add_routes(routes_usage.routes)
     app.add_routes(routes_apply.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(routes_ui.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await open_store(settings.store, spec_defaults(settings), buffer=settings.watch_buffer)

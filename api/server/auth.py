@@ -1,7 +1,9 @@
 """Bearer-token authentication (``PARALLAX_API_TOKEN``), and the rule that keeps a token-less API local.
 
 Every route needs ``Authorization: Bearer <token>`` when a token is configured, except the probes
-(``/healthz``, ``/readyz``) and, when ``PARALLAX_METRICS_AUTH`` is off, ``/metrics``. Tokens are
+(``/healthz``, ``/readyz``), the dashboard's static files (``/ui/...``: no data, and a browser opening a
+page cannot send the header; the page then asks the API with the token) and, when
+``PARALLAX_METRICS_AUTH`` is off, ``/metrics``. Tokens are
 compared in constant time and never logged.
 """
 
@@ -21,11 +23,17 @@ log = logging.getLogger("parallax.api")
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
+UI_PATH = "/ui"
 MIN_TOKEN_LENGTH = 16
 
 
 def is_open(path: str, settings: Settings) -> bool:
-    return path in OPEN_PATHS or (path == METRICS_PATH and not settings.metrics_auth)
+    return (
+        path in OPEN_PATHS
+        or path == UI_PATH
+        or path.startswith(UI_PATH + "/")
+        or (path == METRICS_PATH and not settings.metrics_auth)
+    )
 
 
 def token_matches(header: str | None, token: str) -> bool:

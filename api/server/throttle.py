@@ -3,7 +3,8 @@
 API and reconciler share one event loop. Without a bound, a crowd of clients polling the API fills the
 loop's ready queue and starves the reconcile workers (convergence slowed 5x in the overload test).
 
-A slot is only ever held by work: a stream (followed logs, ``/events``, ``/ws``, ``GET /agents?watch``)
+A slot is only ever held by work: a stream (followed logs, ``/events``, ``/ws``, ``GET /agents?watch``,
+``GET /metrics/agents?watch``)
 takes none, and is bounded separately (``api.server.streams``); a request that waits (``?wait=true`` on
 ``POST``/``DELETE /agents``) gives its slot back once its write is done, before it waits (``release_slot``).
 Streams are recognised by their route and the same flag parser the handlers use (``api.server.params``), so
@@ -28,6 +29,7 @@ STREAM_ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/ws"): None,
     ("GET", "/agents"): "watch",
     ("GET", "/agents/{name}/logs"): "follow",
+    ("GET", "/metrics/agents"): "watch",
 }
 
 

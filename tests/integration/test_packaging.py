@@ -18,11 +18,13 @@ assert controller.admission.schema.__file__.startswith(TARGET), controller.admis
 agent, _ = admit({"name": "wheel-check", "type": "claude", "resources": {"memory": "1g"}}, Settings())
 assert agent.spec.resources.memory == "1g"
 assert "Agent" in api.server.openapi.agent_schemas()
+import api.server.routes_ui as ui
+assert {"index.html", "app.js", "style.css", "vendor/uplot/uPlot.iife.min.js", "vendor/uplot/LICENSE"} <= set(ui.ASSETS)
 print("ok")
 """
 
 
-def test_a_wheel_installed_elsewhere_validates_agents_and_serves_its_openapi(tmp_path: Path) -> None:
+def test_a_wheel_installed_elsewhere_validates_agents_and_serves_its_openapi_and_dashboard(tmp_path: Path) -> None:
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)],
         capture_output=True,
