@@ -19,7 +19,10 @@ from typing import Any, Literal, Protocol
 
 from controller.model.agent import Agent
 
-InstanceState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+InstanceState = Literal["created", "starting", "running", "paused", "restarting", "removing", "exited", "dead", "lost"]
+"""Docker's container states, and two of a scheduler's: ``starting`` (being scheduled and started, which
+the runtime does by itself; ``error_code`` says why it is taking long) and ``lost`` (its node is gone:
+``start`` makes it again elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class Instance:
     restart_count: int = 0
     misnamed: bool = False
     """The instance does not carry the name the runtime gives this agent (renamed behind our back)."""
+    node: str = ""
+    """The host it runs on, for a runtime of many hosts (empty for the local one)."""
+    error_code: str = ""
+    """The error code of ``error``, when the runtime classified it (a task its scheduler cannot place)."""
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,265 @@
+"""Docker Swarm mode as a ``Runtime``: each agent is a service with one replica.
+
+The reconciler's verbs on a service: ``create`` makes the service (one replica, so Swarm schedules its task
+at once); ``start`` makes sure a task is wanted (scales a stopped service back to one replica, or forces a
+new task when the newest one ended); ``stop`` scales to zero and waits for the task to stop; ``remove``
+removes the service. The service's newest task is the instance (``controller.runtime.swarm.tasks``).
+Changes are noticed by polling the manager (services, tasks, nodes) every ``PARALLAX_SWARM_POLL_SECONDS``:
+Swarm's event stream says nothing of tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.config import Settings
+from controller.model.agent import Agent, container_name
+from controller.model.errors import CONTAINER_ERROR, NETWORK_ERROR, AgentError
+from controller.model.timestamps import parse_runtime_time
+from controller.runtime.docker.driver import DockerObserver
+from controller.runtime.docker.render import LABEL_AGENT
+from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
+from controller.runtime.swarm.driver import SwarmDriver
+from controller.runtime.swarm.live import LiveSwarm
+from controller.runtime.swarm.render import desired_service
+from controller.runtime.swarm.tasks import STARTING, instance_of, newest_task, replicas, task_error
+
+log = logging.getLogger("parallax.runtime.swarm")
+
+STARTING_OR_UP = STARTING | {"running"}
+NEW_TASK_SECONDS = 5.0
+
+REJECTION_RETRY_SECONDS = 5.0
+"""A task a node rejected (no such image there, a network it could not join) is tried again, as a new
+task, once it is this old; before, ``start`` reports the rejection."""
+
+
+class SwarmRuntime:
+    """``Runtime`` on a Docker Swarm, through one of its managers (``DOCKER_SOCKET``)."""
+
+    def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
+        self.settings = settings
+        self.driver = SwarmDriver(settings, observer=observer)
+        self._live = LiveSwarm(self.driver)
+        self.reported_nodes: set[str] = set()
+
+    @property
+    def live(self) -> LiveSwarm:
+        return self._live
+
+    async def open(self) -> None:
+        await self.driver.open()
+        await self._live.open()
+
+    async def close(self) -> None:
+        await self._live.close()
+        await self.driver.close()
+
+    async def ping(self) -> None:
+        await self.driver.swarm_node_id()
+
+    def render(self, agent: Agent) -> Desired:
+        spec, digest = desired_service(agent, self.settings, container_name(agent.name))
+        return Desired(config_hash=digest, image=str(spec["TaskTemplate"]["ContainerSpec"]["Image"]), body=spec)
+
+    async def _nodes(self) -> dict[str, dict[str, Any]]:
+        return {str(n["ID"]): n for n in await self.driver.nodes()}
+
+    async def _instances(self, services: list[dict[str, Any]]) -> list[Instance]:
+        if not services:
+            return []
+        tasks = await self.driver.tasks([s["ID"] for s in services])
+        nodes = await self._nodes()
+        return [instance_of(s, [t for t in tasks if t.get("ServiceID") == s["ID"]], nodes) for s in services]
+
+    async def agents_with_instances(self) -> set[str]:
+        found = await self.driver.services()
+        return {str(s["Spec"]["Labels"][LABEL_AGENT]) for s in found if s["Spec"].get("Labels", {}).get(LABEL_AGENT)}
+
+    async def instances(self, agent: str) -> list[Instance]:
+        return await self._instances(await self.driver.services(**{LABEL_AGENT: agent}))
+
+    async def instance(self, instance_id: str) -> Instance | None:
+        service = await self.driver.service(instance_id)
+        if service is None:
+            return None
+        return (await self._instances([service]))[0]
+
+    async def image_present(self, image: str) -> bool:
+        """Each node has images of its own, and which node a task lands on is Swarm's choice: a node
+        without the image rejects the task, and that is reported then (IMAGE_NOT_FOUND)."""
+        return True
+
+    async def ensure_network(self, name: str) -> bool:
+        try:
+            return await self.driver.ensure_network(name)
+        except AgentError:
+            self.driver.forget_network(name)
+            raise
+
+    async def ensure_workspace(self, agent: Agent) -> None:
+        """Nothing to do here: the workspace is a volume of the node the task runs on, made there (with
+        its labels) when the task starts."""
+
+    async def remove_workspace(self, agent: Agent) -> None:
+        """The workspace volumes on the nodes this controller has endpoints for (best effort)."""
+        await self._live.remove_volumes(agent)
+
+    async def create(self, agent: Agent, desired: Desired) -> Instance:
+        try:
+            service_id = await self.driver.create_service(desired.body)
+        except AgentError as err:
+            if err.code == NETWORK_ERROR:
+                self.driver.forget_network(agent.spec.network)
+            raise
+        return Instance(
+            id=service_id,
+            name=container_name(agent.name),
+            agent=agent.name,
+            uid=agent.metadata.uid,
+            config_hash=desired.config_hash,
+            state="created",
+            networks=(agent.spec.network,),
+        )
+
+    async def _update(self, service: dict[str, Any], change: dict[str, Any]) -> None:
+        spec = service["Spec"]
+        for key, value in change.items():
+            if key == "ForceUpdate":
+                spec["TaskTemplate"]["ForceUpdate"] = value
+            else:
+                spec[key] = value
+        await self.driver.update_service(service["ID"], int(service["Version"]["Index"]), spec)
+
+    async def start(self, instance_id: str) -> None:
+        """A task wanted: one replica, and a new task if the newest has ended (a restart)."""
+        service = await self._service(instance_id)
+        task = newest_task(await self.driver.tasks([instance_id]))
+        if replicas(service) == 0:
+            await self._update(service, {"Mode": {"Replicated": {"Replicas": 1}}})
+        elif task is None or (task.get("DesiredState") == "running" and task["Status"]["State"] in STARTING_OR_UP):
+            return  # a task is wanted already: Swarm is starting it, or it runs
+        else:
+            if task["Status"]["State"] == "rejected":
+                err = task_error(task)
+                age = _age(task["Status"].get("Timestamp"))
+                if err is not None and age is not None and age < REJECTION_RETRY_SECONDS:
+                    raise err
+            force = int(service["Spec"]["TaskTemplate"].get("ForceUpdate") or 0) + 1
+            await self._update(service, {"ForceUpdate": force})
+        await self._new_task(instance_id, task)
+
+    async def _new_task(self, instance_id: str, before: dict[str, Any] | None) -> None:
+        """Until Swarm has made the task it now owes (milliseconds), so the instance seen next is that
+        one, starting, and not the ended one again (a restart counted twice)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NEW_TASK_SECONDS
+        while loop.time() < deadline:
+            task = newest_task(await self.driver.tasks([instance_id]))
+            if task is not None and (before is None or task["ID"] != before["ID"]):
+                return
+            await asyncio.sleep(0.05)
+
+    async def _service(self, instance_id: str) -> dict[str, Any]:
+        service = await self.driver.service(instance_id)
+        if service is None:
+            raise AgentError(CONTAINER_ERROR, f"service {instance_id[:12]} is gone")
+        return service
+
+    async def stop(self, instance_id: str, grace_seconds: int) -> None:
+        """Scale to zero: Swarm stops the task (SIGTERM, SIGKILL after the service's stop grace period,
+        which is ``spec.stopGracePeriodSeconds``); returns once it has stopped."""
+        service = await self.driver.service(instance_id)
+        if service is None:
+            return
+        if replicas(service) != 0:
+            await self._update(service, {"Mode": {"Replicated": {"Replicas": 0}}})
+        await self.driver.wait_stopped(instance_id, grace_seconds + self.settings.docker_timeout_seconds)
+
+    async def remove(self, instance_id: str) -> None:
+        await self.driver.remove_service(instance_id)
+
+    async def rename(self, instance_id: str, agent: str) -> None:
+        """Swarm services cannot be renamed; the reconciler never asks (a service is found by its labels)."""
+        raise AgentError(CONTAINER_ERROR, f"service {instance_id[:12]} cannot be renamed")
+
+    async def connect(self, instance_id: str, network: str, aliases: list[str]) -> None:
+        """The service's networks are in its spec (and so in its config hash): nothing to connect."""
+
+    async def recent_output(self, instance_id: str, lines: int) -> list[str]:
+        return await self._live.recent_output(instance_id, lines)
+
+    async def managed_networks(self) -> list[ManagedNetwork]:
+        return [ManagedNetwork(str(n["Id"]), str(n.get("Name", ""))) for n in await self.driver.managed_networks()]
+
+    async def network_in_use(self, network_id: str) -> bool:
+        return await self.driver.network_in_use(network_id)
+
+    async def remove_network(self, network_id: str) -> None:
+        await self.driver.remove_network(network_id)
+
+    async def changes(self) -> AsyncIterator[RuntimeChange]:
+        """The manager polled: an agent whose service or tasks (or their nodes) changed; a managed network
+        gone. A failed poll ends the stream (the controller re-lists when it starts another)."""
+        self.driver.forget_cached()
+        seen: dict[str, tuple[Any, ...]] = {}
+        networks: set[str] | None = None
+        first = True
+        while True:
+            services = await self.driver.services()
+            tasks = await self.driver.tasks([s["ID"] for s in services]) if services else []
+            nodes = await self._nodes()
+            self._report_nodes(nodes)
+            now: dict[str, tuple[Any, ...]] = {}
+            for service in services:
+                agent = str(service["Spec"].get("Labels", {}).get(LABEL_AGENT, ""))
+                mine = sorted(
+                    (
+                        t["ID"],
+                        t["Status"].get("State"),
+                        t.get("DesiredState"),
+                        (nodes.get(t.get("NodeID", "")) or {}).get("Status", {}).get("State"),
+                    )
+                    for t in tasks
+                    if t.get("ServiceID") == service["ID"]
+                )
+                now[agent] = (service["ID"], service["Version"]["Index"], *mine)
+            for agent in set(seen) | set(now):
+                if agent and not first and seen.get(agent) != now.get(agent):
+                    yield RuntimeChange("instance", agent=agent)
+            seen, first = now, False
+            current = {n.name for n in await self.managed_networks()}
+            for gone in (networks or set()) - current:
+                self.driver.forget_network(gone)
+                yield RuntimeChange("network-removed", network=gone)
+            networks = current
+            await asyncio.sleep(self.settings.swarm_poll_seconds)
+
+    def _report_nodes(self, nodes: dict[str, dict[str, Any]]) -> None:
+        """Log once each node that is down, or whose daemon does not give task processes no-new-privileges
+        (its daemon.json needs ``{"no-new-privileges": true}``: a service spec cannot ask for it)."""
+        for node in nodes.values():
+            host = str((node.get("Description") or {}).get("Hostname", node["ID"]))
+            state = (node.get("Status") or {}).get("State")
+            key = f"{host}:{state}"
+            if state != "ready" and key not in self.reported_nodes:
+                log.warning("swarm node %s is %s: its agents are made again on other nodes", host, state)
+            self.reported_nodes.add(key)
+            if state == "ready":
+                self.reported_nodes.discard(f"{host}:down")
+
+
+def _age(timestamp: Any) -> float | None:
+    when = parse_runtime_time(str(timestamp)) if timestamp else None
+    if when is None:
+        return None
+    return (datetime.now(UTC) - when).total_seconds()
+
+
+def _is_a_runtime(runtime: SwarmRuntime) -> Runtime:
+    """mypy checks here that the swarm runtime implements the whole ``Runtime`` interface."""
+    return runtime
