@@ -2,7 +2,7 @@
 # A 3-node Docker Swarm on one machine, for the swarm runtime's tests and benchmark: three dockerd, each
 # in its own network namespace (own data-root, exec-root, pidfile, socket, cgroup parent), joined over a
 # bridge inside a fourth "hub" namespace; nothing is attached to the host's network or its own dockerd.
-# Node 1 is the manager (dispatcher heartbeat 1 s), nodes 2 and 3 workers. Every node's daemon.json sets
+# Node 1 is the manager (dispatcher heartbeat 1 s, drained: it runs no tasks), nodes 2 and 3 workers. Every node's daemon.json sets
 # {"no-new-privileges": true} (the service spec cannot, see README "Swarm runtime"). Idempotent: what is
 # already up is reused. Root only. Usage: up.sh PREFIX SUBNET3 DIR [IMAGE...]
 #   e.g. up.sh pxsw 192.168.241 /tmp/pxsw-swarm parallax/agent-testing:latest
@@ -49,6 +49,9 @@ for i in 1 2 3; do start_node "$i"; done
 if [ "$(d 1 info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
     d 1 swarm init --advertise-addr "$NET.1" --listen-addr "$NET.1:2377" >/dev/null
     d 1 swarm update --dispatcher-heartbeat 1s >/dev/null
+    # The manager runs no agents, as in a production swarm: every task is on a worker (reached through
+    # its own endpoint), and a worker can be killed with the swarm still answering.
+    d 1 node update --availability drain "$P-node1" >/dev/null
 fi
 TOK=$(d 1 swarm join-token -q worker)
 for i in 2 3; do
@@ -56,12 +59,16 @@ for i in 2 3; do
         d "$i" swarm join --token "$TOK" --advertise-addr "$NET.$i" --listen-addr "$NET.$i:2377" "$NET.1:2377" >/dev/null
     fi
 done
-for image in "$@"; do
-    want=$(docker image inspect -f '{{.Id}}' "$image")
+if [ "$#" -gt 0 ]; then
     for i in 1 2 3; do
-        [ "$(d "$i" image inspect -f '{{.Id}}' "$image" 2>/dev/null)" = "$want" ] || docker save "$image" | d "$i" load -q >/dev/null
+        missing=()
+        for image in "$@"; do
+            [ "$(d "$i" image inspect -f '{{.Id}}' "$image" 2>/dev/null)" = "$(docker image inspect -f '{{.Id}}' "$image")" ] ||
+                missing+=("$image")
+        done
+        [ "${#missing[@]}" = 0 ] || docker save "${missing[@]}" | d "$i" load -q >/dev/null
     done
-done
+fi
 for _ in $(seq 1 150); do
     [ "$(d 1 node ls --format '{{.Status}}' | grep -c Ready)" = 3 ] && break
     sleep 0.2

@@ -14,7 +14,7 @@ import aiodocker
 import aiohttp
 
 from controller.model.agent import Agent
-from controller.model.errors import CONTAINER_ERROR, SOCKET_ERROR, AgentError
+from controller.model.errors import CONTAINER_ERROR, AgentError
 from controller.runtime.docker.driver import LiveDocker, _DockerCall
 from controller.runtime.docker.render import workspace_labels, workspace_volume
 from controller.runtime.swarm.driver import SwarmDriver
@@ -92,7 +92,7 @@ class LiveSwarm:
         url = self._endpoint(node)
         if url is None:
             raise AgentError(
-                SOCKET_ERROR,
+                CONTAINER_ERROR,
                 f"the agent runs on swarm node {host}, and no Docker endpoint is configured for it "
                 f"(PARALLAX_SWARM_NODES={host}=unix:///… or tcp://…, or the node label {LABEL_ENDPOINT})",
             )
