@@ -46,6 +46,7 @@ OperationKind = Literal[
     "ensure-network",
     "create",
     "start",
+    "update",
     "stop",
     "remove",
     "rename",
@@ -184,6 +185,15 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         )
         return Decision(status=status)
 
+    if current is not None and current.config_hash != desired.config_hash and desired.updatable:
+        event = AgentEventNote(
+            NORMAL, "Updating", f"spec changed (generation {agent.metadata.generation}): updating the instance"
+        )
+        status["restartCount"] = 0
+        status.pop("backoff", None)
+        status.pop("lastState", None)
+        update = Operation("update", current.id, "the spec changed: its config hash differs", event=event)
+        return Decision((update,), status=status)
     if current is not None and current.config_hash != desired.config_hash:
         event = AgentEventNote(
             NORMAL, "Recreating", f"spec changed (generation {agent.metadata.generation}): recreating the container"
@@ -445,6 +455,8 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
         changed = {"state": "running", "started_at": None}
     elif op.kind == "rename":
         changed = {"misnamed": False}
+    elif op.kind == "update" and desired is not None:
+        changed = {"config_hash": desired.config_hash, "state": "starting"}
     elif op.kind == "connect" and agent is not None:
         changed = {"networks": (*next(i.networks for i in instances if i.id == op.target), agent.spec.network)}
     else:

@@ -67,6 +67,9 @@ class Desired:
     config_hash: str
     image: str
     body: Any
+    updatable: bool = False
+    """The runtime changes an existing instance to a new config in place (``Runtime.update``: a Swarm
+    service update) instead of the instance being removed and made again (a container)."""
 
 
 RuntimeChangeKind = Literal["instance", "network-detached", "network-removed", "image-added", "image-removed"]
@@ -148,6 +151,10 @@ class Runtime(Protocol):
         ...
 
     async def start(self, instance_id: str) -> None: ...
+
+    async def update(self, instance_id: str, desired: Desired) -> None:
+        """Change the instance to ``desired`` in place; asked only when ``desired.updatable``."""
+        ...
 
     async def stop(self, instance_id: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds``."""

@@ -108,8 +108,10 @@ async def test_agent_is_a_one_replica_service_with_its_limits_and_hardening_on_t
         return found if found and running(found) and found["status"].get("observedGeneration") == 2 else None
 
     agent = await wait_for(updated, timeout=30, what="generation 2 running")
-    spec = service("sw-one")
-    assert spec is not None and spec["Spec"]["Labels"]["parallax.config-hash"] != before
+    updated_spec = service("sw-one")
+    assert updated_spec is not None and updated_spec["Spec"]["Labels"]["parallax.config-hash"] != before
+    assert updated_spec["ID"] == spec["ID"]  # the same service, updated
+    assert any(e.startswith("Updating: spec changed (generation 2)") for e in await events(controller, "sw-one"))
     _, container = task_container(agent)
     assert container["HostConfig"]["Memory"] == 128 * 2**20
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from controller.config import Settings
 from controller.model.agent import Agent, container_name
-from controller.model.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, AgentError
+from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, AgentError
 from controller.runtime.docker.driver import DockerDriver, DockerObserver, LiveDocker
 from controller.runtime.docker.render import (
     LABEL_AGENT,
@@ -110,6 +110,10 @@ class DockerRuntime:
             if err.code in (NETWORK_ERROR, IMAGE_NOT_FOUND):
                 self.driver.forget_cached()  # which network or image it was, Docker does not say
             raise
+
+    async def update(self, instance_id: str, desired: Desired) -> None:
+        """Never asked (``Desired.updatable`` is False): a changed container is made again."""
+        raise AgentError(CONTAINER_ERROR, f"container {instance_id[:12]} is recreated, not updated")
 
     async def stop(self, instance_id: str, grace_seconds: int) -> None:
         await self.driver.stop(instance_id, grace_seconds)

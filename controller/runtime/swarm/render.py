@@ -112,6 +112,9 @@ def render_service(agent: Agent, settings: Settings, name: str) -> dict[str, Any
             "ForceUpdate": 0,
         },
         "Mode": {"Replicated": {"Replicas": 1}},
+        # a changed spec is a service update: the old task stopped, then the new one started; a new task
+        # that fails is the controller's to restart, so the update never pauses on it
+        "UpdateConfig": {"Parallelism": 1, "Order": "stop-first", "FailureAction": "continue"},
         "EndpointSpec": {"Mode": "dnsrr"},
     }
 

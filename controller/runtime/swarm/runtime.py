@@ -11,6 +11,7 @@ Swarm's event stream says nothing of tasks.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -26,11 +27,10 @@ from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runt
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.live import LiveSwarm
 from controller.runtime.swarm.render import desired_service
-from controller.runtime.swarm.tasks import STARTING, instance_of, newest_task, replicas, task_error
+from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, task_error
 
 log = logging.getLogger("parallax.runtime.swarm")
 
-STARTING_OR_UP = STARTING | {"running"}
 NEW_TASK_SECONDS = 5.0
 
 REJECTION_RETRY_SECONDS = 5.0
@@ -64,7 +64,8 @@ class SwarmRuntime:
 
     def render(self, agent: Agent) -> Desired:
         spec, digest = desired_service(agent, self.settings, container_name(agent.name))
-        return Desired(config_hash=digest, image=str(spec["TaskTemplate"]["ContainerSpec"]["Image"]), body=spec)
+        image = str(spec["TaskTemplate"]["ContainerSpec"]["Image"])
+        return Desired(config_hash=digest, image=image, body=spec, updatable=True)
 
     async def _nodes(self) -> dict[str, dict[str, Any]]:
         return {str(n["ID"]): n for n in await self.driver.nodes()}
@@ -138,13 +139,14 @@ class SwarmRuntime:
     async def start(self, instance_id: str) -> None:
         """A task wanted: one replica, and a new task if the newest has ended (a restart)."""
         service = await self._service(instance_id)
-        task = newest_task(await self.driver.tasks([instance_id]))
+        tasks = await self.driver.tasks([instance_id])
+        task = newest_task(tasks)
         if replicas(service) == 0:
             await self._update(service, {"Mode": {"Replicated": {"Replicas": 1}}})
-        elif task is None or (task.get("DesiredState") == "running" and task["Status"]["State"] in STARTING_OR_UP):
+        elif instance_of(service, tasks, await self._nodes()).state in ("starting", "running"):
             return  # a task is wanted already: Swarm is starting it, or it runs
         else:
-            if task["Status"]["State"] == "rejected":
+            if task is not None and task["Status"]["State"] == "rejected":
                 err = task_error(task)
                 age = _age(task["Status"].get("Timestamp"))
                 if err is not None and age is not None and age < REJECTION_RETRY_SECONDS:
@@ -152,6 +154,18 @@ class SwarmRuntime:
             force = int(service["Spec"]["TaskTemplate"].get("ForceUpdate") or 0) + 1
             await self._update(service, {"ForceUpdate": force})
         await self._new_task(instance_id, task)
+
+    async def update(self, instance_id: str, desired: Desired) -> None:
+        """``service update`` to the new spec: Swarm stops the old task and starts one of the new spec
+        (a service stopped by the controller stays at zero replicas)."""
+        service = await self._service(instance_id)
+        task = newest_task(await self.driver.tasks([instance_id]))
+        spec = copy.deepcopy(desired.body)
+        spec["Mode"] = service["Spec"]["Mode"]
+        spec["TaskTemplate"]["ForceUpdate"] = service["Spec"]["TaskTemplate"].get("ForceUpdate", 0)
+        await self.driver.update_service(instance_id, int(service["Version"]["Index"]), spec)
+        if replicas(service):
+            await self._new_task(instance_id, task)
 
     async def _new_task(self, instance_id: str, before: dict[str, Any] | None) -> None:
         """Until Swarm has made the task it now owes (milliseconds), so the instance seen next is that

@@ -95,7 +95,9 @@ def instance_of(service: dict[str, Any], tasks: list[dict[str, Any]], nodes: dic
         state = "running"
         started = str(status.get("Timestamp"))
     elif observed in STARTING:
-        state = "starting" if wanted == "running" else "exited"
+        # "ready" is a task waiting for the one it replaces to stop (an update); shut down before it ran,
+        # it is being replaced (the service still wants its replica)
+        state = "starting" if wanted in ("running", "ready") or replicas(service) > 0 else "exited"
     elif observed == "rejected":
         state = "created"
     else:
