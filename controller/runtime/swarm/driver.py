@@ -75,10 +75,17 @@ class SwarmDriver(DockerDriver):
 
     @_timed
     async def tasks(self, service_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        """Tasks of the given services (every task when None), newest versions included."""
+        """Tasks of the given services (every task when None). A service removed meanwhile makes the
+        manager refuse the filter (404): then every task is listed and those of the services kept."""
         params = {"filters": json.dumps({"service": service_ids})} if service_ids else {}
-        with _DockerCall("listing tasks", SOCKET_ERROR):
+        found = None
+        with _DockerCall("listing tasks", SOCKET_ERROR, absent_ok=True):
             found = await self._send("tasks", **params)
+        if found is None:
+            with _DockerCall("listing tasks", SOCKET_ERROR):
+                found = await self._send("tasks")
+            wanted = set(service_ids or ())
+            found = [t for t in found or [] if t.get("ServiceID") in wanted]
         return list(found or [])
 
     @_timed

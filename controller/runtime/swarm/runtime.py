@@ -46,6 +46,8 @@ class SwarmRuntime:
         self.driver = SwarmDriver(settings, observer=observer)
         self._live = LiveSwarm(self.driver)
         self.reported_nodes: set[str] = set()
+        self._nodes_seen: dict[str, dict[str, Any]] = {}
+        self._nodes_seen_at = float("-inf")
 
     @property
     def live(self) -> LiveSwarm:
@@ -67,8 +69,13 @@ class SwarmRuntime:
         image = str(spec["TaskTemplate"]["ContainerSpec"]["Image"])
         return Desired(config_hash=digest, image=image, body=spec, updatable=True)
 
-    async def _nodes(self) -> dict[str, dict[str, Any]]:
-        return {str(n["ID"]): n for n in await self.driver.nodes()}
+    async def _nodes(self, *, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """The swarm's nodes by ID: as the change poll last saw them (at most two polls ago), or asked now."""
+        loop = asyncio.get_running_loop()
+        if fresh or loop.time() - self._nodes_seen_at > 2 * self.settings.swarm_poll_seconds:
+            self._nodes_seen = {str(n["ID"]): n for n in await self.driver.nodes()}
+            self._nodes_seen_at = loop.time()
+        return self._nodes_seen
 
     async def _instances(self, services: list[dict[str, Any]]) -> list[Instance]:
         if not services:
@@ -226,22 +233,20 @@ class SwarmRuntime:
         while True:
             services = await self.driver.services()
             tasks = await self.driver.tasks([s["ID"] for s in services]) if services else []
-            nodes = await self._nodes()
+            nodes = await self._nodes(fresh=True)
             self._report_nodes(nodes)
             now: dict[str, tuple[Any, ...]] = {}
             for service in services:
-                agent = str(service["Spec"].get("Labels", {}).get(LABEL_AGENT, ""))
-                mine = sorted(
-                    (
-                        t["ID"],
-                        t["Status"].get("State"),
-                        t.get("DesiredState"),
-                        (nodes.get(t.get("NodeID", "")) or {}).get("Status", {}).get("State"),
-                    )
-                    for t in tasks
-                    if t.get("ServiceID") == service["ID"]
+                # what the reconciler would see: a task going pending -> assigned -> preparing is no news
+                found = instance_of(service, [t for t in tasks if t.get("ServiceID") == service["ID"]], nodes)
+                now[found.agent] = (
+                    found.id,
+                    found.state,
+                    found.config_hash,
+                    found.node,
+                    found.error,
+                    found.finished_at,
                 )
-                now[agent] = (service["ID"], service["Version"]["Index"], *mine)
             for agent in set(seen) | set(now):
                 if agent and not first and seen.get(agent) != now.get(agent):
                     yield RuntimeChange("instance", agent=agent)
