@@ -48,6 +48,11 @@ class SwarmRuntime:
         self.reported_nodes: set[str] = set()
         self._nodes_seen: dict[str, dict[str, Any]] = {}
         self._nodes_seen_at = float("-inf")
+        # The last poll's instances by agent, and when it began: a reconcile reads them instead of asking
+        # the manager again, unless this runtime changed the agent's service since (``_touched``).
+        self._polled: dict[str, list[Instance]] = {}
+        self._polled_at = float("-inf")
+        self._touched: dict[str, float] = {}
 
     @property
     def live(self) -> LiveSwarm:
@@ -89,7 +94,23 @@ class SwarmRuntime:
         return {str(s["Spec"]["Labels"][LABEL_AGENT]) for s in found if s["Spec"].get("Labels", {}).get(LABEL_AGENT)}
 
     async def instances(self, agent: str) -> list[Instance]:
+        polled = self._polled.get(agent, [])
+        if self._fresh(agent, polled):
+            return list(polled)
         return await self._instances(await self.driver.services(**{LABEL_AGENT: agent}))
+
+    def _fresh(self, agent: str, polled: list[Instance]) -> bool:
+        """The last poll began after this runtime's last change to the agent, and not two polls ago."""
+        at = self._polled_at
+        if asyncio.get_running_loop().time() - at > 2 * self.settings.swarm_poll_seconds:
+            return False
+        keys = [agent, *(i.id for i in polled)]
+        return all(self._touched.get(key, float("-inf")) < at for key in keys)
+
+    def _touch(self, *keys: str) -> None:
+        now = asyncio.get_running_loop().time()
+        for key in keys:
+            self._touched[key] = now
 
     async def instance(self, instance_id: str) -> Instance | None:
         service = await self.driver.service(instance_id)
@@ -118,6 +139,7 @@ class SwarmRuntime:
         await self._live.remove_volumes(agent)
 
     async def create(self, agent: Agent, desired: Desired) -> Instance:
+        self._touch(agent.name)
         try:
             service_id = await self.driver.create_service(desired.body)
         except AgentError as err:
@@ -135,6 +157,7 @@ class SwarmRuntime:
         )
 
     async def _update(self, service: dict[str, Any], change: dict[str, Any]) -> None:
+        self._touch(service["ID"])
         spec = service["Spec"]
         for key, value in change.items():
             if key == "ForceUpdate":
@@ -170,6 +193,7 @@ class SwarmRuntime:
         spec = copy.deepcopy(desired.body)
         spec["Mode"] = service["Spec"]["Mode"]
         spec["TaskTemplate"]["ForceUpdate"] = service["Spec"]["TaskTemplate"].get("ForceUpdate", 0)
+        self._touch(instance_id)
         await self.driver.update_service(instance_id, int(service["Version"]["Index"]), spec)
         if replicas(service):
             await self._new_task(instance_id, task)
@@ -202,6 +226,7 @@ class SwarmRuntime:
         await self.driver.wait_stopped(instance_id, grace_seconds + self.settings.docker_timeout_seconds)
 
     async def remove(self, instance_id: str) -> None:
+        self._touch(instance_id)
         await self.driver.remove_service(instance_id)
 
     async def rename(self, instance_id: str, agent: str) -> None:
@@ -230,23 +255,23 @@ class SwarmRuntime:
         seen: dict[str, tuple[Any, ...]] = {}
         networks: set[str] | None = None
         first = True
+        self._polled_at = float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
             services = await self.driver.services()
             tasks = await self.driver.tasks([s["ID"] for s in services]) if services else []
             nodes = await self._nodes(fresh=True)
             self._report_nodes(nodes)
             now: dict[str, tuple[Any, ...]] = {}
+            polled: dict[str, list[Instance]] = {}
             for service in services:
                 # what the reconciler would see: a task going pending -> assigned -> preparing is no news
                 found = instance_of(service, [t for t in tasks if t.get("ServiceID") == service["ID"]], nodes)
-                now[found.agent] = (
-                    found.id,
-                    found.state,
-                    found.config_hash,
-                    found.node,
-                    found.error,
-                    found.finished_at,
-                )
+                polled.setdefault(found.agent, []).append(found)
+                seen_now = (found.id, found.state, found.config_hash, found.node, found.error, found.finished_at)
+                now[found.agent] = (*now.get(found.agent, ()), seen_now)
+            self._polled, self._polled_at = polled, began
             for agent in set(seen) | set(now):
                 if agent and not first and seen.get(agent) != now.get(agent):
                     yield RuntimeChange("instance", agent=agent)
