@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import json
 import os
 import signal
 import subprocess
@@ -42,6 +41,15 @@ def sock(node: int) -> str:
 
 def lab_up() -> None:
     subprocess.run(["bash", str(REPO / "scripts/swarm-lab/up.sh"), PREFIX, SUBNET, DIR, *IMAGES], check=True)
+
+
+def availability(node: int, value: str) -> None:
+    command = ["docker", "-H", f"unix://{sock(1)}", "node", "update", "--availability", value, f"{PREFIX}-node{node}"]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def lab_down() -> None:
+    subprocess.run(["bash", str(REPO / "scripts/swarm-lab/down.sh"), PREFIX, DIR], check=False)
 
 
 def lab_is_up() -> bool:
@@ -116,7 +124,9 @@ async def raw_round(manager: aiodocker.Docker, spec: dict[str, Any], names: list
 
     started = time.perf_counter()
     await asyncio.gather(*(create(name) for name in names))
-    while len(await running_tasks(manager, f"{RAW_LABEL}={tag}")) < len(names):
+    while True:
+        if len(await running_tasks(manager, f"{RAW_LABEL}={tag}")) == len(names):
+            break
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
     for service in await manager.services.list(filters={"label": [f"{RAW_LABEL}={tag}"]}):
@@ -128,8 +138,7 @@ async def node_failure(
     session: aiohttp.ClientSession, server: Server, manager: aiodocker.Docker, spec: dict[str, Any], tag: str
 ) -> tuple[float, float, str]:
     """Both on worker 2 (worker 3 drained while they are placed), then worker 2's dockerd killed."""
-    subprocess.run(["docker", "-H", f"unix://{sock(1)}", "node", "update", "--availability", "drain",
-                    f"{PREFIX}-node3"], check=True, capture_output=True)  # fmt: skip
+    await asyncio.to_thread(availability, 3, "drain")
     try:
         body = raw_spec(spec, f"{tag}nf", f"pbrawnf{tag}")
         body["TaskTemplate"]["RestartPolicy"] = {"Condition": "any", "Delay": 0}
@@ -141,11 +150,12 @@ async def node_failure(
         async with session.post(server.url + "/agents?wait=true", json={"name": name, "type": "claude"}) as resp:
             agent = await resp.json()
             assert resp.status == 201 and agent["status"]["phase"] == "Running", agent
-        while not await running_tasks(manager, f"{RAW_LABEL}={tag}nf"):
+        while True:
+            if await running_tasks(manager, f"{RAW_LABEL}={tag}nf"):
+                break
             await asyncio.sleep(0.05)
     finally:
-        subprocess.run(["docker", "-H", f"unix://{sock(1)}", "node", "update", "--availability", "active",
-                        f"{PREFIX}-node3"], check=True, capture_output=True)  # fmt: skip
+        await asyncio.to_thread(availability, 3, "active")
     victim = agent["status"]["node"]
     assert victim == f"{PREFIX}-node2", victim
     killed = time.perf_counter()
@@ -171,7 +181,7 @@ async def node_failure(
     try:
         mine, theirs = await asyncio.wait_for(asyncio.gather(ours(), swarms()), 60)
     finally:
-        lab_up()
+        await asyncio.to_thread(lab_up)
         for service in await manager.services.list(filters={"label": [f"{RAW_LABEL}={tag}nf"]}):
             await manager.services.delete(service["ID"])
         async with session.delete(server.url + f"/agents/{name}") as resp:
@@ -186,7 +196,7 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     was_up = lab_is_up()
-    lab_up()
+    await asyncio.to_thread(lab_up)
     tag = new_tag()
     nodes = ",".join(f"{PREFIX}-node{n}=unix://{sock(n)}" for n in (1, 2, 3))
     server = Server(
@@ -222,10 +232,9 @@ async def main() -> None:
                     ours.append(await parallax_round(session, server, agents, args.workers))
                     theirs.append(await raw_round(manager, spec, raws, tag, args.workers))
             print(f"{'N':>4} {'parallax s':>11} {'raw s':>8} {'ratio':>6}  (medians of {args.rounds} rounds)")
-            print(
-                f"{args.agents:>4} {median(ours):>11.2f} {median(theirs):>8.2f} {median(ours) / median(theirs):>6.2f}"
-                f"   rounds: parallax {', '.join(f'{x:.2f}' for x in ours)}; raw {', '.join(f'{x:.2f}' for x in theirs)}"
-            )
+            rounds = f"parallax {', '.join(f'{x:.2f}' for x in ours)}; raw {', '.join(f'{x:.2f}' for x in theirs)}"
+            ratio = median(ours) / median(theirs)
+            print(f"{args.agents:>4} {median(ours):>11.2f} {median(theirs):>8.2f} {ratio:>6.2f}   rounds: {rounds}")
             mine, swarm, victim = await node_failure(session, server, manager, spec, tag)
             print(
                 f"node failure ({victim}'s dockerd SIGKILLed): the API says Running elsewhere after {mine:.2f} s; "
@@ -245,7 +254,7 @@ async def main() -> None:
         await manager.close()
         server.remove_files()
         if not was_up:
-            subprocess.run(["bash", str(REPO / "scripts/swarm-lab/down.sh"), PREFIX, DIR], check=False)
+            await asyncio.to_thread(lab_down)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.config import Settings
-from controller.model.agent import AGENT_HOME, ANNOTATION_RESTARTED_AT, WORKSPACE_PATH, Agent, capability_name
+from controller.model.agent import AGENT_HOME, WORKSPACE_PATH, Agent, capability_name
 from controller.model.mounts import parse_volume
 from controller.model.quantity import nano_cpus, parse_memory
 from controller.runtime.docker.render import (
@@ -20,11 +20,9 @@ from controller.runtime.docker.render import (
     LABEL_HASH,
     LABEL_INSTANCE,
     LABEL_MANAGED,
-    LABEL_RESTARTED_AT,
-    LABEL_TYPE,
-    LABEL_UID,
     LOG_MAX_FILE,
     LOG_MAX_SIZE,
+    agent_labels,
     config_hash,
     image_for,
     workspace_labels,
@@ -45,17 +43,7 @@ def render_service(agent: Agent, settings: Settings, name: str) -> dict[str, Any
     spec = agent.spec
     memory = parse_memory(spec.resources.memory)
     cpus = nano_cpus(spec.resources.cpu)
-    labels = {
-        LABEL_MANAGED: "true",
-        LABEL_AGENT: agent.name,
-        LABEL_UID: agent.metadata.uid,
-        LABEL_TYPE: spec.type,
-        LABEL_INSTANCE: settings.instance,
-        LABEL_NETWORK: spec.network,
-    }
-    restarted_at = agent.metadata.annotations.get(ANNOTATION_RESTARTED_AT)
-    if restarted_at:
-        labels[LABEL_RESTARTED_AT] = restarted_at
+    labels = {**agent_labels(agent, settings), LABEL_NETWORK: spec.network}
     mounts: list[dict[str, Any]] = [
         _tmpfs("/tmp"),
         _tmpfs(AGENT_HOME),
