@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -53,6 +54,9 @@ class SwarmRuntime:
         self._polled: dict[str, list[Instance]] = {}
         self._polled_at = float("-inf")
         self._touched: dict[str, float] = {}
+        # Services made here and not yet started: Swarm schedules a new service's task by itself, so the
+        # reconciler's start (and its look at the instance after) needs no call to the manager.
+        self._just_created: dict[str, tuple[Instance, float]] = {}
 
     @property
     def live(self) -> LiveSwarm:
@@ -107,12 +111,22 @@ class SwarmRuntime:
         keys = [agent, *(i.id for i in polled)]
         return all(self._touched.get(key, float("-inf")) < at for key in keys)
 
+    def _made_now(self, instance_id: str) -> bool:
+        """Made by ``create`` within the last few seconds (what a reconcile's start follows)."""
+        made = self._just_created.get(instance_id)
+        if made is not None and loop_time() - made[1] > NEW_TASK_SECONDS:
+            del self._just_created[instance_id]
+            return False
+        return made is not None
+
     def _touch(self, *keys: str) -> None:
         now = asyncio.get_running_loop().time()
         for key in keys:
             self._touched[key] = now
 
     async def instance(self, instance_id: str) -> Instance | None:
+        if self._made_now(instance_id):
+            return self._just_created.pop(instance_id)[0]  # starting; the change poll reports what it becomes
         service = await self.driver.service(instance_id)
         if service is None:
             return None
@@ -146,7 +160,7 @@ class SwarmRuntime:
             if err.code == NETWORK_ERROR:
                 self.driver.forget_network(agent.spec.network)
             raise
-        return Instance(
+        made = Instance(
             id=service_id,
             name=container_name(agent.name),
             agent=agent.name,
@@ -155,6 +169,8 @@ class SwarmRuntime:
             state="created",
             networks=(agent.spec.network,),
         )
+        self._just_created[service_id] = (dataclasses.replace(made, state="starting"), loop_time())
+        return made
 
     async def _update(self, service: dict[str, Any], change: dict[str, Any]) -> None:
         self._touch(service["ID"])
@@ -168,6 +184,8 @@ class SwarmRuntime:
 
     async def start(self, instance_id: str) -> None:
         """A task wanted: one replica, and a new task if the newest has ended (a restart)."""
+        if self._made_now(instance_id):
+            return  # made with one replica a moment ago: Swarm is placing its task
         service = await self._service(instance_id)
         tasks = await self.driver.tasks([instance_id])
         task = newest_task(tasks)
@@ -295,6 +313,10 @@ class SwarmRuntime:
             self.reported_nodes.add(key)
             if state == "ready":
                 self.reported_nodes.discard(f"{host}:down")
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _age(timestamp: Any) -> float | None:
