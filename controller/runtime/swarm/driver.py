@@ -152,6 +152,14 @@ class SwarmDriver(DockerDriver):
             return False
         return False
 
+    async def wait_reaped(self, service_id: str, seconds: float) -> None:
+        """Until no task of the service is waiting to be removed (desired state ``remove``: scaled away)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            if not any(t.get("DesiredState") == "remove" for t in await self.tasks([service_id])):
+                return
+            await asyncio.sleep(0.1)
+
     async def wait_stopped(self, service_id: str, seconds: float) -> None:
         """Until no task of the service runs any more (at most ``seconds``)."""
         deadline = asyncio.get_running_loop().time() + seconds

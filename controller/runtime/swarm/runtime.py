@@ -33,6 +33,7 @@ from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, t
 log = logging.getLogger("parallax.runtime.swarm")
 
 NEW_TASK_SECONDS = 5.0
+REAP_SECONDS = 10.0
 
 REJECTION_RETRY_SECONDS = 5.0
 """A task a node rejected (no such image there, a network it could not join) is tried again, as a new
@@ -244,7 +245,13 @@ class SwarmRuntime:
         await self.driver.wait_stopped(instance_id, grace_seconds + self.settings.docker_timeout_seconds)
 
     async def remove(self, instance_id: str) -> None:
+        """Remove the service; one scaled to zero (stopped first) once Swarm has reaped the tasks it
+        scaled away: removing a service while its task reaper deletes them crashed the Engine 20.10
+        manager twice in the lab (a nil task in ``SetServiceTasksRemove``, moby/swarmkit#3216)."""
         self._touch(instance_id)
+        service = await self.driver.service(instance_id)
+        if service is not None and replicas(service) == 0:
+            await self.driver.wait_reaped(instance_id, REAP_SECONDS)
         await self.driver.remove_service(instance_id)
 
     async def rename(self, instance_id: str, agent: str) -> None:
