@@ -309,8 +309,9 @@ class SwarmRuntime:
             await asyncio.sleep(self.settings.swarm_poll_seconds)
 
     def _report_nodes(self, nodes: dict[str, dict[str, Any]]) -> None:
-        """Log once each node that is down, or whose daemon does not give task processes no-new-privileges
-        (its daemon.json needs ``{"no-new-privileges": true}``: a service spec cannot ask for it)."""
+        """Log once each node that goes down (its agents are made again elsewhere). Whether a node's
+        daemon gives task processes no-new-privileges (daemon.json) the Engine API does not say: the
+        README asks it of every node."""
         for node in nodes.values():
             host = str((node.get("Description") or {}).get("Hostname", node["ID"]))
             state = (node.get("Status") or {}).get("State")
