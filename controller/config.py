@@ -122,8 +122,14 @@ class Settings:
     # watch then ends with an ERROR item, code 410 (re-list); the controller's own subscriber re-queues
     # every agent. So a client too slow to read costs at most this many queued items.
     watch_buffer: int = DEFAULT_SUBSCRIBER_BUFFER
-    # What runs agents (controller.runtime.select.RUNTIMES): the local Docker daemon is the only one so far.
+    # What runs agents (controller.runtime.select.RUNTIMES): the local Docker daemon, or a Docker Swarm.
     runtime: str = "docker"
+    # Swarm runtime only: the Docker endpoint of each node, by hostname (live views of a task go to its
+    # node); how often the manager is polled for task changes; host paths every node shares (bind mounts
+    # elsewhere are refused at admission, since a task may land on any node).
+    swarm_nodes: tuple[tuple[str, str], ...] = ()
+    swarm_poll_seconds: float = 0.5
+    swarm_shared_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.store_url is not None:
@@ -180,7 +186,10 @@ class Settings:
             idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
             max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
             watch_buffer=_int(env, "PARALLAX_WATCH_BUFFER", base.watch_buffer, 16, 1 << 20),
-            runtime=_choice(env, "PARALLAX_RUNTIME", base.runtime, ("docker",)),
+            runtime=_choice(env, "PARALLAX_RUNTIME", base.runtime, ("docker", "swarm")),
+            swarm_nodes=_node_endpoints(env, "PARALLAX_SWARM_NODES"),
+            swarm_poll_seconds=_float(env, "PARALLAX_SWARM_POLL_SECONDS", base.swarm_poll_seconds, 0.05),
+            swarm_shared_roots=_volume_roots(env, "PARALLAX_SWARM_SHARED_ROOTS") or (),
         )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(
@@ -189,6 +198,17 @@ class Settings:
         if not settings.network or not settings.image_prefix or not settings.instance:
             raise ConfigError("DOCKER_NETWORK, PARALLAX_IMAGE_PREFIX and PARALLAX_INSTANCE may not be empty")
         return settings
+
+
+def _node_endpoints(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``host1=unix:///run/n1.sock,host2=tcp://10.0.0.2:2376``: each node's Docker endpoint by hostname."""
+    found = []
+    for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        host, _, url = item.partition("=")
+        if not host or not url.startswith(("unix://", "tcp://")):
+            raise ConfigError(f"{name}: {item!r} is not HOSTNAME=unix:///path or HOSTNAME=tcp://host:port")
+        found.append((host, url))
+    return tuple(found)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

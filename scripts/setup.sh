@@ -42,6 +42,7 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; 
     packages+=(docker.io)
 fi
 [ -x /bin/busybox ] || packages+=(busybox-static)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || packages+=(iproute2) # the swarm lab (scripts/swarm-lab)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 if [ "${#packages[@]}" -gt 0 ]; then

@@ -139,6 +139,26 @@ def _asks_for(value: Any) -> bool:
     return value is not None and value is not False and value != [] and value != {} and value != ""
 
 
+def _unshared_mounts(spec: AgentSpec, settings: Settings, prefix: str, refused: set[str]) -> list[FieldError]:
+    """On a swarm a task may land on any node, so a host path must be one every node has: under
+    ``PARALLAX_SWARM_SHARED_ROOTS`` (a shared filesystem). Anything else cannot be honoured: 422."""
+    shared = [root.partition(":")[0] for root in settings.swarm_shared_roots]
+    errors = []
+    for i, volume in enumerate(spec.volumes):
+        field = f"{prefix}volumes[{i}]"
+        host = parse_volume(volume).host_path
+        if field not in refused and not any(is_within(host, root) for root in shared):
+            where = ", ".join(shared) if shared else "none are set"
+            errors.append(
+                FieldError(
+                    field,
+                    f"{host} is not under a path every swarm node shares (PARALLAX_SWARM_SHARED_ROOTS: {where}); "
+                    "a task may run on any node",
+                )
+            )
+    return errors
+
+
 def check_spec(
     spec: AgentSpec, settings: Settings, prefix: str, neighbours: Iterable[tuple[str, Sequence[str]]] = ()
 ) -> Verdict:
@@ -165,6 +185,8 @@ def check_spec(
         refusal = mount_refusal(mount, settings, roots)
         if refusal:
             forbidden.append(FieldError(field, refusal))
+    if settings.runtime == "swarm":
+        invalid += _unshared_mounts(spec, settings, prefix, {e.field for e in forbidden})
     if spec.volumes:
         theirs = [m for name, volumes in neighbours for m in resolve_mounts(volumes, f"agent {name!r} ")]
         refused = {error.field for error in forbidden}

@@ -46,6 +46,7 @@ OperationKind = Literal[
     "ensure-network",
     "create",
     "start",
+    "update",
     "stop",
     "remove",
     "rename",
@@ -184,6 +185,15 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         )
         return Decision(status=status)
 
+    if current is not None and current.config_hash != desired.config_hash and desired.updatable:
+        event = AgentEventNote(
+            NORMAL, "Updating", f"spec changed (generation {agent.metadata.generation}): updating the instance"
+        )
+        status["restartCount"] = 0
+        status.pop("backoff", None)
+        status.pop("lastState", None)
+        update = Operation("update", current.id, "the spec changed: its config hash differs", event=event)
+        return Decision((update,), status=status)
     if current is not None and current.config_hash != desired.config_hash:
         event = AgentEventNote(
             NORMAL, "Recreating", f"spec changed (generation {agent.metadata.generation}): recreating the container"
@@ -200,6 +210,10 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         return Decision((create,), status=status)
 
     status["containerId"] = current.id
+    if current.node:
+        status["node"] = current.node
+    else:
+        status.pop("node", None)
     ops = []
     if current.misnamed:
         ops.append(
@@ -221,6 +235,10 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         )
     if ops:
         return Decision(tuple(ops), status=status)
+    if current.state == "lost":
+        return _lost(status, current, stamp)
+    if current.state == "starting":
+        return _starting(status, current, stamp)
     if _unstartable(failed, now):
         return _replace_unstartable(agent, status, current, failed)
     if current.created:
@@ -234,6 +252,27 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
     if current.running:
         return _running(agent, status, current, now, facts)
     return _exited(agent, status, current, now)
+
+
+def _starting(status: dict[str, Any], current: Instance, stamp: str) -> Decision:
+    """The runtime is placing and starting the instance by itself (a scheduler's ``starting``): Pending,
+    with the runtime's word on why it takes long (no node with room, say) as the error."""
+    where = f" on node {current.node}" if current.node else ""
+    status = with_phase(
+        status, "Pending", ready=False, reason="Starting", message=f"the instance is being started{where}", now=stamp
+    )
+    if not current.error_code:
+        return Decision(status=clear_error(status))
+    return Decision(status=set_error(status, current.error_code, current.error, stamp))
+
+
+def _lost(status: dict[str, Any], current: Instance, stamp: str) -> Decision:
+    """The instance's host is gone: start it again elsewhere, whatever the restart policy (the agent did
+    not exit), and without counting a restart."""
+    message = f"node {current.node or '?'} is down: starting the agent on another node"
+    event = AgentEventNote(WARNING, "NodeLost", message)
+    status = with_phase(status, "Pending", ready=False, reason="NodeLost", message=message, now=stamp)
+    return Decision((Operation("start", current.id, f"its node {current.node} is down", event=event),), status=status)
 
 
 def _unstartable(failed: dict[str, Any], now: datetime) -> bool:
@@ -416,6 +455,8 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
         changed = {"state": "running", "started_at": None}
     elif op.kind == "rename":
         changed = {"misnamed": False}
+    elif op.kind == "update" and desired is not None:
+        changed = {"config_hash": desired.config_hash, "state": "starting"}
     elif op.kind == "connect" and agent is not None:
         changed = {"networks": (*next(i.networks for i in instances if i.id == op.target), agent.spec.network)}
     else:

@@ -147,6 +147,12 @@ class Reconciler:
             log.info("agent %s: started container %s", name, op.target[:12])
             found = await runtime.instance(op.target)
             instances = [i for i in instances if i.id != op.target] + ([found] if found is not None else [])
+        elif op.kind == "update":
+            assert desired is not None
+            log.info("agent %s: updating instance %s: %s", name, op.target[:12], op.cause)
+            await runtime.update(op.target, desired)
+            found = await runtime.instance(op.target)
+            instances = [i for i in instances if i.id != op.target] + ([found] if found is not None else [])
         elif op.kind == "stop":
             log.info("agent %s: stopping container %s: %s", name, op.target[:12], op.cause)
             await runtime.stop(op.target, op.grace_seconds)

@@ -347,6 +347,9 @@ class FakeRuntime:
         instance.finished_at = self.timestamp()
         self._emit(RuntimeChange("instance", agent=instance.agent))
 
+    async def update(self, instance_id: str, desired: Desired) -> None:
+        raise AgentError(CONTAINER_ERROR, "the fake runtime's instances are made again, not updated")
+
     async def remove(self, instance_id: str) -> None:
         self._call("remove", instance_id)
         instance = self.instances_by_id.pop(instance_id, None)

@@ -19,7 +19,10 @@ from typing import Any, Literal, Protocol
 
 from controller.model.agent import Agent
 
-InstanceState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+InstanceState = Literal["created", "starting", "running", "paused", "restarting", "removing", "exited", "dead", "lost"]
+"""Docker's container states, and two of a scheduler's: ``starting`` (being scheduled and started, which
+the runtime does by itself; ``error_code`` says why it is taking long) and ``lost`` (its node is gone:
+``start`` makes it again elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class Instance:
     restart_count: int = 0
     misnamed: bool = False
     """The instance does not carry the name the runtime gives this agent (renamed behind our back)."""
+    node: str = ""
+    """The host it runs on, for a runtime of many hosts (empty for the local one)."""
+    error_code: str = ""
+    """The error code of ``error``, when the runtime classified it (a task its scheduler cannot place)."""
 
     @property
     def running(self) -> bool:
@@ -60,6 +67,9 @@ class Desired:
     config_hash: str
     image: str
     body: Any
+    updatable: bool = False
+    """The runtime changes an existing instance to a new config in place (``Runtime.update``: a Swarm
+    service update) instead of the instance being removed and made again (a container)."""
 
 
 RuntimeChangeKind = Literal["instance", "network-detached", "network-removed", "image-added", "image-removed"]
@@ -142,6 +152,10 @@ class Runtime(Protocol):
         ...
 
     async def start(self, instance_id: str) -> None: ...
+
+    async def update(self, instance_id: str, desired: Desired) -> None:
+        """Change the instance to ``desired`` in place; asked only when ``desired.updatable``."""
+        ...
 
     async def stop(self, instance_id: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds``."""

@@ -8,9 +8,11 @@ from controller.config import ConfigError, Settings
 from controller.runtime.docker.driver import DockerObserver
 from controller.runtime.docker.runtime import DockerRuntime
 from controller.runtime.interface import Runtime
+from controller.runtime.swarm.runtime import SwarmRuntime
 
 RUNTIMES: dict[str, Callable[[Settings, DockerObserver | None], Runtime]] = {
     "docker": DockerRuntime,
+    "swarm": SwarmRuntime,
 }
 
 

@@ -143,5 +143,13 @@ def test_config_error_is_a_value_error() -> None:
 def test_the_runtime_is_docker_unless_named_and_an_unknown_one_is_refused() -> None:
     assert Settings.from_env({}).runtime == "docker"
     assert Settings.from_env({"PARALLAX_RUNTIME": "docker"}).runtime == "docker"
+    assert Settings.from_env({"PARALLAX_RUNTIME": "swarm"}).runtime == "swarm"
     with pytest.raises(ConfigError, match="PARALLAX_RUNTIME"):
-        Settings.from_env({"PARALLAX_RUNTIME": "swarm"})
+        Settings.from_env({"PARALLAX_RUNTIME": "kubernetes"})
+
+
+def test_swarm_node_endpoints_are_hostname_url_pairs() -> None:
+    settings = Settings.from_env({"PARALLAX_SWARM_NODES": "n1=unix:///run/n1.sock, n2=tcp://10.0.0.2:2376"})
+    assert settings.swarm_nodes == (("n1", "unix:///run/n1.sock"), ("n2", "tcp://10.0.0.2:2376"))
+    with pytest.raises(ConfigError, match="PARALLAX_SWARM_NODES"):
+        Settings.from_env({"PARALLAX_SWARM_NODES": "n1=/run/n1.sock"})

@@ -534,7 +534,7 @@ class LiveDocker:
         timeout = aiohttp.ClientTimeout(total=total, sock_read=None if follow else total, connect=5)
         with _DockerCall("reading logs"):
             response = await self.docker._do_query(
-                f"containers/{container_id}/logs", method="GET", params=params, timeout=timeout
+                self.logs_path(container_id), method="GET", params=params, timeout=timeout
             )
         lines = _log_lines(response)
         try:
@@ -542,6 +542,10 @@ class LiveDocker:
         finally:
             await lines.aclose()
             response.close()  # never back to the pool half-read: the connection itself is closed
+
+    def logs_path(self, container_id: str) -> str:
+        """The Engine API path of an instance's logs (a Swarm service's are elsewhere)."""
+        return f"containers/{container_id}/logs"
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One stats sample (Docker's one-shot: no second sample, so no ~1 s wait)."""

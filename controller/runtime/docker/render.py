@@ -62,20 +62,26 @@ def image_for(spec: AgentSpec, settings: Settings) -> str:
     return f"{settings.image_prefix}{'base' if spec.type == 'custom' else spec.type}:latest"
 
 
-def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
-    """The ``ContainerCreate`` body for ``agent``, without the hash and generation labels."""
-    spec = agent.spec
-    memory = parse_memory(spec.resources.memory)
+def agent_labels(agent: Agent, settings: Settings) -> dict[str, str]:
+    """The labels of an agent's instance (a container, a Swarm service), without hash and generation."""
     labels = {
         LABEL_MANAGED: "true",
         LABEL_AGENT: agent.name,
         LABEL_UID: agent.metadata.uid,
-        LABEL_TYPE: spec.type,
+        LABEL_TYPE: agent.spec.type,
         LABEL_INSTANCE: settings.instance,
     }
     restarted_at = agent.metadata.annotations.get(ANNOTATION_RESTARTED_AT)
     if restarted_at:
         labels[LABEL_RESTARTED_AT] = restarted_at
+    return labels
+
+
+def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
+    """The ``ContainerCreate`` body for ``agent``, without the hash and generation labels."""
+    spec = agent.spec
+    memory = parse_memory(spec.resources.memory)
+    labels = agent_labels(agent, settings)
     config: dict[str, Any] = {
         "Image": image_for(spec, settings),
         "Hostname": agent.name[:63],

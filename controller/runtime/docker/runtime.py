@@ -17,7 +17,7 @@ from typing import Any
 
 from controller.config import Settings
 from controller.model.agent import Agent, container_name
-from controller.model.errors import IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
+from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
 from controller.runtime.docker.cache import ContainerCache
 from controller.runtime.docker.driver import STREAM_OPEN, DockerDriver, DockerObserver, LiveDocker, NoopDockerObserver
 from controller.runtime.docker.render import (
@@ -182,6 +182,10 @@ class DockerRuntime:
             raise
         finally:
             self.cache.changed(instance_id)
+
+    async def update(self, instance_id: str, desired: Desired) -> None:
+        """Never asked (``Desired.updatable`` is False): a changed container is made again."""
+        raise AgentError(CONTAINER_ERROR, f"container {instance_id[:12]} is recreated, not updated")
 
     async def stop(self, instance_id: str, grace_seconds: int) -> None:
         try:

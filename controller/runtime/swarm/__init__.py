@@ -1,0 +1,1 @@
+"""Docker Swarm mode as a runtime: each agent a service with one replica."""

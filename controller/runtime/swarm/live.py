@@ -1,0 +1,141 @@
+"""Live views of an agent on a swarm: logs through the manager (a service's logs, followed or not);
+stats and stdin through the Docker endpoint of the node its task runs on (``PARALLAX_SWARM_NODES``, or
+the node's label ``parallax.endpoint``), since only that node's daemon knows the task's container. A
+node without an endpoint is a clear error naming it, at once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from controller.model.agent import Agent
+from controller.model.errors import CONTAINER_ERROR, AgentError
+from controller.runtime.docker.driver import LiveDocker, _DockerCall
+from controller.runtime.docker.render import workspace_labels, workspace_volume
+from controller.runtime.swarm.driver import SwarmDriver
+from controller.runtime.swarm.tasks import running_container
+
+LABEL_ENDPOINT = "parallax.endpoint"
+
+
+def _client(url: str, timeout: aiohttp.ClientTimeout) -> aiodocker.Docker:
+    """A client of a node's daemon: ``unix://`` as it is, ``tcp://`` with TLS from ``DOCKER_CERT_PATH``
+    (ca.pem, cert.pem, key.pem, as the docker CLI reads them) when that is set."""
+    cert_path = os.environ.get("DOCKER_CERT_PATH")
+    if url.startswith("tcp://") and cert_path:
+        context = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
+        context.load_cert_chain(os.path.join(cert_path, "cert.pem"), os.path.join(cert_path, "key.pem"))
+        return aiodocker.Docker(url="https://" + url.removeprefix("tcp://"), ssl_context=context, timeout=timeout)
+    return aiodocker.Docker(url=url, timeout=timeout)
+
+
+class _OnNode(LiveDocker):
+    """The local runtime's live views, on one node's daemon."""
+
+    def __init__(self, driver: SwarmDriver, client: aiodocker.Docker) -> None:
+        super().__init__(driver)
+        self._client = client
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        return self._client
+
+
+class _ServiceLogs(LiveDocker):
+    """Logs of a service, through the manager (``instance_id`` is the service's ID)."""
+
+    def logs_path(self, container_id: str) -> str:
+        return f"services/{container_id}/logs"
+
+
+class LiveSwarm:
+    def __init__(self, driver: SwarmDriver) -> None:
+        self.driver = driver
+        self._logs = _ServiceLogs(driver, own_client=True)
+        self._nodes: dict[str, aiodocker.Docker] = {}
+
+    async def open(self) -> None:
+        await self._logs.open()
+
+    async def close(self) -> None:
+        await self._logs.close()
+        for client in self._nodes.values():
+            await client.close()
+        self._nodes.clear()
+
+    def open_logs(
+        self, instance_id: str, *, tail: str, since: int | None, timestamps: bool, follow: bool
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._logs.open_logs(instance_id, tail=tail, since=since, timestamps=timestamps, follow=follow)
+
+    async def recent_output(self, instance_id: str, lines: int) -> list[str]:
+        async with self._logs.open_logs(
+            instance_id, tail=str(lines), since=None, timestamps=False, follow=False
+        ) as found:
+            return [line async for line in found]
+
+    def _endpoint(self, node: dict[str, Any]) -> str | None:
+        host = str((node.get("Description") or {}).get("Hostname", ""))
+        configured = dict(self.driver.settings.swarm_nodes)
+        if host in configured:
+            return configured[host]
+        label = ((node.get("Spec") or {}).get("Labels") or {}).get(LABEL_ENDPOINT)
+        return str(label) if label else None
+
+    def _node_client(self, node: dict[str, Any]) -> aiodocker.Docker:
+        host = str((node.get("Description") or {}).get("Hostname", node.get("ID", "")))
+        url = self._endpoint(node)
+        if url is None:
+            raise AgentError(
+                CONTAINER_ERROR,
+                f"the agent runs on swarm node {host}, and no Docker endpoint is configured for it "
+                f"(PARALLAX_SWARM_NODES={host}=unix:///… or tcp://…, or the node label {LABEL_ENDPOINT})",
+            )
+        if url not in self._nodes:
+            timeout = aiohttp.ClientTimeout(total=self.driver.settings.docker_timeout_seconds, connect=5)
+            self._nodes[url] = _client(url, timeout)
+        return self._nodes[url]
+
+    async def _on_node(self, instance_id: str) -> tuple[_OnNode, str]:
+        """The live views of the node running the service's task, and the task's container ID."""
+        tasks = await self.driver.tasks([instance_id])
+        found = running_container(tasks)
+        if found is None:
+            raise AgentError(CONTAINER_ERROR, f"service {instance_id[:12]} has no running task")
+        node_id, container = found
+        nodes = {str(n["ID"]): n for n in await self.driver.nodes()}
+        return _OnNode(self.driver, self._node_client(nodes.get(node_id) or {"ID": node_id})), container
+
+    async def stats(self, instance_id: str) -> dict[str, Any]:
+        live, container = await self._on_node(instance_id)
+        return await live.stats(container)
+
+    async def write_stdin(self, instance_id: str, data: bytes) -> None:
+        live, container = await self._on_node(instance_id)
+        await live.write_stdin(container, data)
+
+    async def container_on_node(self, instance_id: str) -> tuple[aiodocker.Docker, str]:
+        """The running task's node client and container ID (for tests and diagnostics)."""
+        live, container = await self._on_node(instance_id)
+        return live.docker, container
+
+    async def remove_volumes(self, agent: Agent) -> None:
+        """Remove the agent's workspace volume on every node with an endpoint (a node that is down, or
+        still has the volume in use, keeps it: it is removed by hand there)."""
+        name = workspace_volume(agent.name, self.driver.settings.instance)
+        labels = workspace_labels(agent, self.driver.settings)
+        for node in await self.driver.nodes():
+            if self._endpoint(node) is None:
+                continue
+            client = self._node_client(node)
+            doing = f"removing volume {name}"
+            with contextlib.suppress(AgentError), _DockerCall(doing, absent_ok=True, tolerate=(409,)):
+                volume = await client.volumes.get(name)  # type: ignore[no-untyped-call]
+                found = (await volume.show()).get("Labels") or {}
+                if all(found.get(key) == value for key, value in labels.items()):
+                    await volume.delete()
