@@ -124,6 +124,9 @@ class Settings:
     watch_buffer: int = DEFAULT_SUBSCRIBER_BUFFER
     # What runs agents (controller.runtime.select.RUNTIMES): the local Docker daemon is the only one so far.
     runtime: str = "docker"
+    # A second port serving the Parallax control plane's runtime contract (/api/* and its /ws), on
+    # PARALLAX_HOST like the main one; None: only /api/* on the main port (api.server.compat).
+    compat_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.store_url is not None:
@@ -181,7 +184,10 @@ class Settings:
             max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
             watch_buffer=_int(env, "PARALLAX_WATCH_BUFFER", base.watch_buffer, 16, 1 << 20),
             runtime=_choice(env, "PARALLAX_RUNTIME", base.runtime, ("docker",)),
+            compat_port=_int(env, "PARALLAX_COMPAT_PORT", 0, 1, 65535) or None,
         )
+        if settings.compat_port is not None and settings.compat_port == settings.port:
+            raise ConfigError(f"PARALLAX_COMPAT_PORT: {settings.compat_port} is already PORT; pick another port")
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(
                 f"DOCKER_NETWORK: {settings.network!r} cannot be used; agents need a user-defined network"

@@ -10,6 +10,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from api.server import openapi, routes_agents, routes_apply, routes_health, routes_live, routes_metrics, routes_watch
 from api.server.auth import auth_middleware
+from api.server.compat import setup_compat
 from api.server.errors import error_middleware
 from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
 from api.server.streams import STREAMS, Streams
@@ -57,9 +58,10 @@ def server_logger() -> logging.Logger:
 
 def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str | None = None) -> web.Application:
     streams = Streams(settings.max_streams)
+    # auth before the concurrency limit: a request without the token is refused without taking a slot
+    middlewares = [error_middleware, auth_middleware, concurrency_middleware(settings.api_concurrency, streams)]
     app = web.Application(
-        # auth before the concurrency limit: a request without the token is refused without taking a slot
-        middlewares=[error_middleware, auth_middleware, concurrency_middleware(settings.api_concurrency, streams)],
+        middlewares=middlewares,
         client_max_size=settings.max_body_bytes,
         handler_args={"logger": server_logger()},
     )
@@ -105,6 +107,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
             await store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    setup_compat(app, settings, middlewares)  # /api/*; its own port (PARALLAX_COMPAT_PORT) once the state is up
 
     async def end_watches(app: web.Application) -> None:
         if WATCH in app:
