@@ -159,7 +159,7 @@ def runtime_events(before: dict[str, Any] | None, after: dict[str, Any], *, dele
         events.append(("agent_ready", {"agent": after}))
     elif state == "authenticating" and changed:
         events.append(("login_required", {"agent": after, "loginInstructions": after.get("error")}))
-    elif state == "error" and (changed or after.get("error") != (before or {}).get("error")):
+    elif state == "error" and changed:
         events.append(("agent_error", {"agent": after, "error": after.get("error") or "error"}))
     elif state == "stopped" and changed:
         events.append(("agent_stopped", {"agent": after, "reason": _stop_reason(after)}))

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -56,7 +57,10 @@ EVENT_DATA_KEYS = {
     "agent_error": {"agent", "error"},
     "login_required": {"agent", "loginUrl", "loginInstructions"},
 }
+# types.ts: interface AgentMessage
+MESSAGE_KEYS = {"id", "agentId", "direction", "type", "content", "metadata", "timestamp"}
 SECRET = "sk-cpt-" + uuid.uuid4().hex
+ENTRYPOINT_DIR = Path(__file__).resolve().parents[2] / "images" / "base"
 
 
 def check_handle(handle: Any) -> dict[str, Any]:
@@ -89,9 +93,14 @@ class Frames:
         self.ws = ws
         self.client = client
         self.received: list[dict[str, Any]] = []
+        self.unclaimed: list[dict[str, Any]] = []
 
     async def next_for(self, agent_id: str, events: set[str], timeout: float = 30.0) -> dict[str, Any]:
         """The next frame about ``agent_id`` whose event is one of ``events`` (others are kept)."""
+        for payload in self.unclaimed:  # a frame that came while waiting for another
+            if self._about(payload) == agent_id and payload["event"] in events:
+                self.unclaimed.remove(payload)
+                return payload
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -102,15 +111,21 @@ class Frames:
             payload = json.loads(message.data)
             assert set(payload) == FRAME_KEYS, payload
             self.received.append(payload)
-            data = payload["data"]
-            if payload["event"] in EVENT_DATA_KEYS:
-                assert {"agent"} <= set(data) <= EVENT_DATA_KEYS[payload["event"]], payload
-                check_handle(data["agent"])
-                about = data["agent"]["id"]
-            else:
-                about = data.get("agentId")
-            if about == agent_id and payload["event"] in events:
+            if self._about(payload) == agent_id and payload["event"] in events:
                 return payload
+            self.unclaimed.append(payload)
+
+    @staticmethod
+    def _about(payload: dict[str, Any]) -> str | None:
+        """The agent a frame is about, checking its data's shape (types.ts RuntimeEvent)."""
+        data = payload["data"]
+        if payload["event"] in EVENT_DATA_KEYS:
+            assert {"agent"} <= set(data) <= EVENT_DATA_KEYS[payload["event"]], payload
+            return str(check_handle(data["agent"])["id"])
+        if payload["event"] == "message":
+            assert set(data) == {"message"} and set(data["message"]) == MESSAGE_KEYS, payload
+            return str(data["message"]["agentId"])
+        return data.get("agentId")
 
 
 def tag() -> str:
@@ -226,24 +241,34 @@ async def test_control_plane_spawns_messages_and_stops_an_agent_over_the_compat_
     assert not any(SECRET in text for text in client.seen_text)
 
 
-async def test_login_required_and_agent_error_reach_the_socket(start_controller: StartController):
-    controller = await start_controller()
+def entrypoint_agent(name: str, cli: str) -> dict[str, Any]:
+    """An agent running the real agent images' entrypoint (images/base/parallax-agent) on the test image,
+    with the CLI ``cli`` (``none``: it acknowledges each message; ``claude`` without a key: it needs
+    credentials). Made through /agents: a command and volumes are more than an AgentConfig can carry."""
+    return {
+        "name": name,
+        "type": "claude",
+        "command": ["/bin/sh", "/opt/parallax/parallax-agent"],
+        "env": {"PARALLAX_AGENT_CLI": cli},
+        "volumes": [f"{ENTRYPOINT_DIR}:/opt/parallax:ro"],
+    }
+
+
+async def test_login_required_answers_and_agent_error_reach_the_socket(start_controller: StartController):
+    controller = await start_controller(allowed_volume_roots=(str(ENTRYPOINT_DIR),))
     assert controller.session is not None
     client = Client(controller.session, controller.base_url)  # the main port: /api/ws
     ws = await controller.session.ws_connect(controller.base_url + "/api/ws")
     frames = Frames(ws, client)
     suffix = tag()
-    needs, crashes = f"cpt-login-{suffix}", f"cpt-crash-{suffix}"
-    script = "echo 'parallax: needs credentials: set ANTHROPIC_API_KEY'; exec sleep 600"
-    # Made through /agents (a command the AgentConfig cannot carry), read through /api: one store.
-    status, _ = await controller.request(
-        "POST", "/agents", {"name": needs, "type": "claude", "command": ["/bin/sh", "-c", script]}
-    )
-    assert status == 201
-    status, _ = await controller.request(
-        "POST", "/agents", {"name": crashes, "type": "claude", "env": {"EXIT_AFTER": "0", "EXIT_CODE": "3"}}
-    )
-    assert status == 201
+    needs, answers, crashes = f"cpt-login-{suffix}", f"cpt-answer-{suffix}", f"cpt-crash-{suffix}"
+    for body in (
+        entrypoint_agent(needs, "claude"),
+        entrypoint_agent(answers, "none"),
+        {"name": crashes, "type": "claude", "env": {"EXIT_AFTER": "0", "EXIT_CODE": "3"}},
+    ):
+        status, created = await controller.request("POST", "/agents", body)
+        assert status == 201, created
     login = await frames.next_for(needs, {"login_required"})
     assert "ANTHROPIC_API_KEY" in login["data"]["loginInstructions"]
     assert login["data"]["agent"]["status"] == "authenticating"
@@ -252,7 +277,23 @@ async def test_login_required_and_agent_error_reach_the_socket(start_controller:
     assert isinstance(failed["data"]["error"], str) and failed["data"]["error"]
     status, listed = await client.call("GET", "/api/agents?status=authenticating")
     assert [h["id"] for h in listed["agents"]] == [needs]
-    for name in (needs, crashes):
+
+    await frames.next_for(answers, {"agent_ready"})
+    status, sent = await client.call(
+        "POST", f"/api/agents/{answers}/send", {"message": "line one\nline two", "expectResponse": True}
+    )
+    assert status == 200 and set(sent) == {"sent", "response"}, sent
+    reply = sent["response"]
+    assert set(reply) == MESSAGE_KEYS and reply["direction"] == "outbound" and reply["agentId"] == answers
+    assert reply["type"] == "response" and "received a message (17 characters)" in reply["content"]
+    event = await frames.next_for(answers, {"message"})  # every client gets it, not only subscribers
+    assert event["data"]["message"]["id"] == reply["id"]
+    status, sent = await client.call("POST", f"/api/agents/{needs}/send", {"message": "hi", "expectResponse": True})
+    assert status == 200 and sent["response"]["type"] == "error"
+    assert "was not delivered" in sent["response"]["content"]
+    await frames.next_for(needs, {"message"})
+
+    for name in (needs, answers, crashes):
         status, _ = await client.call("DELETE", f"/api/agents/{name}?timeout=1")
         assert status == 204
     await frames.next_for(needs, {"agent_stopped"})
@@ -336,11 +377,11 @@ async def test_bad_requests_get_a_4xx_naming_the_field_never_a_secret(start_cont
         status, error = await client.call(method, path, body)
         assert status == 404 and "cpt-none" in error["error"], (method, path, error)
 
-    status, created = await client.call("POST", "/api/agents", {**good, "id": "cpt-dup"})
+    status, _ = await client.call("POST", "/api/agents", {**good, "id": "cpt-dup"})
     assert status == 201
     status, error = await client.call("POST", "/api/agents", {**good, "id": "cpt-dup"})
     assert status == 409 and error["details"][0]["field"] == "id"
-    status, error = await client.call("POST", "/api/agents/cpt-dup/send", {"message": "hi", "expectResponse": True})
+    status, error = await client.call("POST", "/api/agents/cpt-dup/send", {"message": "hi", "expectResponse": "yes"})
     assert status == 422 and error["details"][0]["field"] == "expectResponse"
     status, error = await client.call("POST", "/api/agents/cpt-dup/send", {"text": "hi"})
     assert status == 422

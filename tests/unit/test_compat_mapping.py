@@ -11,6 +11,7 @@ import pytest
 from controller.admission.admit import AdmissionError, admit
 from controller.compat.agent_config import generated_id, to_agent_body
 from controller.compat.agent_handle import HANDLE_KEYS, handle_of, runtime_events, status_of
+from controller.compat.answers import AnswerParser
 from controller.config import Settings
 
 SETTINGS = Settings(store_path="/tmp/cpt-unit/agents.db")
@@ -213,3 +214,26 @@ def test_runtime_events_follow_the_handle():
     assert runtime_events(done, h("stopping"), deleted=True) == []
     gone = runtime_events(h("stopping"), h("stopping"), deleted=True)
     assert gone == [("agent_stopped", {"agent": h("stopped"), "reason": "deleted"})]
+
+
+def test_answers_are_read_from_the_entrypoint_s_frames():
+    parser = AnswerParser("cpt-a")
+    lines = [
+        "parallax: none agent ready",
+        "parallax: message 1: handing it to claude",
+        "first line",
+        "second line",
+        "parallax: message 1: done",
+        "parallax: message 2: handing it to claude",
+        "boom",
+        "parallax: message 2: claude exited with status 1",
+        "parallax: needs credentials: set ANTHROPIC_API_KEY; message 3 was not delivered",
+    ]
+    answers = [a for a in (parser.feed(line) for line in lines) if a is not None]
+    assert [(a["type"], a["content"], a["metadata"]["sequence"]) for a in answers] == [
+        ("response", "first line\nsecond line", 1),
+        ("error", "boom\nmessage 2: claude exited with status 1", 2),
+        ("error", "needs credentials: set ANTHROPIC_API_KEY; message 3 was not delivered", 3),
+    ]
+    assert all(a["agentId"] == "cpt-a" and a["direction"] == "outbound" for a in answers)
+    assert set(answers[0]) == {"id", "agentId", "direction", "type", "content", "metadata", "timestamp"}

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.server.compat import events, routes
+from api.server.compat import answers, events, routes
 from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
 from api.server.streams import STREAMS
 from controller.config import Settings
@@ -36,6 +36,7 @@ SHARED_KEYS: tuple[web.AppKey[Any], ...] = (
     STATS,
     WATCH,
     routes.ACTIVITY,
+    answers.ANSWERS,
 )
 
 
@@ -54,6 +55,12 @@ def setup_compat(app: web.Application, settings: Settings, middlewares: Sequence
     """Add ``/api/*`` to ``app``; with ``settings.compat_port``, serve it on that port as well (once the
     main application's state is up: call after its lifecycle context is appended)."""
     app[routes.ACTIVITY] = routes.Activity()
+    app[answers.ANSWERS] = answers.Answers()
+
+    async def end_readers(app: web.Application) -> None:
+        await app[answers.ANSWERS].close()
+
+    app.on_shutdown.append(end_readers)  # before the live views' pool closes
     app.add_routes(routes.routes)
     app.add_routes(events.routes)
     if settings.compat_port is None:

@@ -5,7 +5,8 @@ client looks for it): runtime events as ``{event, data, timestamp}`` frames, and
 The events come from the watch hub (the store's feed, never a poll): each change of an agent is turned
 into its handle and compared with the handle this connection last saw (``agent_handle.runtime_events``),
 so a client gets ``agent_started``, ``agent_ready``, ``login_required``, ``agent_error`` and
-``agent_stopped`` in the order the changes were committed. Every connected client gets every event (the
+``agent_stopped`` in the order the changes were committed; and ``message`` events, the agents' answers to
+messages sent through ``/api`` (``api.server.compat.answers``). Every connected client gets every event (the
 original server sent some only to per-agent subscribers, which its own client never is).
 
 A connection counts against ``PARALLAX_MAX_STREAMS`` (``api.server.throttle``) and gives its watch
@@ -23,6 +24,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from api.server import openapi
+from api.server.compat.answers import ANSWERS
 from api.server.compat.routes import ACTIVITY, send_message
 from api.server.errors import ApiError, translate_error
 from api.server.state import SETTINGS, STORE, WATCH
@@ -97,6 +99,16 @@ async def _read(request: web.Request, ws: web.WebSocketResponse) -> None:
             break
 
 
+async def _relay(queue: asyncio.Queue[dict[str, Any] | None], ws: web.WebSocketResponse) -> None:
+    """Agents' answers (``answers``) as ``message`` events."""
+    while True:
+        message = await queue.get()
+        if message is None:  # too slow to keep up, or the server is shutting down
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"reconnect")
+            return
+        await ws.send_json(frame("message", {"message": message}))
+
+
 async def _pump(listener: Listener, seen: Seen, ws: web.WebSocketResponse) -> None:
     while True:
         try:
@@ -129,12 +141,17 @@ async def runtime_websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_INBOUND_BYTES)
     await ws.prepare(request)
     listener = request.app[WATCH].listen(None, lambda item: item.type != "EVENT")
+    answers = request.app[ANSWERS].connect()
     tasks: list[asyncio.Task[None]] = []
     try:
         seen = Seen(request)
         for agent in await request.app[STORE].list():  # after listening: nothing committed between is missed
             seen.handles[agent.name] = (agent.metadata.resource_version, seen.handle(agent.to_manifest()))
-        tasks = [asyncio.create_task(_read(request, ws)), asyncio.create_task(_pump(listener, seen, ws))]
+        tasks = [
+            asyncio.create_task(_read(request, ws)),
+            asyncio.create_task(_pump(listener, seen, ws)),
+            asyncio.create_task(_relay(answers, ws)),
+        ]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except ConnectionResetError:
         pass
@@ -145,6 +162,7 @@ async def runtime_websocket(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
                 await task
         listener.close()
+        request.app[ANSWERS].disconnect(answers)
         if not ws.closed and request.transport is not None and not request.transport.is_closing():
             await ws.close()
     return ws

@@ -17,10 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from api.server import openapi
+from api.server.compat.answers import ANSWERS, wait_answer
 from api.server.errors import ApiError, read_json, translate_error
 from api.server.params import bad_parameter, flag, integer
-from api.server.routes_live import deliver, log_lines, parse_tail, request_restart, resource_usage
+from api.server.routes_live import deliver, log_lines, parse_tail, request_restart, resource_usage, running_container
 from api.server.state import CONTROLLER, SETTINGS, STORE
+from api.server.streams import until_gone
+from api.server.throttle import release_slot
 from controller.admission.admit import AdmissionError, admit
 from controller.compat.agent_config import ANNOTATION_EXECUTION_ID, to_agent_body
 from controller.compat.agent_handle import ACTIVE_STATUSES, STATUSES, handle_of
@@ -31,6 +34,7 @@ from controller.store.interface import AlreadyExists, NotFound, StoreError, Writ
 routes = web.RouteTableDef()
 
 MAX_GRACE_SECONDS = 3600
+MAX_ANSWER_WAIT_MS = 3_600_000
 LIST_PARAMETERS = frozenset({"status", "role", "type"})
 
 
@@ -353,8 +357,15 @@ async def restart(request: web.Request) -> web.Response:
     return web.json_response(handle(request, await request_restart(request.app[STORE], agent.name)))
 
 
-def _send_request(body: Any) -> str:
-    """The message of a ``{message, expectResponse?, timeout?}`` body; 422 naming what is wrong."""
+@dataclass(frozen=True)
+class SendRequest:
+    message: str
+    expect_response: bool
+    timeout_ms: float | None
+
+
+def _send_request(body: Any) -> SendRequest:
+    """A ``{message, expectResponse?, timeout?}`` body; 422 naming what is wrong."""
     if not isinstance(body, dict):
         raise ApiError(422, "VALIDATION_FAILED", "the body must be an object", [{"field": "(body)"}])
     unknown = sorted(set(body) - {"message", "expectResponse", "timeout"})
@@ -373,43 +384,66 @@ def _send_request(body: Any) -> str:
             "message: must be a non-empty string",
             [{"field": "message", "message": "required"}],
         )
-    if body.get("expectResponse") not in (None, False):
+    expect = body.get("expectResponse")
+    if expect is not None and not isinstance(expect, bool):
         raise ApiError(
             422,
             "VALIDATION_FAILED",
-            "expectResponse: not supported by this runtime: the agent's answer is in its logs "
-            "(GET /api/agents/{id}/logs)",
-            [{"field": "expectResponse", "message": "not supported"}],
+            "expectResponse: must be true or false",
+            [{"field": "expectResponse", "message": "must be a boolean"}],
         )
     timeout = body.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_ANSWER_WAIT_MS
+    ):
         raise ApiError(
             422,
             "VALIDATION_FAILED",
-            "timeout: must be a number of milliseconds",
-            [{"field": "timeout", "message": "must be a number"}],
+            f"timeout: must be a number of milliseconds, more than 0 and at most {MAX_ANSWER_WAIT_MS}",
+            [{"field": "timeout", "message": "must be a number of milliseconds"}],
         )
-    return message
+    return SendRequest(message, bool(expect), timeout)
 
 
-async def send_message(request: web.Request, agent_id: str, message: str) -> None:
-    """Deliver ``message`` to agent ``agent_id``'s stdin (``routes_live.deliver``) and count it."""
+async def send_message(
+    request: web.Request, agent_id: str, message: str, *, expect_response: bool = False, timeout_ms: float | None = None
+) -> dict[str, Any] | None:
+    """Deliver ``message`` to agent ``agent_id``'s stdin (``routes_live.deliver``), count it, and read its
+    answer from the agent's output (``answers``); with ``expect_response``, wait for that answer (None
+    when none came in time)."""
     try:
         agent = await request.app[STORE].get(agent_id)
     except NotFound:
         raise ApiError(404, "NOT_FOUND", f"agent {agent_id!r} not found", [{"field": "agentId"}]) from None
-    await deliver(request, agent, message)
+    info = await running_container(request, agent)
+    if not info.running:
+        raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
+    answers = request.app[ANSWERS]
+    future = await answers.expect(request, agent.name, info.id)
+    if future is None and expect_response:
+        raise ApiError(
+            429,
+            "TOO_MANY_STREAMS",
+            "nothing was sent: the answer could not be read, every stream place is taken (PARALLAX_MAX_STREAMS)",
+        )
+    try:
+        await deliver(request, agent, message)
+    except BaseException:
+        if future is not None:
+            answers.unsent(info.id, future)
+        raise
     request.app[ACTIVITY].sent(agent)
+    return await wait_answer(future, timeout_ms) if expect_response else None
 
 
 @routes.post("/api/agents/{id}/send")
 @openapi.describe(
-    "Parallax runtime client: send a message to the agent's stdin",
+    "Parallax runtime client: send a message to the agent's stdin; with expectResponse, its answer",
     parameters=[ID],
     request_body=openapi.body("CompatSendRequest"),
     responses={
         "200": openapi.answer("CompatSendResult", "sent"),
-        **compat_errors_doc(400, 401, 404, 408, 409, 413, 415, 422, 502, 503),
+        **compat_errors_doc(400, 401, 404, 408, 409, 413, 415, 422, 429, 502, 503),
     },
     schemas={
         **SCHEMAS,
@@ -418,19 +452,29 @@ async def send_message(request: web.Request, agent_id: str, message: str) -> Non
             "required": ["message"],
             "properties": {
                 "message": {"type": "string", "minLength": 1},
-                "expectResponse": {"const": False},
-                "timeout": {"type": "number"},
+                "expectResponse": {"type": "boolean"},
+                "timeout": {"type": "number", "description": "milliseconds to wait for the answer (30000)"},
             },
         },
-        "CompatSendResult": {"type": "object", "required": ["sent"], "properties": {"sent": {"const": True}}},
+        "CompatSendResult": {
+            "type": "object",
+            "required": ["sent"],
+            "properties": {"sent": {"const": True}, "response": {"type": "object", "description": "AgentMessage"}},
+        },
     },
 )
 @compat_errors
 async def send(request: web.Request) -> web.Response:
     agent = await agent_by_id(request)
-    message = _send_request(await read_config_json(request))
-    await send_message(request, agent.name, message)
-    return web.json_response({"sent": True})
+    wanted = _send_request(await read_config_json(request))
+    release_slot(request)  # waiting for an agent's answer is not work
+    answer = await until_gone(
+        request,
+        send_message(
+            request, agent.name, wanted.message, expect_response=wanted.expect_response, timeout_ms=wanted.timeout_ms
+        ),
+    )
+    return web.json_response({"sent": True} if answer is None else {"sent": True, "response": answer})
 
 
 @routes.get("/api/agents/{id}/logs")
