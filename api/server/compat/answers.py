@@ -99,6 +99,9 @@ class Answers:
         if reader is not None and future in reader.waiting:
             reader.waiting.remove(future)
             reader.pending -= 1
+            if reader.pending <= 0 and reader.task is not None:  # nothing left to read for: give the place back
+                reader.accepting = False
+                reader.task.cancel()
         future.cancel()
 
     async def _read(self, reader: Reader, app: web.Application) -> None:

@@ -79,6 +79,11 @@ def compat_errors(handler: CompatHandler) -> CompatHandler:
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.app[SETTINGS].max_body_bytes
+            return compat_error(
+                ApiError(413, "PAYLOAD_TOO_LARGE", f"request body is larger than the limit of {limit} bytes")
+            )
         except web.HTTPException:
             raise
         except Exception as exc:
@@ -111,7 +116,19 @@ async def agent_by_id(request: web.Request) -> Agent:
 
 
 HANDLE = openapi.answer("AgentHandle", "The agent")
-ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the agent's id"}
+ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"$ref": openapi.AGENT_NAME_PATH},
+    "description": "the agent's id (its name)",
+}
+EXECUTION_ID = {
+    "name": "executionId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,256}$"},
+}
 SCHEMAS: dict[str, Any] = {
     "AgentHandle": {
         "type": "object",
@@ -158,10 +175,14 @@ SCHEMAS: dict[str, Any] = {
 
 
 def compat_errors_doc(*statuses: int) -> dict[str, Any]:
-    return {
+    """The error responses of a compat route: the client's shape, except 401, which the token check
+    answers before any route (our own error shape)."""
+    described = {
         str(s): {"description": "error", "content": {openapi.JSON: {"schema": openapi.ref("CompatError")}}}
         for s in statuses
+        if s != 401
     }
+    return {**(openapi.errors(401) if 401 in statuses else {}), **described}
 
 
 @routes.get("/api/health")
@@ -467,7 +488,8 @@ async def send_message(
 async def send(request: web.Request) -> web.Response:
     agent = await agent_by_id(request)
     wanted = _send_request(await read_config_json(request))
-    release_slot(request)  # waiting for an agent's answer is not work
+    if wanted.expect_response:
+        release_slot(request)  # waiting for an agent's answer is not work
     answer = await until_gone(
         request,
         send_message(
@@ -545,7 +567,7 @@ async def metrics(request: web.Request) -> web.Response:
 @routes.delete("/api/executions/{executionId}/resources")
 @openapi.describe(
     "Parallax runtime client: stop every agent of an execution",
-    parameters=[{"name": "executionId", "in": "path", "required": True, "schema": {"type": "string"}}],
+    parameters=[EXECUTION_ID],
     responses={
         "202": openapi.answer("CompatCleanup", "the agents being stopped"),
         **compat_errors_doc(401, 503),
@@ -578,7 +600,10 @@ async def cleanup_execution(request: web.Request) -> web.Response:
 @routes.get("/api")
 @openapi.describe(
     "Parallax runtime client: what this server serves",
-    responses={"200": {"description": "endpoints", "content": {openapi.JSON: {"schema": {"type": "object"}}}}},
+    responses={
+        "200": {"description": "endpoints", "content": {openapi.JSON: {"schema": {"type": "object"}}}},
+        **openapi.errors(401),
+    },
 )
 async def service(request: web.Request) -> web.Response:
     return web.json_response(
