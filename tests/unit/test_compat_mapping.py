@@ -12,7 +12,7 @@ from controller.admission.admit import AdmissionError, admit
 from controller.compat.agent_config import generated_id, to_agent_body
 from controller.compat.agent_handle import HANDLE_KEYS, handle_of, runtime_events, status_of
 from controller.compat.answers import AnswerParser
-from controller.config import Settings
+from controller.config import ConfigError, Settings
 
 SETTINGS = Settings(store_path="/tmp/cpt-unit/agents.db")
 
@@ -237,3 +237,12 @@ def test_answers_are_read_from_the_entrypoint_s_frames():
     ]
     assert all(a["agentId"] == "cpt-a" and a["direction"] == "outbound" for a in answers)
     assert set(answers[0]) == {"id", "agentId", "direction", "type", "content", "metadata", "timestamp"}
+
+
+def test_the_compat_port_is_read_from_the_environment_and_must_differ_from_port():
+    assert Settings.from_env({}).compat_port is None
+    assert Settings.from_env({"PARALLAX_COMPAT_PORT": "9877"}).compat_port == 9877
+    with pytest.raises(ConfigError, match="PARALLAX_COMPAT_PORT"):
+        Settings.from_env({"PARALLAX_COMPAT_PORT": "3200"})
+    with pytest.raises(ConfigError, match="PARALLAX_COMPAT_PORT"):
+        Settings.from_env({"PARALLAX_COMPAT_PORT": "port"})
