@@ -10,6 +10,7 @@ reads ``error`` as a string.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -123,11 +124,12 @@ ID = {
     "schema": {"$ref": openapi.AGENT_NAME_PATH},
     "description": "the agent's id (its name)",
 }
+EXECUTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
 EXECUTION_ID = {
     "name": "executionId",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,256}$"},
+    "schema": {"type": "string", "pattern": EXECUTION_ID_PATTERN.pattern},
 }
 SCHEMAS: dict[str, Any] = {
     "AgentHandle": {
@@ -570,7 +572,7 @@ async def metrics(request: web.Request) -> web.Response:
     parameters=[EXECUTION_ID],
     responses={
         "202": openapi.answer("CompatCleanup", "the agents being stopped"),
-        **compat_errors_doc(401, 503),
+        **compat_errors_doc(400, 401, 503),
     },
     schemas={
         **SCHEMAS,
@@ -584,6 +586,8 @@ async def metrics(request: web.Request) -> web.Response:
 @compat_errors
 async def cleanup_execution(request: web.Request) -> web.Response:
     execution_id = request.match_info["executionId"]
+    if not EXECUTION_ID_PATTERN.fullmatch(execution_id):
+        raise bad_parameter("executionId", "must be 1 to 256 letters, digits, '.', '_', ':' or '-'")
     store = request.app[STORE]
     stopping = []
     for agent in await store.list():
