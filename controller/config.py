@@ -130,6 +130,9 @@ class Settings:
     swarm_nodes: tuple[tuple[str, str], ...] = ()
     swarm_poll_seconds: float = 0.5
     swarm_shared_roots: tuple[str, ...] = ()
+    # A second port serving the Parallax control plane's runtime contract (/api/* and its /ws), on
+    # PARALLAX_HOST like the main one; None: only /api/* on the main port (api.server.compat).
+    compat_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.store_url is not None:
@@ -190,7 +193,10 @@ class Settings:
             swarm_nodes=_node_endpoints(env, "PARALLAX_SWARM_NODES"),
             swarm_poll_seconds=_float(env, "PARALLAX_SWARM_POLL_SECONDS", base.swarm_poll_seconds, 0.05),
             swarm_shared_roots=_volume_roots(env, "PARALLAX_SWARM_SHARED_ROOTS") or (),
+            compat_port=_int(env, "PARALLAX_COMPAT_PORT", 0, 1, 65535) or None,
         )
+        if settings.compat_port is not None and settings.compat_port == settings.port:
+            raise ConfigError(f"PARALLAX_COMPAT_PORT: {settings.compat_port} is already PORT; pick another port")
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(
                 f"DOCKER_NETWORK: {settings.network!r} cannot be used; agents need a user-defined network"

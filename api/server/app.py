@@ -20,6 +20,7 @@ from api.server import (
     routes_watch,
 )
 from api.server.auth import auth_middleware
+from api.server.compat import setup_compat
 from api.server.errors import error_middleware
 from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
 from api.server.streams import STREAMS, Streams
@@ -67,9 +68,10 @@ def server_logger() -> logging.Logger:
 
 def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str | None = None) -> web.Application:
     streams = Streams(settings.max_streams)
+    # auth before the concurrency limit: a request without the token is refused without taking a slot
+    middlewares = [error_middleware, auth_middleware, concurrency_middleware(settings.api_concurrency, streams)]
     app = web.Application(
-        # auth before the concurrency limit: a request without the token is refused without taking a slot
-        middlewares=[error_middleware, auth_middleware, concurrency_middleware(settings.api_concurrency, streams)],
+        middlewares=middlewares,
         client_max_size=settings.max_body_bytes,
         handler_args={"logger": server_logger()},
     )
@@ -117,6 +119,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
             await store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    setup_compat(app, settings, middlewares)  # /api/*; its own port (PARALLAX_COMPAT_PORT) once the state is up
 
     async def end_watches(app: web.Application) -> None:
         if WATCH in app:

@@ -35,7 +35,8 @@ def error_response(status: int, code: str, message: str, details: list[dict[str,
     return web.json_response(body, status=status)
 
 
-def _translate(exc: Exception) -> ApiError:
+def translate_error(exc: Exception) -> ApiError:
+    """The ApiError an exception is answered as; the exception itself when it is no known error."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, AdmissionError):
@@ -77,7 +78,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except Exception as exc:
         try:
-            api_error = _translate(exc)
+            api_error = translate_error(exc)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return error_response(500, "INTERNAL", "internal error (this is a bug; see the server log)")

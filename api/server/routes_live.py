@@ -25,7 +25,7 @@ from controller.model.errors import SOCKET_ERROR, AgentError
 from controller.model.timestamps import now_iso, parse_runtime_time, parse_time
 from controller.observe.stats import summarize
 from controller.runtime.interface import Instance
-from controller.store.interface import Conflict, NotFound, Write
+from controller.store.interface import Conflict, NotFound, Store, Write
 
 routes = web.RouteTableDef()
 
@@ -33,7 +33,7 @@ MAX_MESSAGE_BYTES = 256 * 1024
 DEFAULT_TAIL = 100
 
 
-def _container_id(request: web.Request, agent: Agent) -> str:
+def container_id_of(request: web.Request, agent: Agent) -> str:
     container_id = agent.status.get("containerId")
     if container_id:
         return str(container_id)
@@ -43,8 +43,8 @@ def _container_id(request: web.Request, agent: Agent) -> str:
     raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} has no container yet (phase {agent.phase})")
 
 
-async def _running_container(request: web.Request, agent: Agent) -> Instance:
-    container_id = _container_id(request, agent)
+async def running_container(request: web.Request, agent: Agent) -> Instance:
+    container_id = container_id_of(request, agent)
     info = await request.app[RUNTIME].instance(container_id)
     if info is None:
         raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} has no container right now (phase {agent.phase})")
@@ -73,7 +73,7 @@ def _parse_since(raw: str | None) -> int | None:
     raise bad_parameter("since", f"{raw[:40]!r} is not a time: use Unix seconds, RFC 3339 or a duration like 5m")
 
 
-def _tail(raw: str | None) -> str:
+def parse_tail(raw: str | None) -> str:
     """``tail``: a number of lines (ASCII digits) or ``all``; what Docker is given, never anything else."""
     if raw is None or raw == "":
         return str(DEFAULT_TAIL)
@@ -106,11 +106,11 @@ _DOCKER_BROKE = (AgentError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 )
 async def logs(request: web.Request) -> web.StreamResponse:
     query = request.query
-    tail = _tail(query.get("tail"))
+    tail = parse_tail(query.get("tail"))
     since = _parse_since(query.get("since"))
     follow, timestamps = flag(query, "follow"), flag(query, "timestamps")
     agent = await request.app[STORE].get(request.match_info["name"])
-    container_id = _container_id(request, agent)
+    container_id = container_id_of(request, agent)
     # Docker's refusal (no such container, daemon unreachable) is answered as an error, before any line.
     async with request.app[LIVE].open_logs(
         container_id, tail=tail, since=since, timestamps=timestamps, follow=follow
@@ -131,6 +131,15 @@ async def logs(request: web.Request) -> web.StreamResponse:
             await response.write(line.encode() + b"\n")
     await response.write_eof()
     return response
+
+
+async def log_lines(request: web.Request, agent: Agent, tail: str) -> list[str]:
+    """The last ``tail`` lines (``parse_tail``'s form) of the agent's container output, not followed."""
+    container_id = container_id_of(request, agent)
+    async with request.app[LIVE].open_logs(
+        container_id, tail=tail, since=None, timestamps=False, follow=False
+    ) as lines:
+        return [line async for line in lines]
 
 
 @routes.get("/agents/{name}/metrics")
@@ -155,7 +164,13 @@ async def logs(request: web.Request) -> web.StreamResponse:
 )
 async def agent_metrics(request: web.Request) -> web.Response:
     agent = await request.app[STORE].get(request.match_info["name"])
-    info = await _running_container(request, agent)
+    return web.json_response(await resource_usage(request, agent))
+
+
+async def resource_usage(request: web.Request, agent: Agent) -> dict[str, Any]:
+    """The running agent's usage, from the refresher's latest sample (one taken now if it has none);
+    409 when it is not running."""
+    info = await running_container(request, agent)
     if not info.running:
         raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
     refresher = request.app[STATS]
@@ -168,7 +183,7 @@ async def agent_metrics(request: web.Request) -> web.Response:
         "restartCount": int(agent.status.get("restartCount", 0)),
         "sampleAgeSeconds": round(age, 3),
     }
-    return web.json_response(body)
+    return body
 
 
 @routes.post("/agents/{name}/restart")
@@ -178,8 +193,12 @@ async def agent_metrics(request: web.Request) -> web.Response:
     responses={"202": openapi.answer("Agent", "Restart requested"), **openapi.errors(401, 404, 409, 503)},
 )
 async def restart(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    name = request.match_info["name"]
+    updated = await request_restart(request.app[STORE], request.match_info["name"])
+    return web.json_response(updated.to_manifest(), status=202)
+
+
+async def request_restart(store: Store, name: str) -> Agent:
+    """Set the restart annotation on agent ``name`` (the reconciler then recreates its container)."""
     for _ in range(5):
         agent = await store.get(name)
         annotations = {**agent.metadata.annotations, ANNOTATION_RESTARTED_AT: now_iso()}
@@ -193,7 +212,7 @@ async def restart(request: web.Request) -> web.Response:
                 raise
             await asyncio.sleep(0.05)
             continue
-        return web.json_response(updated.to_manifest(), status=202)
+        return updated
     raise ApiError(409, "CONFLICT", f"agent {name!r} kept changing; try the restart again")
 
 
@@ -253,15 +272,21 @@ async def send(request: web.Request) -> web.Response:
             f"unknown field {unknown[0]!r}",
             [{"field": k, "message": "unknown field"} for k in unknown],
         )
+    return web.json_response(await deliver(request, agent, message), status=202)
+
+
+async def deliver(request: web.Request, agent: Agent, message: str) -> dict[str, Any]:
+    """Write ``message`` to the running agent's stdin as one line; 413 when too large, 409 when it is
+    not running."""
     data = message.encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"message is larger than {MAX_MESSAGE_BYTES} bytes")
-    info = await _running_container(request, agent)
+    info = await running_container(request, agent)
     if not info.running:
         raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
     data = frame_message(message)
     await request.app[LIVE].write_stdin(info.id, data)
-    return web.json_response({"agent": agent.name, "containerId": info.id, "bytes": len(data)}, status=202)
+    return {"agent": agent.name, "containerId": info.id, "bytes": len(data)}
 
 
 @routes.get("/agents/{name}/events")

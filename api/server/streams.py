@@ -67,6 +67,17 @@ class Streams:
         finally:
             self.open -= 1
 
+    def hold(self) -> bool:
+        """Take a place for a stream the server itself keeps open (reading an agent's output for its
+        answers, ``api.server.compat.answers``); False when every place is taken. ``let_go`` gives it back."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def let_go(self) -> None:
+        self.open -= 1
+
     async def until_gone(self, request: web.Request, work: Awaitable[T]) -> T:
         """``work``'s result; ``ClientGone`` (``work`` cancelled) as soon as the client disconnects."""
         if _gone(request):

@@ -26,7 +26,8 @@ UNTHROTTLED_PATHS = frozenset({"/healthz"})
 # (method, canonical route) -> the flag that makes it a stream; None: always one.
 STREAM_ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/events"): None,
-    ("GET", "/ws"): None,
+    ("GET", "/ws"): None,  # also the Parallax runtime client's WebSocket on PARALLAX_COMPAT_PORT
+    ("GET", "/api/ws"): None,
     ("GET", "/agents"): "watch",
     ("GET", "/agents/{name}/logs"): "follow",
     ("GET", "/metrics/agents"): "watch",
