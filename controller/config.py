@@ -64,11 +64,11 @@ def parse_store_url(raw: str, name: str = "PARALLAX_STORE") -> StoreLocation:
     if scheme in ("postgresql", "postgres"):
         parsed = urllib.parse.urlsplit(raw)
         if not parsed.netloc and "host=" not in parsed.query:
-            raise ConfigError(f"{name}: {_shown(raw)}: a PostgreSQL URL names its host: postgresql://host/database")
+            raise ConfigError(f"{name}: {_shown(raw)}: a PostgreSQL URL names its host; use {_STORE_FORMS}")
         try:
             parsed.port  # noqa: B018 (a port that is not a number raises)
         except ValueError as exc:
-            raise ConfigError(f"{name}: {_shown(raw)}: the port is not a number") from exc
+            raise ConfigError(f"{name}: {_shown(raw)}: the port is not a number; use {_STORE_FORMS}") from exc
         return StoreLocation("postgresql", "", raw)
     rest = raw[match.end() :]
     if rest.startswith("//"):

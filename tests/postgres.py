@@ -51,9 +51,7 @@ async def drop_test_schemas() -> None:
     except (OSError, asyncpg.PostgresError):
         return
     try:
-        mine = await conn.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"%\\_{os.getpid()}\\_%"
-        )
+        mine = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"%\\_{os.getpid()}\\_%")
         for row in mine:
             await conn.execute(f'DROP SCHEMA "{row[0]}" CASCADE')
     finally:
