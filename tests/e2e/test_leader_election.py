@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.postgres import fresh_url
+from tests.postgres import base_url, fresh_url
 from tests.server_process import PARALLAX, Server, free_port, server_environment, wait_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -40,10 +41,12 @@ async def cluster(tmp_path: Path, docker_daemon: None) -> AsyncIterator[MakeClus
         PARALLAX_RESYNC_SECONDS="1",
     )
 
-    async def start(count: int) -> list[Server]:
-        for i in range(count):
+    async def start(count: int, via_port: int | None = None) -> list[Server]:
+        store = url if via_port is None else through(url, via_port)
+        for _ in range(count):
             name = f"pgt-{chr(ord('a') + len(servers))}"
-            server = Server({**env, "PORT": str(free_port()), "PARALLAX_IDENTITY": name}, tmp_path / f"{name}.log")
+            own = {"PORT": str(free_port()), "PARALLAX_IDENTITY": name, "PARALLAX_STORE": store}
+            server = Server({**env, **own}, tmp_path / f"{name}.log")
             server.identity = name  # type: ignore[attr-defined]
             await server.start()
             servers.append(server)
@@ -55,6 +58,13 @@ async def cluster(tmp_path: Path, docker_daemon: None) -> AsyncIterator[MakeClus
         if server.proc is not None and server.proc.poll() is None:
             with_signal(server, signal.SIGCONT)
             server.kill()
+
+
+def through(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by 127.0.0.1:``port`` (the partition proxy)."""
+    parts = urllib.parse.urlsplit(url)
+    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
 
 
 def with_signal(server: Server, sig: int) -> None:
@@ -194,3 +204,79 @@ async def test_a_paused_leader_whose_lease_ran_out_does_not_act_after_it_resumes
     _, again = await standby.call("GET", "/agents/pgt-new")
     assert again["status"]["containerId"] == created["status"]["containerId"]
     assert "stops leading" in old.output() or "NotLeader" in old.output() or "does not hold" in old.output()
+
+
+class Partition:
+    """A TCP proxy to PostgreSQL that can stop forwarding: the connections through it stay open and
+    go silent, as when a network partition cuts the leader off from the database."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.open = asyncio.Event()
+        self.open.set()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                await self.open.wait()
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def test_a_leader_cut_off_from_the_database_stops_acting_before_its_lease_runs_out(
+    cluster: MakeCluster, tmp_path: Path
+):
+    partition = Partition(urllib.parse.urlsplit(base_url()).port or 5432)
+    await partition.start()
+    try:
+        (old,) = await cluster(1, via_port=partition.port)
+        assert (await the_leader([old], LEASE + 2)) is old
+        servers = await cluster(1)
+        standby = servers[-1]
+        status, body = await standby.call("POST", "/agents", {"name": "pgt-kept", "type": "claude"})
+        assert status == 201, body
+        await wait_running(standby, "pgt-kept")
+
+        partition.open.clear()
+        cut = time.monotonic()
+        assert (await the_leader([standby], LEASE + RETRY + 3)) is standby
+        assert time.monotonic() - cut <= LEASE + RETRY + 3
+        # The old leader cannot see this agent (its view of the store is frozen): to it, the agent's
+        # container is an orphan of its instance, which a leader that still acted would remove.
+        status, body = await standby.call("POST", "/agents", {"name": "pgt-unseen", "type": "claude"})
+        assert status == 201, body
+        created = await wait_running(standby, "pgt-unseen")
+        await asyncio.sleep(3)  # several of the old leader's resyncs (1 s)
+        _, again = await standby.call("GET", "/agents/pgt-unseen")
+        assert again["status"]["containerId"] == created["status"]["containerId"]
+        assert again["status"].get("restartCount", 0) == 0
+        agents = sorted(agent for _, agent in containers(cluster.instance))  # type: ignore[attr-defined]
+        assert agents == ["pgt-kept", "pgt-unseen"], agents
+        assert await master_status(old) == 0.0
+        assert "stops leading" in old.output()
+    finally:
+        partition.open.set()
+        await partition.close()
