@@ -132,7 +132,7 @@ async def test_one_server_leads_and_a_standby_takes_over_when_it_is_killed(clust
     # The standby serves the whole API: a write through it is reconciled by the leader.
     status, body = await standby.call("POST", "/agents", {"name": "pgt-before", "type": "claude"})
     assert status == 201, body
-    await wait_running(standby, "pgt-before")
+    before = await wait_running(standby, "pgt-before")
 
     shown = subprocess.run([PARALLAX, "leader", "--server", standby.url], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
@@ -148,7 +148,9 @@ async def test_one_server_leads_and_a_standby_takes_over_when_it_is_killed(clust
     status, body = await standby.call("POST", "/agents", {"name": "pgt-after", "type": "claude"})
     assert status == 201, body
     await wait_running(standby, "pgt-after")
-    await wait_running(standby, "pgt-before")
+    adopted = await wait_running(standby, "pgt-before")
+    assert adopted["status"]["containerId"] == before["status"]["containerId"]  # adopted, not replaced
+    assert adopted["status"].get("restartCount", 0) == before["status"].get("restartCount", 0)
     agents = sorted(agent for _, agent in containers(cluster.instance))  # type: ignore[attr-defined]
     assert agents == ["pgt-after", "pgt-before"], agents  # one container each: nobody made a second
 
