@@ -32,7 +32,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,13 @@ TRIM_EVERY = 64
 """Trim the change table (and expired events) once in this many transactions."""
 POLL_SECONDS = 1.0
 """Follow the table this often even without a notification (a lost one costs at most this long)."""
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 """What the database or the network may raise: the store answers ``StoreUnavailable``."""
 
 
@@ -243,7 +249,7 @@ class PostgresStore:
         except (*_ERRORS, ValueError) as exc:
             raise StoreUnavailable(f"cannot connect to {shown(self.dsn)}: {_reason(exc)}") from exc
         try:
-            async with self._pool.acquire() as conn:
+            async with self.connection() as conn:
                 schema = await conn.fetchval("SELECT current_schema()")
                 if schema is None:
                     raise StoreUnavailable(f"{shown(self.dsn)}: its search_path names no schema that exists")
@@ -263,7 +269,7 @@ class PostgresStore:
 
     async def _reload(self) -> None:
         """Load every record and the version they are at, in one snapshot."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             rv = await conn.fetchval("SELECT value FROM parallax_meta WHERE key = 'resourceVersion'")
             rows = await conn.fetch("SELECT manifest FROM parallax_agents")
         self._cache = {agent.name: agent for agent in (self._load(row[0]) for row in rows)}
@@ -282,6 +288,19 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool; one that failed in any way is closed, never handed out again (a
+        connection whose server went away mid-statement is left in a state it cannot leave)."""
+        conn = await self.pool.acquire(timeout=10)
+        try:
+            yield conn
+        except BaseException:
+            conn.terminate()
+            raise
+        finally:
+            await self.pool.release(conn)
+
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -290,7 +309,7 @@ class PostgresStore:
 
     async def ping(self) -> None:
         try:
-            async with self.pool.acquire() as conn:
+            async with self.connection() as conn:
                 await conn.fetchval("SELECT 1")
         except _ERRORS as exc:
             raise StoreUnavailable(f"store unreachable: {_reason(exc)}") from exc
@@ -318,7 +337,7 @@ class PostgresStore:
             "WHERE agent = $1 AND ($2::text IS NULL OR uid = $2) AND last_epoch >= $3 ORDER BY rv"
         )
         try:
-            async with self.pool.acquire() as conn:
+            async with self.connection() as conn:
                 rows = await conn.fetch(query, name, uid, time.time() - EVENT_TTL_SECONDS)
         except _ERRORS as exc:
             raise StoreUnavailable(f"store unreadable: {_reason(exc)}") from exc
@@ -351,7 +370,7 @@ class PostgresStore:
     async def _catch_up(self, conn: asyncpg.Connection | None = None) -> None:
         """Apply every change committed after ``_known_rv`` (``conn``: inside the writer's transaction)."""
         if conn is None:
-            async with self._catching_up, self.pool.acquire() as own:
+            async with self._catching_up, self.connection() as own:
                 await self._catch_up_on(own)
         else:
             await self._catch_up_on(conn)
@@ -448,7 +467,7 @@ class PostgresStore:
                 batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
                 try:
                     results = await self._commit(batch)
-                except _ERRORS as exc:
+                except (*_ERRORS, StoreError) as exc:
                     error = f"store unwritable: {_reason(exc)}"
                     self.write_error = error
                     log.warning("%s; %d writes refused", error, len(batch))
@@ -478,7 +497,7 @@ class PostgresStore:
     async def _commit(self, batch: builtins.list[_Request]) -> builtins.list[Any]:
         """One transaction for the batch: lock the counter, catch up, stage each request in order, write,
         commit; then apply and announce the changes and answer (errors per request are answers too)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             top = int(await conn.fetchval("SELECT value FROM parallax_meta WHERE key = 'resourceVersion' FOR UPDATE"))
             if top != self._known_rv:
                 await self._catch_up(conn)

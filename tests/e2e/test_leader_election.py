@@ -282,3 +282,35 @@ async def test_a_leader_cut_off_from_the_database_stops_acting_before_its_lease_
     finally:
         partition.open.set()
         await partition.close()
+
+
+async def test_the_leader_killed_in_the_middle_of_an_apply_leaves_nothing_lost_or_doubled(cluster: MakeCluster):
+    servers = await cluster(2)
+    leader = await the_leader(servers, LEASE + 2)
+    standby = next(s for s in servers if s is not leader)
+    names = [f"pgt-many-{i}" for i in range(30)]
+    status, body = await standby.call("POST", "/apply", [{"name": n, "type": "claude"} for n in names])
+    assert status == 200, body
+
+    async def phases() -> dict[str, dict[str, Any]]:
+        _, listed = await standby.call("GET", "/agents")
+        return {a["metadata"]["name"]: a["status"] for a in listed["items"]}
+
+    deadline = time.monotonic() + 30
+    while sum(s.get("phase") == "Running" for s in (await phases()).values()) < 3:
+        assert time.monotonic() < deadline, await phases()
+        await asyncio.sleep(0.05)
+    leader.kill()  # mid-way through creating and starting the rest
+    assert (await the_leader([standby], LEASE + 2)) is standby
+    deadline = time.monotonic() + 60
+    now = await phases()
+    while not all(s.get("phase") == "Running" for s in now.values()):
+        assert time.monotonic() < deadline, now
+        await asyncio.sleep(0.2)
+        now = await phases()
+    assert sorted(now) == sorted(names)  # every acknowledged write is there
+    assert all(s.get("restartCount", 0) == 0 for s in now.values()), now  # no needless restarts
+    made = containers(cluster.instance)  # type: ignore[attr-defined]
+    assert sorted(agent for _, agent in made) == sorted(names), made  # one container each
+    for status in now.values():  # and each agent's status names the one it has
+        assert any(status["containerId"].startswith(short) for short, _ in made), status
