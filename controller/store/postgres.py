@@ -285,7 +285,10 @@ class PostgresStore:
                 await self._follower
             self._follower = None
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                await asyncio.wait_for(self._pool.close(), 5)
+            except TimeoutError:  # a connection stuck on a database that does not answer
+                self._pool.terminate()
             self._pool = None
 
     @contextlib.asynccontextmanager
@@ -377,16 +380,17 @@ class PostgresStore:
 
     async def _catch_up_on(self, conn: asyncpg.Connection) -> None:
         while True:
-            since = self._known_rv
-            rows = await conn.fetch(
-                "SELECT rv, kind, name, spec_changed, body FROM parallax_changes WHERE rv > $1 ORDER BY rv LIMIT 1000",
-                since,
-            )
-            if not rows:
-                top = await conn.fetchval("SELECT value FROM parallax_meta WHERE key = 'resourceVersion'")
-                if int(top) > self._known_rv:
-                    await self._lost(f"the change table no longer holds versions after {self._known_rv}")
+            # The counter first: a change committed up to it is in the table for the next statement (its
+            # row commits with the counter), so an empty answer below really means the rows were trimmed.
+            top = int(await conn.fetchval("SELECT value FROM parallax_meta WHERE key = 'resourceVersion'"))
+            if top <= self._known_rv:
                 return
+            rows = await conn.fetch(
+                "SELECT rv, kind, name, spec_changed, body FROM parallax_changes WHERE rv > $1 AND rv <= $2 "
+                "ORDER BY rv LIMIT 1000",
+                self._known_rv,
+                top,
+            )
             for row in rows:
                 rv = int(row["rv"])
                 if rv <= self._known_rv:
@@ -395,6 +399,9 @@ class PostgresStore:
                     await self._lost(f"the change table no longer holds version {self._known_rv + 1}")
                     return
                 self._apply(self._decode(row), rv)
+            if self._known_rv < top and not rows:
+                await self._lost(f"the change table no longer holds versions after {self._known_rv}")
+                return
             if len(rows) < 1000:
                 return
 
