@@ -32,6 +32,10 @@ from bench.common import Server, cleanup, free_port, machine_note, new_tag, perc
 DEFAULT_URL = "postgresql://parallax:parallax@127.0.0.1:55432/parallax"
 
 
+class _SkipPosts(Exception):
+    """``--posts 0``: only the failover part."""
+
+
 async def fresh_schema(base: str) -> tuple[str, str]:
     schema = f"bench_{secrets.token_hex(4)}"
     conn = await asyncpg.connect(base)
@@ -110,7 +114,8 @@ async def failover(url: str, tag: str, kills: int, lease: float, renew: float, r
                 while not any([await leading(session, s) for s in servers]):
                     assert time.monotonic() < deadline, "nobody leads"
                     await asyncio.sleep(0.05)
-                leader = next(s for s in servers if await leading(session, s))
+                views = [await leading(session, s) for s in servers]
+                leader = servers[views.index(True)]
                 other = next(s for s in servers if s is not leader)
                 assert leader.proc is not None
                 leader.proc.kill()
@@ -150,25 +155,31 @@ async def main() -> None:
     sqlite_server = Server(tag)
     pg_server = Server(tag, PARALLAX_STORE=url)
     try:
-        print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
         try:
-            sqlite = await post_run(sqlite_server, args.clients, args.posts, f"pb{tag}-s")
-        finally:
-            sqlite_server.stop()
-        print(row("POST /agents, SQLite store", *sqlite))
-        try:
-            pg = await post_run(pg_server, args.clients, args.posts, f"pb{tag}-p")
-            async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
-                manifest = await pool.fetchval("SELECT manifest FROM parallax_agents LIMIT 1")
-        finally:
-            pg_server.stop()
-        print(row("POST /agents, PostgreSQL store", *pg))
-        raw = await raw_inserts(url, args.clients, args.posts, str(manifest))
-        print(row("raw asyncpg INSERT, same rows", *raw))
-        print(
-            f"PostgreSQL store POST / raw INSERT: {pg[0] / raw[0]:.2f}x req/s; / SQLite store: {pg[0] / sqlite[0]:.2f}x"
-        )
-        await cleanup(docker, tag)
+            print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+            if not args.posts:
+                raise _SkipPosts
+            try:
+                sqlite = await post_run(sqlite_server, args.clients, args.posts, f"pb{tag}-s")
+            finally:
+                sqlite_server.stop()
+            print(row("POST /agents, SQLite store", *sqlite))
+            try:
+                pg = await post_run(pg_server, args.clients, args.posts, f"pb{tag}-p")
+                async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
+                    manifest = await pool.fetchval("SELECT manifest FROM parallax_agents LIMIT 1")
+            finally:
+                pg_server.stop()
+            print(row("POST /agents, PostgreSQL store", *pg))
+            raw = await raw_inserts(url, args.clients, args.posts, str(manifest))
+            print(row("raw asyncpg INSERT, same rows", *raw))
+            print(
+                f"PostgreSQL store POST / raw INSERT: {pg[0] / raw[0]:.2f}x req/s; "
+                f"/ SQLite store: {pg[0] / sqlite[0]:.2f}x"
+            )
+            await cleanup(docker, tag)
+        except _SkipPosts:
+            pass
         if args.kills:
             schema2, url2 = await fresh_schema(base)
             try:
