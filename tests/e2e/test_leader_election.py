@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.postgres import base_url, fresh_url
-from tests.server_process import PARALLAX, Server, free_port, server_environment, wait_running
+from tests.server_process import PARALLAX, Server, free_port, remove_instance, server_environment, wait_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -58,6 +58,7 @@ async def cluster(tmp_path: Path, docker_daemon: None) -> AsyncIterator[MakeClus
         if server.proc is not None and server.proc.poll() is None:
             with_signal(server, signal.SIGCONT)
             server.kill()
+    remove_instance(settings.instance)  # the next test uses the same agent (so container) names
 
 
 def through(url: str, port: int) -> str:
@@ -125,8 +126,13 @@ async def test_one_server_leads_and_a_standby_takes_over_when_it_is_killed(clust
     leader = await the_leader(servers, LEASE + 2)
     standby = next(s for s in servers if s is not leader)
     assert [await master_status(s) for s in (leader, standby)] == [1.0, 0.0]
+    deadline = time.monotonic() + 4 * RETRY + 2  # the standby reads the lease at its first retry
     view = await leader_view(standby)
-    assert view is not None and view["leading"] is False
+    while view is None or view["holder"] is None:
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.1)
+        view = await leader_view(standby)
+    assert view["leading"] is False
     assert view["holder"]["identity"] == leader.identity  # type: ignore[attr-defined]
 
     # The standby serves the whole API: a write through it is reconciled by the leader.
