@@ -26,19 +26,24 @@ def default_store_path() -> str:
     return str(Path(base) / "parallax" / "agents.db")
 
 
-STORE_SCHEMES = ("sqlite",)
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 """The stores ``PARALLAX_STORE`` may name (``controller.store.url.open_store`` opens them)."""
 
-_STORE_FORMS = "sqlite:///abs/path/agents.db, sqlite:relative/path/agents.db or a file path"
+_STORE_FORMS = (
+    "sqlite:///abs/path/agents.db, sqlite:relative/path/agents.db, a file path "
+    "or postgresql://user:password@host:port/database"
+)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 @dataclass(frozen=True)
 class StoreLocation:
-    """What ``PARALLAX_STORE`` names: a kind of store (``scheme``) and, for SQLite, its file."""
+    """What ``PARALLAX_STORE`` names: a kind of store (``scheme``) and, for SQLite, its file (for
+    PostgreSQL ``path`` is empty and ``dsn`` the URL as given)."""
 
     scheme: str
     path: str
+    dsn: str = ""
 
 
 def parse_store_url(raw: str, name: str = "PARALLAX_STORE") -> StoreLocation:
@@ -54,8 +59,17 @@ def parse_store_url(raw: str, name: str = "PARALLAX_STORE") -> StoreLocation:
     scheme = match.group(0)[:-1].lower()
     if scheme not in STORE_SCHEMES:
         raise ConfigError(
-            f"{name}: {_shown(raw)}: {scheme} stores are not supported (only SQLite is, so far); use {_STORE_FORMS}"
+            f"{name}: {_shown(raw)}: {scheme} stores are not supported (SQLite and PostgreSQL are); use {_STORE_FORMS}"
         )
+    if scheme in ("postgresql", "postgres"):
+        parsed = urllib.parse.urlsplit(raw)
+        if not parsed.netloc and "host=" not in parsed.query:
+            raise ConfigError(f"{name}: {_shown(raw)}: a PostgreSQL URL names its host; use {_STORE_FORMS}")
+        try:
+            parsed.port  # noqa: B018 (a port that is not a number raises)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {_shown(raw)}: the port is not a number; use {_STORE_FORMS}") from exc
+        return StoreLocation("postgresql", "", raw)
     rest = raw[match.end() :]
     if rest.startswith("//"):
         host, slash, path = rest[2:].partition("/")
@@ -134,9 +148,21 @@ class Settings:
     # PARALLAX_HOST like the main one; None: only /api/* on the main port (api.server.compat).
     compat_port: int | None = None
 
+    # Leader election, when controllers share a store (PostgreSQL): client-go's three durations. A
+    # leader that could not renew its lease for renew_deadline stops acting; the others may take it over
+    # once lease_duration has passed since its last renewal; every one tries (or renews) each retry_period.
+    # See README "Several controllers on one database" for why these numbers.
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
+    identity: str | None = None
+    """This controller's name in the lease (``PARALLAX_IDENTITY``); None: ``host:pid``."""
+
     def __post_init__(self) -> None:
         if self.store_url is not None:
-            object.__setattr__(self, "store_path", parse_store_url(self.store_url).path)
+            location = parse_store_url(self.store_url)
+            if location.scheme == "sqlite":
+                object.__setattr__(self, "store_path", location.path)
 
     @property
     def store(self) -> str:
@@ -194,9 +220,24 @@ class Settings:
             swarm_poll_seconds=_float(env, "PARALLAX_SWARM_POLL_SECONDS", base.swarm_poll_seconds, 0.05),
             swarm_shared_roots=_volume_roots(env, "PARALLAX_SWARM_SHARED_ROOTS") or (),
             compat_port=_int(env, "PARALLAX_COMPAT_PORT", 0, 1, 65535) or None,
+            lease_duration_seconds=_float(env, "PARALLAX_LEASE_DURATION", base.lease_duration_seconds, 0.5),
+            renew_deadline_seconds=_float(env, "PARALLAX_RENEW_DEADLINE", base.renew_deadline_seconds, 0.3),
+            retry_period_seconds=_float(env, "PARALLAX_RETRY_PERIOD", base.retry_period_seconds, 0.1),
+            identity=env.get("PARALLAX_IDENTITY") or None,
         )
         if settings.compat_port is not None and settings.compat_port == settings.port:
             raise ConfigError(f"PARALLAX_COMPAT_PORT: {settings.compat_port} is already PORT; pick another port")
+        if not settings.renew_deadline_seconds < settings.lease_duration_seconds:
+            raise ConfigError(
+                f"PARALLAX_RENEW_DEADLINE: {settings.renew_deadline_seconds} must be less than "
+                f"PARALLAX_LEASE_DURATION ({settings.lease_duration_seconds}): a leader stops acting before "
+                "another may take over"
+            )
+        if not settings.retry_period_seconds < settings.renew_deadline_seconds:
+            raise ConfigError(
+                f"PARALLAX_RETRY_PERIOD: {settings.retry_period_seconds} must be less than "
+                f"PARALLAX_RENEW_DEADLINE ({settings.renew_deadline_seconds}): a leader renews before its deadline"
+            )
         if settings.network in ("host", "none", "bridge", "default"):
             raise ConfigError(
                 f"DOCKER_NETWORK: {settings.network!r} cannot be used; agents need a user-defined network"

@@ -146,4 +146,5 @@ if [ "${#real[@]}" -gt 0 ]; then
     say "not building images/{$(IFS=,; echo "${real[*]}")} here"
 fi
 
+bash scripts/setup-postgres.sh  # f. a private PostgreSQL on 127.0.0.1:55432 for the PostgreSQL store's tests
 say "ready"

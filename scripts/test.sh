@@ -18,5 +18,7 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+# The PostgreSQL store's tests use the cluster scripts/setup-postgres.sh started (via setup.sh).
+export PARALLAX_TEST_POSTGRES="${PARALLAX_TEST_POSTGRES:-postgresql://parallax:parallax@127.0.0.1:55432/parallax}"
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -204,6 +204,10 @@ class ApiClient:
     def metrics(self, name: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/agents/{_quote(name)}/metrics").json())
 
+    def readiness(self) -> dict[str, Any]:
+        """``GET /readyz``: the checks, and who leads (answered whether ready or not)."""
+        return dict(self.call("GET", "/readyz", ok=(503,)).json() or {})
+
     def list_agent_events(self, name: str) -> list[dict[str, Any]] | None:
         """The agent's events (``GET /agents/{name}/events``), or None when this server has no such list."""
         response = self.call("GET", f"/agents/{_quote(name)}/events", ok=(404, 405))

@@ -802,7 +802,27 @@ def top(client: ApiClient, args: tuple[str, ...], selector: str | None) -> None:
     print_table(make_table(columns, rows))
 
 
-COMMANDS = (apply, get, describe, delete, logs, restart, send, top)
+@click.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@client_command
+def leader(client: ApiClient, output: str) -> None:
+    """Who runs the controller: the leader among the servers sharing the store, and what this server is."""
+    answer = client.readiness()
+    lead = answer.get("leader") or {}
+    if output == "json":
+        click.echo(json.dumps(lead, indent=2, sort_keys=True))
+        return
+    holder = lead.get("holder") or {}
+    if holder.get("identity"):
+        where = f" at {holder['address']}" if holder.get("address") else ""
+        click.echo(f"leader: {holder['identity']}{where} (lease transitions: {holder.get('transitions', 0)})")
+    else:
+        click.echo("leader: none (the lease is free or expired; a server takes it within its retry period)")
+    role = "leader" if lead.get("leading") else "standby"
+    click.echo(f"this server ({client.server}): {lead.get('identity', '?')}, {role}; ready: {answer.get('status')}")
+
+
+COMMANDS = (apply, get, describe, delete, logs, restart, send, top, leader)
 
 
 def register(group: click.Group) -> None:

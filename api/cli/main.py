@@ -76,17 +76,39 @@ async def _serve(settings: Settings, specs_dir: str | None = None) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        from controller.config import _shown
+
         log.info(
             "serving on http://%s:%d (store %s, Docker %s)",
             settings.host,
             settings.port,
-            settings.store_path,
+            _shown(settings.store) if settings.store_url else settings.store_path,
             settings.docker_socket,
         )
         await stop.wait()
         log.info("shutting down; agents keep running")
     finally:
         await runner.cleanup()
+
+
+@main.group()
+def store() -> None:
+    """Work on a store (PARALLAX_STORE) while no controller uses it."""
+
+
+@store.command("migrate")
+@click.option("--from", "source", required=True, help="The SQLite store to copy: sqlite:///abs/path/agents.db.")
+@click.option("--to", "target", required=True, help="The empty PostgreSQL store: postgresql://user:pw@host/db.")
+def migrate(source: str, target: str) -> None:
+    """Copy every agent, status, event and the resourceVersion from a SQLite store into PostgreSQL."""
+    from controller.admission.admit import spec_defaults
+    from controller.store.migrate import migrate_store
+
+    try:
+        copied = asyncio.run(migrate_store(source, target, spec_defaults(Settings.from_env())))
+    except (ConfigError, StoreUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"copied {copied.agents} agents and {copied.events} events; resourceVersion {copied.resource_version}")
 
 
 register_client_commands(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,7 +23,7 @@ from api.server import (
 from api.server.auth import auth_middleware
 from api.server.compat import setup_compat
 from api.server.errors import error_middleware
-from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
+from api.server.state import CONTROLLER, LEADER, LIVE, RUNTIME, SETTINGS, STATS, STORE, WATCH
 from api.server.streams import STREAMS, Streams
 from api.server.throttle import concurrency_middleware
 from controller.admission.admit import spec_defaults
@@ -32,7 +33,8 @@ from controller.observe.stats_refresher import StatsRefresher
 from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
 from controller.runtime.select import make_runtime
-from controller.store.url import open_store
+from controller.store.url import leader_election, open_store
+from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.api")
 
@@ -92,11 +94,16 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
         metrics = Metrics(settings)
         runtime = make_runtime(settings, observer=metrics)
         await runtime.open()
-        controller = Controller(settings, store, runtime, metrics)
+        # With a shared store (PostgreSQL) only the elected leader runs the controller; every process
+        # serves the whole API. leader.fence() is checked before each of the controller's runtime writes.
+        leader = leader_election(store, settings, f"{settings.host}:{settings.port}")
+        metrics.leadership = leader
+        controller = Controller(settings, store, runtime, metrics, fence=leader.fence)
         hub = WatchHub(store, buffer=settings.watch_buffer)
         await hub.start()
         app[STORE] = store
         app[CONTROLLER] = controller
+        app[LEADER] = leader
         app[RUNTIME] = runtime
         # Live views (logs, stats, attach) have their own engine client and connection pool: however many
         # of them are open, the reconciler's calls never wait for a connection.
@@ -104,14 +111,18 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
         app[STATS] = stats = StatsRefresher(store, runtime.live, settings.stats_seconds)
         app[WATCH] = hub
         await metrics.start(store, stats if settings.agent_metrics else None)
+        campaign: list[asyncio.Task[None]] = []
         if run_controller:
-            await controller.start()
+            await leader.begin(controller.start)
+            campaign.append(asyncio.create_task(leader.run(controller.start, controller.stop), name="leader-election"))
             stats.start()
         try:
             yield
         finally:
             await stats.stop()
+            await cancel_all(campaign)  # stops the controller if it leads
             await controller.stop()
+            await leader.release()
             await metrics.stop()
             await hub.stop()
             await streams.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.server import openapi
-from api.server.state import CONTROLLER, STORE
+from api.server.state import CONTROLLER, LEADER, RUNTIME, STORE
+from controller.model.errors import AgentError
 from controller.store.interface import StoreError
 
 routes = web.RouteTableDef()
@@ -17,6 +18,23 @@ HEALTH_SCHEMAS = {
         "required": ["status", "checks"],
         "properties": {
             "status": {"enum": ["ok", "unavailable"]},
+            "leader": {
+                "type": "object",
+                "description": "Who runs the controller: this process (leading) or another (a standby)",
+                "required": ["leading", "identity"],
+                "properties": {
+                    "leading": {"type": "boolean"},
+                    "identity": {"type": "string"},
+                    "holder": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "identity": {"type": ["string", "null"]},
+                            "address": {"type": ["string", "null"]},
+                            "transitions": {"type": "integer"},
+                        },
+                    },
+                },
+            },
             "checks": {
                 "type": "object",
                 "additionalProperties": {
@@ -56,13 +74,33 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreError as exc:
         checks["store"] = {"ok": False, "message": str(exc)}
     controller = request.app[CONTROLLER]
-    checks["docker"] = (
-        {"ok": True}
-        if controller.docker_up
-        else {"ok": False, "code": "SOCKET_ERROR", "message": controller.docker_error or "unreachable"}
-    )
-    checks["controller"] = {"ok": controller.alive}
+    leader = request.app[LEADER]
+    leading = leader.leading
+    if leading or controller.alive:
+        checks["docker"] = (
+            {"ok": True}
+            if controller.docker_up
+            else {"ok": False, "code": "SOCKET_ERROR", "message": controller.docker_error or "unreachable"}
+        )
+    else:  # a standby: its controller does not run, so ask Docker (its live views use it)
+        try:
+            await request.app[RUNTIME].ping()
+            checks["docker"] = {"ok": True}
+        except AgentError as exc:
+            checks["docker"] = {"ok": False, "code": exc.code, "message": exc.message}
+    # A standby is ready: it serves the whole API, and its controller starts when it is elected.
+    checks["controller"] = {"ok": controller.alive if leading else True}
     ready = all(bool(check["ok"]) for check in checks.values())
+    holder = leader.holder
     return web.json_response(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+        {
+            "status": "ok" if ready else "unavailable",
+            "checks": checks,
+            "leader": {
+                "leading": leading,
+                "identity": leader.identity,
+                "holder": holder.to_dict() if holder is not None else None,
+            },
+        },
+        status=200 if ready else 503,
     )

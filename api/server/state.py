@@ -10,6 +10,7 @@ from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
 from controller.runtime.interface import LiveViews, Runtime
 from controller.store.interface import Store
+from controller.store.lease import Leadership
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -18,3 +19,4 @@ RUNTIME = web.AppKey("runtime", Runtime)
 LIVE = web.AppKey("live", LiveViews)
 STATS = web.AppKey("stats", StatsRefresher)
 WATCH = web.AppKey("watch", WatchHub)
+LEADER = web.AppKey("leader", Leadership)

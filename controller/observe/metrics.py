@@ -255,6 +255,13 @@ def agent_usage(stats: dict[str, Any]) -> tuple[float, float]:
 # --- the registry -------------------------------------------------------------------------------------
 
 
+class LeaderState(Protocol):
+    @property
+    def leading(self) -> bool: ...
+
+    transitions: int
+
+
 class _ScrapeTimeCollector:
     """Series read from in-memory state when Prometheus scrapes."""
 
@@ -300,6 +307,23 @@ class _ScrapeTimeCollector:
         yield retries
         yield unfinished
         yield longest
+
+        # client-go's leader election series (its name label is the lease's)
+        lead = m.leadership
+        master = GaugeMetricFamily(
+            "leader_election_master_status",
+            "1 while this process leads (holds the controller lease), else 0.",
+            labels=["name"],
+        )
+        master.add_metric(["parallax-controller"], 1.0 if lead is not None and lead.leading else 0.0)
+        yield master
+        changes = CounterMetricFamily(
+            "leader_election_transitions",
+            "Times this process started or stopped leading.",
+            labels=["name"],
+        )
+        changes.add_metric(["parallax-controller"], float(lead.transitions) if lead is not None else 0.0)
+        yield changes
 
         if m.usage is not None:
             cpu = CounterMetricFamily(
@@ -450,6 +474,8 @@ class Metrics:
         self.queue: WatchedQueue | None = None
         self.docker_up: Callable[[], bool] = lambda: False
         self.usage: UsageSource | None = None
+        self.leadership: LeaderState | None = None
+        """Who leads (``controller.store.lease.Leadership``), for the leader_election_* series."""
         self._tasks: list[asyncio.Task[None]] = []
         r.register(_ScrapeTimeCollector(self))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from controller.config import Settings
@@ -18,6 +19,7 @@ from controller.reconcile.reconciler import Reconciler
 from controller.reconcile.workqueue import ItemExponentialFailureRateLimiter, RateLimitingQueue, ShutDown
 from controller.runtime.interface import Runtime, RuntimeChange
 from controller.store.interface import CutOff, Store, StoreError
+from controller.store.lease import NotLeader
 from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.controller")
@@ -26,21 +28,36 @@ EVENT_RECONNECT_MAX = 10.0
 
 
 class Controller:
-    def __init__(self, settings: Settings, store: Store, runtime: Runtime, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runtime: Runtime,
+        metrics: Metrics | None = None,
+        fence: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.runtime = runtime
         self.metrics = metrics if metrics is not None else Metrics(settings)
-        self.queue = RateLimitingQueue(
-            ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0), observer=self.metrics
-        )
-        self.metrics.watch(self.queue, lambda: self.docker_up)
-        self.reconciler = Reconciler(store, runtime, settings, on_collected=self.metrics.gc)
+        self.fence = fence
+        """``NotLeader`` unless this controller leads (``controller.store.lease``): before runtime writes."""
+        self._new_queue()
+        self.reconciler = Reconciler(store, runtime, settings, on_collected=self.metrics.gc, fence=fence)
         self.docker_up = False
         self.docker_error: str | None = "not connected yet"
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _new_queue(self) -> None:
+        self.queue = RateLimitingQueue(
+            ItemExponentialFailureRateLimiter(base_delay=0.05, max_delay=60.0), observer=self.metrics
+        )
+        self.metrics.watch(self.queue, lambda: self.docker_up)
+
     async def start(self) -> None:
+        """Start the loops; again after ``stop`` too (a controller that leads again gets a fresh queue)."""
+        if self.queue.is_shutting_down():
+            self._new_queue()
         for i in range(self.settings.workers):
             self._spawn(self._worker(i), f"worker-{i}")
         self._spawn(self._watch_store(), "watch-store")
@@ -100,6 +117,10 @@ class Controller:
             with self.metrics.reconciling() as report, reconcile_scope(name):
                 try:
                     result = await self.reconciler.reconcile(name)
+                except NotLeader as exc:  # deposed: the election stops these loops now
+                    report("error")
+                    log.warning("reconcile %s stopped: %s", name, exc)
+                    return
                 except AgentError:
                     # Not a verdict on the daemon: one agent's call may time out while others work.
                     # The event watcher's ping decides whether Docker is up.
@@ -198,6 +219,7 @@ class Controller:
         for network in await self.runtime.managed_networks():
             if network.name in wanted or await self.runtime.network_in_use(network.id):
                 continue
+            self.fence()
             await self.runtime.remove_network(network.id)
             log.info("removed unused network %s", network.name)
             removed.append(network.name)

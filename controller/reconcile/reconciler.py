@@ -59,7 +59,11 @@ class Reconciler:
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_collected: Callable[[str], None] = lambda kind: None,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
+        self.fence = fence
+        """Raises (``controller.store.lease.NotLeader``) unless this controller leads now: called before
+        every runtime write, status write and event, so a deposed leader stops acting on time."""
         self.store = store
         self.runtime = runtime
         self.settings = settings
@@ -124,6 +128,8 @@ class Reconciler:
     ) -> list[Instance]:
         """Perform ``op``; the instances as they are after it."""
         runtime = self.runtime
+        if op.kind != "read-output":
+            self.fence()
         if op.kind == "ensure-network":
             await runtime.ensure_network(op.target)
             facts.network_ready = True
@@ -187,7 +193,9 @@ class Reconciler:
         await self._guard_mounts(agent, "created")
         if not await self.runtime.image_present(desired.image):
             raise AgentError(IMAGE_NOT_FOUND, f"image {desired.image} is not present locally (nothing is pulled)")
+        self.fence()
         await self.runtime.ensure_workspace(agent)
+        self.fence()
         created = await self.runtime.create(agent, desired)
         log.info("agent %s: created container %s", agent.name, created.id[:12])
         await self._event(
@@ -236,6 +244,7 @@ class Reconciler:
         """Record an event; a store that cannot take it must not stop the agent being looked after."""
         if agent is None:
             return
+        self.fence()
         message = scrub(note.message, agent.spec.env)
         try:
             await self.store.record_event(agent, note.type, note.reason, message)
@@ -243,6 +252,7 @@ class Reconciler:
             log.debug("event %s for %s not recorded: %s", note.reason, agent.name, exc)
 
     async def _write(self, agent: Agent, status: dict[str, Any]) -> None:
+        self.fence()
         updated = await self.store.update_status(agent.name, agent.metadata.uid, status)
         if updated is not None:
             agent.status = updated.status

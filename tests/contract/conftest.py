@@ -15,6 +15,7 @@ from controller.config import Settings
 from controller.model.agent import SpecDefaults
 from controller.store.interface import Store
 from controller.store.url import open_store
+from tests.postgres import drop_test_schemas_now, fresh_url
 
 StoreFactory = Callable[[Path, SpecDefaults, int], Awaitable[Store]]
 """``factory(directory, defaults, buffer)``: a new, empty, opened store (``directory`` is the test's own)."""
@@ -24,9 +25,21 @@ async def sqlite_store(directory: Path, defaults: SpecDefaults, buffer: int) -> 
     return await open_store(f"sqlite://{directory}/agents.db", defaults, buffer=buffer)
 
 
+async def postgres_store(directory: Path, defaults: SpecDefaults, buffer: int) -> Store:
+    """A store in a schema of its own in the test cluster (scripts/setup-postgres.sh)."""
+    return await open_store(await fresh_url(), defaults, buffer=buffer)
+
+
 STORES = [
     pytest.param(sqlite_store, id="sqlite"),
+    pytest.param(postgres_store, id="postgresql"),
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_schemas() -> object:
+    yield
+    drop_test_schemas_now()
 
 
 @pytest.fixture(params=STORES)

@@ -116,6 +116,8 @@ def setup_sh(
         directory.mkdir(parents=True)
     for script in ("setup.sh", "as-root.sh"):
         shutil.copy(REPO / "scripts" / script, repo / "scripts" / script)
+    for helper in (REPO / "scripts").glob("setup-*.sh"):  # their own tests run them for real
+        (repo / "scripts" / helper.name).write_text("#!/usr/bin/env bash\nexit 0\n")
     (repo / "pyproject.toml").write_text("")
     for tool in ("pip", "parallax"):
         (repo / ".venv" / "bin" / tool).write_text("#!/bin/sh\n")

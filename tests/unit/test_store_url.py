@@ -40,7 +40,8 @@ def test_the_forms_that_name_a_sqlite_file(raw: str, path: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "why"),
     [
-        ("postgresql://parallax@db/parallax", "postgresql stores are not supported"),
+        ("postgresql:///parallax", "names its host"),
+        ("postgresql://db:port/parallax", "port is not a number"),
         ("mysql://db/parallax", "mysql stores are not supported"),
         ("data:agents.db", "data stores are not supported"),
         ("sqlite://host/agents.db", "a file, not a host"),
@@ -58,15 +59,18 @@ def test_anything_else_is_refused_naming_the_setting(raw: str, why: str) -> None
 
 def test_a_password_in_a_refused_url_is_not_repeated() -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_store_url("postgresql://parallax:hunter2@db:5432/parallax?password=hunter2")
+        parse_store_url("mysql://parallax:hunter2@db:5432/parallax?password=hunter2")
     assert "hunter2" not in str(caught.value)
-    assert "postgresql://parallax:***@db:5432/parallax?..." in str(caught.value)
+    assert "mysql://parallax:***@db:5432/parallax?..." in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        parse_store_url("postgresql://parallax:hunter2@db:port/parallax")
+    assert "hunter2" not in str(caught.value)
 
 
 def test_serve_refuses_a_store_it_does_not_have_before_starting() -> None:
-    result = CliRunner().invoke(main, ["serve"], env={"PARALLAX_STORE": "postgresql://u:pw@db/parallax"})
+    result = CliRunner().invoke(main, ["serve"], env={"PARALLAX_STORE": "mysql://u:pw@db/parallax"})
     assert result.exit_code != 0
-    assert "PARALLAX_STORE" in result.output and "postgresql stores are not supported" in result.output
+    assert "PARALLAX_STORE" in result.output and "mysql stores are not supported" in result.output
     assert "pw@" not in result.output
 
 
@@ -92,4 +96,10 @@ async def test_open_store_opens_the_sqlite_file_a_url_names(tmp_path: Path) -> N
     finally:
         await store.close()
     with pytest.raises(ConfigError, match="PARALLAX_STORE"):
-        await open_store("postgresql://db/parallax", defaults)
+        await open_store("mysql://db/parallax", defaults)
+
+
+def test_a_postgresql_url_keeps_the_default_file_for_volumes() -> None:
+    settings = Settings.from_env({"PARALLAX_STORE": "postgresql://u:pw@db:5432/parallax"})
+    assert parse_store_url(settings.store).dsn == "postgresql://u:pw@db:5432/parallax"
+    assert settings.store_path == Settings().store_path
