@@ -82,8 +82,19 @@ class Cli:
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def popen(self, *args: str) -> Stream:
+        """A long-running command the test ends with Ctrl-C (SIGINT). The child gets SIGINT's default
+        disposition whatever the test process inherited (a shell or another test may have made it
+        ignored, and a Python child would then install no KeyboardInterrupt), as a command typed at a
+        terminal has it."""
         return Stream(
-            subprocess.Popen([PARALLAX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+            subprocess.Popen(
+                [PARALLAX, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self.env,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
         )
 
     def agent(self, name: str) -> dict[str, Any] | None:
