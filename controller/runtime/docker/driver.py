@@ -31,7 +31,7 @@ from controller.model.errors import (
 )
 from controller.runtime.docker.cache import Listed
 from controller.runtime.docker.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
-from controller.runtime.interface import Instance
+from controller.runtime.interface import Instance, ManagedNetwork
 
 AIODOCKER_UNREACHABLE = 900
 """aiodocker's status for a request whose connection failed (it wraps aiohttp's connection errors)."""
@@ -454,6 +454,23 @@ class DockerDriver:
 
 
 STREAM_OPEN = {"Type": "parallax", "Action": "stream-open"}
+
+
+class DriverNetworks:
+    """The network garbage-collection verbs of a ``Runtime`` whose engine calls go through a
+    ``DockerDriver`` (the local runtime's, and the Swarm runtime's subclass of it)."""
+
+    driver: DockerDriver
+
+    async def managed_networks(self) -> list[ManagedNetwork]:
+        return [ManagedNetwork(str(n["Id"]), str(n.get("Name", ""))) for n in await self.driver.managed_networks()]
+
+    async def network_in_use(self, network_id: str) -> bool:
+        return await self.driver.network_in_use(network_id)
+
+    async def remove_network(self, network_id: str) -> None:
+        await self.driver.remove_network(network_id)
+
 
 LIVE_SPARE_CONNECTIONS = 16
 

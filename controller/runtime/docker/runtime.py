@@ -19,7 +19,14 @@ from controller.config import Settings
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
 from controller.runtime.docker.cache import ContainerCache
-from controller.runtime.docker.driver import STREAM_OPEN, DockerDriver, DockerObserver, LiveDocker, NoopDockerObserver
+from controller.runtime.docker.driver import (
+    STREAM_OPEN,
+    DockerDriver,
+    DockerObserver,
+    DriverNetworks,
+    LiveDocker,
+    NoopDockerObserver,
+)
 from controller.runtime.docker.render import (
     LABEL_AGENT,
     LABEL_INSTANCE,
@@ -28,7 +35,7 @@ from controller.runtime.docker.render import (
     workspace_labels,
     workspace_volume,
 )
-from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
+from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChange
 from controller.tasks import cancel_all
 
 log = logging.getLogger("parallax.runtime")
@@ -39,7 +46,7 @@ IMAGE_ADDED = {"tag", "load", "pull", "import"}
 IMAGE_REMOVED = {"delete", "untag"}
 
 
-class DockerRuntime:
+class DockerRuntime(DriverNetworks):
     """``Runtime`` on one Docker Engine (``DOCKER_SOCKET`` / ``DOCKER_HOST``)."""
 
     def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
@@ -218,15 +225,6 @@ class DockerRuntime:
 
     async def recent_output(self, instance_id: str, lines: int) -> list[str]:
         return await self.driver.recent_output(instance_id, lines)
-
-    async def managed_networks(self) -> list[ManagedNetwork]:
-        return [ManagedNetwork(str(n["Id"]), str(n.get("Name", ""))) for n in await self.driver.managed_networks()]
-
-    async def network_in_use(self, network_id: str) -> bool:
-        return await self.driver.network_in_use(network_id)
-
-    async def remove_network(self, network_id: str) -> None:
-        await self.driver.remove_network(network_id)
 
     def _forget_after(self, err: AgentError, network: str) -> None:
         if err.code == NETWORK_ERROR:

@@ -22,9 +22,9 @@ from controller.config import Settings
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, NETWORK_ERROR, AgentError
 from controller.model.timestamps import parse_runtime_time
-from controller.runtime.docker.driver import DockerObserver
+from controller.runtime.docker.driver import DockerObserver, DriverNetworks
 from controller.runtime.docker.render import LABEL_AGENT
-from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
+from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChange
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.live import LiveSwarm
 from controller.runtime.swarm.render import desired_service
@@ -40,8 +40,10 @@ REJECTION_RETRY_SECONDS = 5.0
 task, once it is this old; before, ``start`` reports the rejection."""
 
 
-class SwarmRuntime:
+class SwarmRuntime(DriverNetworks):
     """``Runtime`` on a Docker Swarm, through one of its managers (``DOCKER_SOCKET``)."""
+
+    driver: SwarmDriver
 
     def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
         self.settings = settings
@@ -263,15 +265,6 @@ class SwarmRuntime:
 
     async def recent_output(self, instance_id: str, lines: int) -> list[str]:
         return await self._live.recent_output(instance_id, lines)
-
-    async def managed_networks(self) -> list[ManagedNetwork]:
-        return [ManagedNetwork(str(n["Id"]), str(n.get("Name", ""))) for n in await self.driver.managed_networks()]
-
-    async def network_in_use(self, network_id: str) -> bool:
-        return await self.driver.network_in_use(network_id)
-
-    async def remove_network(self, network_id: str) -> None:
-        await self.driver.remove_network(network_id)
 
     async def changes(self) -> AsyncIterator[RuntimeChange]:
         """The manager polled: an agent whose service or tasks (or their nodes) changed; a managed network
