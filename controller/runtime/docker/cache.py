@@ -158,9 +158,12 @@ class ContainerCache:
             await self._refresh(container_id)
             return self._known.get(container_id)
         instance = await self._inspect(container_id)
-        if instance is not None and instance.agent:
+        if instance is not None and instance.agent and container_id not in self._agent_of:
+            # Adopted with this answer (no second inspection); had an event filed it meanwhile, it
+            # stays marked and its next read inspects it.
             self.changed(container_id, instance.agent)
-            await self._refresh(container_id)
+            self._known[container_id] = instance
+            del self._changed[container_id]
         return instance
 
     async def _refresh(self, container_id: str) -> None:
