@@ -8,6 +8,7 @@ a symlink must be judged by where it points, and a path by every directory it is
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,51 @@ def _unshared_mounts(spec: AgentSpec, settings: Settings, prefix: str, refused: 
     return errors
 
 
+PLACEMENT_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
+PLACEMENT_LABEL_KEY = re.compile(r"^(node|engine)\.labels\.[A-Za-z0-9][A-Za-z0-9._-]*$")
+NODE_ROLES = ("manager", "worker")
+
+
+def placement_problem(constraint: str) -> str | None:
+    """Why Swarm could never honour ``constraint`` (it accepts an unknown key, which matches no node:
+    the agent would stay Pending for ever), or None."""
+    for operator in ("==", "!="):
+        key, found, value = constraint.partition(operator)
+        if found:
+            break
+    else:
+        return f"{constraint!r} has no operator: write KEY==VALUE or KEY!=VALUE"
+    key, value = key.strip(), value.strip()
+    if "==" in value or "!=" in value:
+        return f"{constraint!r} has more than one operator"
+    if key not in PLACEMENT_KEYS and not PLACEMENT_LABEL_KEY.match(key):
+        keys = ", ".join((*PLACEMENT_KEYS, "node.labels.NAME", "engine.labels.NAME"))
+        return f"unknown constraint key {key!r}: one of {keys}"
+    if not value:
+        return f"{constraint!r} has no value"
+    if key == "node.role" and value not in NODE_ROLES:
+        return f"node.role is manager or worker, not {value!r}"
+    return None
+
+
+def _placement(spec: AgentSpec, settings: Settings, prefix: str) -> list[FieldError]:
+    if not spec.placement_constraints:
+        return []
+    if settings.runtime != "swarm":
+        return [
+            FieldError(
+                f"{prefix}placement.constraints",
+                "placement constraints need the swarm runtime (PARALLAX_RUNTIME=swarm): "
+                "this controller runs its agents on one Docker host",
+            )
+        ]
+    return [
+        FieldError(f"{prefix}placement.constraints[{i}]", problem)
+        for i, constraint in enumerate(spec.placement_constraints)
+        if (problem := placement_problem(constraint)) is not None
+    ]
+
+
 def check_spec(
     spec: AgentSpec, settings: Settings, prefix: str, neighbours: Iterable[tuple[str, Sequence[str]]] = ()
 ) -> Verdict:
@@ -187,6 +233,7 @@ def check_spec(
             forbidden.append(FieldError(field, refusal))
     if settings.runtime == "swarm":
         invalid += _unshared_mounts(spec, settings, prefix, {e.field for e in forbidden})
+    invalid += _placement(spec, settings, prefix)
     if spec.volumes:
         theirs = [m for name, volumes in neighbours for m in resolve_mounts(volumes, f"agent {name!r} ")]
         refused = {error.field for error in forbidden}

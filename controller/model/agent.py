@@ -92,6 +92,8 @@ class AgentSpec:
     stop_grace_period_seconds: int = 10
     security_context: SecurityContext = field(default_factory=SecurityContext)
     keep_workspace: bool = False
+    placement_constraints: tuple[str, ...] = ()
+    """Swarm placement constraints (``node.labels.zone==eu``): which nodes the agent's task may run on."""
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class AgentSpec:
             "stopGracePeriodSeconds": self.stop_grace_period_seconds,
             "securityContext": self.security_context.to_dict(),
             "workspace": {"keep": self.keep_workspace},
+            "placement": {"constraints": list(self.placement_constraints)},
         }
 
     @classmethod
@@ -134,6 +137,7 @@ class AgentSpec:
             stop_grace_period_seconds=data.get("stopGracePeriodSeconds", 10),
             security_context=SecurityContext.from_dict(data.get("securityContext") or {}),
             keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),
+            placement_constraints=tuple((data.get("placement") or {}).get("constraints") or ()),
         )
 
 

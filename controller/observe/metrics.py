@@ -436,6 +436,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.node_no_new_privileges = Gauge(
+            "parallax_swarm_node_no_new_privileges",
+            "Swarm only: 1 when the node's daemon gives task processes no-new-privileges (daemon.json), 0 when "
+            "it does not (its agents can gain privileges through setuid programs); absent until seen.",
+            ["node"],
+            registry=r,
+        )
         self.event_lag = Histogram(
             "parallax_docker_event_lag_seconds",
             "Time from Docker emitting an event to the controller receiving it.",
@@ -560,6 +567,9 @@ class Metrics:
 
     def on_relist(self, reason: str) -> None:
         self.cache_relists.labels(reason).inc()
+
+    def on_node_no_new_privileges(self, node: str, enforced: bool) -> None:
+        self.node_no_new_privileges.labels(node).set(1 if enforced else 0)
 
     # the manager's workers
     @contextlib.contextmanager

@@ -74,6 +74,8 @@ class DockerObserver(Protocol):
 
     def on_relist(self, reason: str) -> None: ...
 
+    def on_node_no_new_privileges(self, node: str, enforced: bool) -> None: ...
+
 
 class NoopDockerObserver:
     def on_docker_call(self, operation: str, seconds: float, error_code: str | None) -> None:
@@ -86,6 +88,9 @@ class NoopDockerObserver:
         pass
 
     def on_relist(self, reason: str) -> None:
+        pass
+
+    def on_node_no_new_privileges(self, node: str, enforced: bool) -> None:
         pass
 
 

@@ -6,32 +6,17 @@ node without an endpoint is a clear error naming it, at once."""
 from __future__ import annotations
 
 import contextlib
-import os
-import ssl
 from typing import Any
 
 import aiodocker
-import aiohttp
 
 from controller.model.agent import Agent
 from controller.model.errors import CONTAINER_ERROR, AgentError
 from controller.runtime.docker.driver import LiveDocker, _DockerCall
 from controller.runtime.docker.render import workspace_labels, workspace_volume
 from controller.runtime.swarm.driver import SwarmDriver
+from controller.runtime.swarm.nodes import NodeClients
 from controller.runtime.swarm.tasks import running_container
-
-LABEL_ENDPOINT = "parallax.endpoint"
-
-
-def _client(url: str, timeout: aiohttp.ClientTimeout) -> aiodocker.Docker:
-    """A client of a node's daemon: ``unix://`` as it is, ``tcp://`` with TLS from ``DOCKER_CERT_PATH``
-    (ca.pem, cert.pem, key.pem, as the docker CLI reads them) when that is set."""
-    cert_path = os.environ.get("DOCKER_CERT_PATH")
-    if url.startswith("tcp://") and cert_path:
-        context = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
-        context.load_cert_chain(os.path.join(cert_path, "cert.pem"), os.path.join(cert_path, "key.pem"))
-        return aiodocker.Docker(url="https://" + url.removeprefix("tcp://"), ssl_context=context, timeout=timeout)
-    return aiodocker.Docker(url=url, timeout=timeout)
 
 
 class _OnNode(LiveDocker):
@@ -57,16 +42,14 @@ class LiveSwarm:
     def __init__(self, driver: SwarmDriver) -> None:
         self.driver = driver
         self._logs = _ServiceLogs(driver, own_client=True)
-        self._nodes: dict[str, aiodocker.Docker] = {}
+        self._nodes = NodeClients(driver.settings)
 
     async def open(self) -> None:
         await self._logs.open()
 
     async def close(self) -> None:
         await self._logs.close()
-        for client in self._nodes.values():
-            await client.close()
-        self._nodes.clear()
+        await self._nodes.close()
 
     def open_logs(
         self, instance_id: str, *, tail: str, since: int | None, timestamps: bool, follow: bool
@@ -79,28 +62,6 @@ class LiveSwarm:
         ) as found:
             return [line async for line in found]
 
-    def _endpoint(self, node: dict[str, Any]) -> str | None:
-        host = str((node.get("Description") or {}).get("Hostname", ""))
-        configured = dict(self.driver.settings.swarm_nodes)
-        if host in configured:
-            return configured[host]
-        label = ((node.get("Spec") or {}).get("Labels") or {}).get(LABEL_ENDPOINT)
-        return str(label) if label else None
-
-    def _node_client(self, node: dict[str, Any]) -> aiodocker.Docker:
-        host = str((node.get("Description") or {}).get("Hostname", node.get("ID", "")))
-        url = self._endpoint(node)
-        if url is None:
-            raise AgentError(
-                CONTAINER_ERROR,
-                f"the agent runs on swarm node {host}, and no Docker endpoint is configured for it "
-                f"(PARALLAX_SWARM_NODES={host}=unix:///… or tcp://…, or the node label {LABEL_ENDPOINT})",
-            )
-        if url not in self._nodes:
-            timeout = aiohttp.ClientTimeout(total=self.driver.settings.docker_timeout_seconds, connect=5)
-            self._nodes[url] = _client(url, timeout)
-        return self._nodes[url]
-
     async def _on_node(self, instance_id: str) -> tuple[_OnNode, str]:
         """The live views of the node running the service's task, and the task's container ID."""
         tasks = await self.driver.tasks([instance_id])
@@ -109,7 +70,7 @@ class LiveSwarm:
             raise AgentError(CONTAINER_ERROR, f"service {instance_id[:12]} has no running task")
         node_id, container = found
         nodes = {str(n["ID"]): n for n in await self.driver.nodes()}
-        return _OnNode(self.driver, self._node_client(nodes.get(node_id) or {"ID": node_id})), container
+        return _OnNode(self.driver, self._nodes.client(nodes.get(node_id) or {"ID": node_id})), container
 
     async def stats(self, instance_id: str) -> dict[str, Any]:
         live, container = await self._on_node(instance_id)
@@ -130,9 +91,9 @@ class LiveSwarm:
         name = workspace_volume(agent.name, self.driver.settings.instance)
         labels = workspace_labels(agent, self.driver.settings)
         for node in await self.driver.nodes():
-            if self._endpoint(node) is None:
+            if self._nodes.endpoint(node) is None:
                 continue
-            client = self._node_client(node)
+            client = self._nodes.client(node)
             doing = f"removing volume {name}"
             with contextlib.suppress(AgentError), _DockerCall(doing, absent_ok=True, tolerate=(409,)):
                 volume = await client.volumes.get(name)  # type: ignore[no-untyped-call]

@@ -94,7 +94,7 @@ def render_service(agent: Agent, settings: Settings, name: str) -> dict[str, Any
             },
             # Restarts stay the controller's (restartPolicy, crash-loop back-off): Swarm never restarts a task.
             "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
-            "Placement": {},
+            "Placement": {"Constraints": list(spec.placement_constraints)} if spec.placement_constraints else {},
             "Networks": [{"Target": spec.network, "Aliases": [agent.name]}],
             "LogDriver": {"Name": "json-file", "Options": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}},
             "ForceUpdate": 0,

@@ -22,11 +22,12 @@ from controller.config import Settings
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, NETWORK_ERROR, AgentError
 from controller.model.timestamps import parse_runtime_time
-from controller.runtime.docker.driver import DockerObserver, DriverNetworks
+from controller.runtime.docker.driver import DockerObserver, DriverNetworks, NoopDockerObserver
 from controller.runtime.docker.render import LABEL_AGENT
 from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChange
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.live import LiveSwarm
+from controller.runtime.swarm.nodes import NodeFacts, hostname
 from controller.runtime.swarm.render import desired_service
 from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, task_error
 
@@ -49,6 +50,8 @@ class SwarmRuntime(DriverNetworks):
         self.settings = settings
         self.driver = SwarmDriver(settings, observer=observer)
         self._live = LiveSwarm(self.driver)
+        self.observer: DockerObserver = observer or NoopDockerObserver()
+        self.facts = NodeFacts(settings)  # its own node clients: never the live views'
         self.reported_nodes: set[str] = set()
         self._nodes_seen: dict[str, dict[str, Any]] = {}
         self._nodes_seen_at = float("-inf")
@@ -71,6 +74,7 @@ class SwarmRuntime(DriverNetworks):
 
     async def close(self) -> None:
         await self._live.close()
+        await self.facts.close()
         await self.driver.close()
 
     async def ping(self) -> None:
@@ -94,7 +98,43 @@ class SwarmRuntime(DriverNetworks):
             return []
         tasks = await self.driver.tasks([s["ID"] for s in services])
         nodes = await self._nodes()
-        return [instance_of(s, [t for t in tasks if t.get("ServiceID") == s["ID"]], nodes) for s in services]
+        found = []
+        for service in services:
+            own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
+            found.append(await self._oom_checked(instance_of(service, own, nodes), own, nodes))
+        return found
+
+    async def _oom_checked(
+        self, found: Instance, tasks: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]
+    ) -> Instance:
+        """An ended task with exit code 137 asked of its node: killed by the kernel's OOM killer (the
+        manager says only "non-zero exit (137)"), or by a SIGKILL."""
+        if found.state != "exited" or found.exit_code != 137:
+            return found
+        task, node, container = _task_container(tasks, nodes)
+        if task is None or node is None or not container:
+            return found
+        if await self.facts.oom_killed(str(task["ID"]), node, container):
+            return dataclasses.replace(found, oom_killed=True)
+        return found
+
+    async def _probe_nodes(self, tasks: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> None:
+        """Ask each ready node not asked yet, through one of its running task containers, whether its
+        daemon gives task processes no-new-privileges (the metric says; a node without is logged)."""
+        asked: set[str] = set()
+        for task in tasks:
+            status = task.get("Status") or {}
+            node = nodes.get(str(task.get("NodeID", "")))
+            container = (status.get("ContainerStatus") or {}).get("ContainerID")
+            if node is None or not container or status.get("State") != "running":
+                continue
+            host = hostname(node)
+            if host in asked or host in self.facts.no_new_privileges:
+                continue
+            asked.add(host)
+            enforced = await self.facts.probe_no_new_privileges(node, str(container))
+            if enforced is not None:
+                self.observer.on_node_no_new_privileges(host, enforced)
 
     async def agents_with_instances(self) -> set[str]:
         found = await self.driver.services()
@@ -285,11 +325,14 @@ class SwarmRuntime(DriverNetworks):
             polled: dict[str, list[Instance]] = {}
             for service in services:
                 # what the reconciler would see: a task going pending -> assigned -> preparing is no news
-                found = instance_of(service, [t for t in tasks if t.get("ServiceID") == service["ID"]], nodes)
+                own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
+                found = await self._oom_checked(instance_of(service, own, nodes), own, nodes)
                 polled.setdefault(found.agent, []).append(found)
                 seen_now = (found.id, found.state, found.config_hash, found.node, found.error, found.finished_at)
                 now[found.agent] = (*now.get(found.agent, ()), seen_now)
             self._polled, self._polled_at = polled, began
+            self.facts.forget_tasks({str(t["ID"]) for t in tasks})
+            await self._probe_nodes(tasks, nodes)
             for agent in set(seen) | set(now):
                 if agent and not first and seen.get(agent) != now.get(agent):
                     yield RuntimeChange("instance", agent=agent)
@@ -302,18 +345,29 @@ class SwarmRuntime(DriverNetworks):
             await asyncio.sleep(self.settings.swarm_poll_seconds)
 
     def _report_nodes(self, nodes: dict[str, dict[str, Any]]) -> None:
-        """Log once each node that goes down (its agents are made again elsewhere). Whether a node's
-        daemon gives task processes no-new-privileges (daemon.json) the Engine API does not say: the
-        README asks it of every node."""
+        """Log once each node that goes down (its agents are made again elsewhere); such a node is asked
+        again whether its daemon gives no-new-privileges once it is back (``_probe_nodes``)."""
         for node in nodes.values():
             host = str((node.get("Description") or {}).get("Hostname", node["ID"]))
             state = (node.get("Status") or {}).get("State")
             key = f"{host}:{state}"
             if state != "ready" and key not in self.reported_nodes:
                 log.warning("swarm node %s is %s: its agents are made again on other nodes", host, state)
+                self.facts.forget_node(host)  # it may come back with another daemon.json
             self.reported_nodes.add(key)
             if state == "ready":
                 self.reported_nodes.discard(f"{host}:down")
+
+
+def _task_container(
+    tasks: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
+    """The newest task, its node and its container's ID (empty before it had one)."""
+    task = newest_task(tasks)
+    if task is None:
+        return None, None, ""
+    container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or ""
+    return task, nodes.get(str(task.get("NodeID", ""))), str(container)
 
 
 def loop_time() -> float:
