@@ -35,6 +35,7 @@ log = logging.getLogger("parallax.runtime.swarm")
 
 NEW_TASK_SECONDS = 5.0
 REAP_SECONDS = 10.0
+STARTING_POLL_SECONDS = 0.15
 
 REJECTION_RETRY_SECONDS = 5.0
 """A task a node rejected (no such image there, a network it could not join) is tried again, as a new
@@ -342,7 +343,14 @@ class SwarmRuntime(DriverNetworks):
                 self.driver.forget_network(gone)
                 yield RuntimeChange("network-removed", network=gone)
             networks = current
-            await asyncio.sleep(self.settings.swarm_poll_seconds)
+            busy = any(i.state == "starting" for found in polled.values() for i in found)
+            await asyncio.sleep(self._poll_interval(busy))
+
+    def _poll_interval(self, busy: bool) -> float:
+        """``PARALLAX_SWARM_POLL_SECONDS``; while a task is being scheduled and started (a new agent, a
+        restart, a node lost), at most STARTING_POLL_SECONDS, so that Running is seen soon after it is so."""
+        interval = self.settings.swarm_poll_seconds
+        return min(interval, STARTING_POLL_SECONDS) if busy else interval
 
     def _report_nodes(self, nodes: dict[str, dict[str, Any]]) -> None:
         """Log once each node that goes down (its agents are made again elsewhere); such a node is asked
