@@ -15,7 +15,7 @@ import aiohttp
 
 from controller.model.agent import Agent
 from controller.model.errors import CONTAINER_ERROR, AgentError
-from controller.runtime.docker.driver import LiveDocker, _DockerCall
+from controller.runtime.docker.driver import LiveDocker, _DockerCall, set_paused
 from controller.runtime.docker.render import workspace_labels, workspace_volume
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.tasks import running_container
@@ -118,6 +118,12 @@ class LiveSwarm:
     async def write_stdin(self, instance_id: str, data: bytes) -> None:
         live, container = await self._on_node(instance_id)
         await live.write_stdin(container, data)
+
+    async def set_paused(self, instance_id: str, paused: bool) -> str:
+        """Docker pause (or unpause) of the running task's container on its node; its container ID."""
+        live, container = await self._on_node(instance_id)
+        await set_paused(live.docker, container, paused)
+        return container
 
     async def container_on_node(self, instance_id: str) -> tuple[aiodocker.Docker, str]:
         """The running task's node client and container ID (for tests and diagnostics)."""

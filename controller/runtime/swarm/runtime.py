@@ -28,7 +28,7 @@ from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChan
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.live import LiveSwarm
 from controller.runtime.swarm.render import desired_service
-from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, task_error
+from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, running_container, task_error
 
 log = logging.getLogger("parallax.runtime.swarm")
 
@@ -60,6 +60,10 @@ class SwarmRuntime(DriverNetworks):
         # Services made here and not yet started: Swarm schedules a new service's task by itself, so the
         # reconciler's start (and its look at the instance after) needs no call to the manager.
         self._just_created: dict[str, tuple[Instance, float]] = {}
+        # Services whose running task's container this runtime paused (service ID -> container ID): Swarm
+        # knows nothing of a paused container (its task stays "running"), so the instance says "paused"
+        # from here. A controller restart forgets it; the reconciler then pauses again (a no-op).
+        self._paused: dict[str, str] = {}
 
     @property
     def live(self) -> LiveSwarm:
@@ -94,7 +98,19 @@ class SwarmRuntime(DriverNetworks):
             return []
         tasks = await self.driver.tasks([s["ID"] for s in services])
         nodes = await self._nodes()
-        return [instance_of(s, [t for t in tasks if t.get("ServiceID") == s["ID"]], nodes) for s in services]
+        return [self._of(s, [t for t in tasks if t.get("ServiceID") == s["ID"]], nodes) for s in services]
+
+    def _of(self, service: dict[str, Any], tasks: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> Instance:
+        """``instance_of``, in state ``paused`` when its running task's container is the one paused here."""
+        found = instance_of(service, tasks, nodes)
+        paused = self._paused.get(found.id)
+        if paused is None:
+            return found
+        running = running_container(tasks)
+        if found.state != "running" or running is None or running[1] != paused:
+            del self._paused[found.id]  # the paused task ended or was replaced
+            return found
+        return dataclasses.replace(found, state="paused")
 
     async def agents_with_instances(self) -> set[str]:
         found = await self.driver.services()
@@ -246,6 +262,16 @@ class SwarmRuntime(DriverNetworks):
             await self._update(service, {"Mode": {"Replicated": {"Replicas": 0}}})
         await self.driver.wait_stopped(instance_id, grace_seconds + self.settings.docker_timeout_seconds)
 
+    async def pause(self, instance_id: str) -> None:
+        """Docker pause of the running task's container, on its node's daemon (``LiveSwarm``'s endpoint)."""
+        self._touch(instance_id)
+        self._paused[instance_id] = await self._live.set_paused(instance_id, True)
+
+    async def unpause(self, instance_id: str) -> None:
+        self._touch(instance_id)
+        await self._live.set_paused(instance_id, False)
+        self._paused.pop(instance_id, None)
+
     async def remove(self, instance_id: str) -> None:
         """Remove the service; one scaled to zero (stopped first) once Swarm has reaped the tasks it
         scaled away: removing a service while its task reaper deletes them crashed the Engine 20.10
@@ -285,7 +311,7 @@ class SwarmRuntime(DriverNetworks):
             polled: dict[str, list[Instance]] = {}
             for service in services:
                 # what the reconciler would see: a task going pending -> assigned -> preparing is no news
-                found = instance_of(service, [t for t in tasks if t.get("ServiceID") == service["ID"]], nodes)
+                found = self._of(service, [t for t in tasks if t.get("ServiceID") == service["ID"]], nodes)
                 polled.setdefault(found.agent, []).append(found)
                 seen_now = (found.id, found.state, found.config_hash, found.node, found.error, found.finished_at)
                 now[found.agent] = (*now.get(found.agent, ()), seen_now)
