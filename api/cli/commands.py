@@ -31,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 RESOURCE_WORDS = ("agents", "agent", "ag")
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-OK_PHASES = ("Running", "Succeeded", "Suspended")
+OK_PHASES = ("Running", "Paused", "Succeeded", "Suspended")
 FAILED_PHASES = ("Failed", "CrashLoopBackOff")
 POLL_SECONDS = 0.5
 WATCH_POLL_SECONDS = 1.0

@@ -101,4 +101,3 @@ def next_timer(agent: Agent, status: dict[str, Any], now: datetime) -> float | N
     if not moments:
         return None
     return max((min(moments) - now).total_seconds(), 0.05)
-

@@ -7,7 +7,7 @@
 "use strict";
 
 const TOKEN_KEY = "parallax.token";
-const PHASES = ["Pending", "Creating", "Running", "Restarting", "CrashLoopBackOff", "Suspended", "Succeeded", "Failed", "Terminating"];
+const PHASES = ["Pending", "Creating", "Running", "Paused", "Restarting", "CrashLoopBackOff", "Suspended", "Succeeded", "Failed", "Terminating"];
 const MAX_LOG_LINES = 5000;
 
 const $ = (sel, root = document) => root.querySelector(sel);
