@@ -4,7 +4,9 @@ wakes it with its workspace intact. (The timers' arithmetic is tests/unit/test_l
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 import uuid
 from typing import Any
 
@@ -46,8 +48,8 @@ async def test_a_paused_agents_counter_resumes_where_it_stopped(
     container = before["status"]["containerId"]
     await wait_for(lambda: _at_least(controller, name, 2), timeout=20, what="two ticks")
 
-    status, _ = await controller.request("PATCH", f"/agents/{name}", {"paused": True})
-    assert status == 200
+    code, out = await cli(controller, "pause", name)
+    assert (code, out.strip()) == (0, f"agent/{name} paused")
     await controller.wait_agent(name, phase("Paused"), timeout=15)
     state = (await inspect(docker, container) or {})["State"]
     assert state["Paused"] is True and state["Running"] is True
@@ -55,8 +57,8 @@ async def test_a_paused_agents_counter_resumes_where_it_stopped(
     await wait_for(_seconds(3), timeout=5, what="3 s frozen")
     assert (await ticks(controller, name))[-1] <= frozen[-1] + 1, "a paused agent does not tick"
 
-    status, _ = await controller.request("PATCH", f"/agents/{name}", {"paused": False})
-    assert status == 200
+    code, out = await cli(controller, "unpause", name)
+    assert (code, out.strip()) == (0, f"agent/{name} unpaused")
     after = await controller.wait_agent(name, running, timeout=15)
     await wait_for(lambda: _at_least(controller, name, frozen[-1] + 2), timeout=20, what="ticks after the thaw")
     counted = await ticks(controller, name)
@@ -99,6 +101,8 @@ async def test_idle_suspends_keepalive_holds_it_off_and_a_send_wakes_it_with_its
         status, answer = await controller.request("POST", f"/agents/{name}/keepalive")
         assert status == 200 and answer["lastActivityTime"] and answer["idleAt"]
         await wait_for(_seconds(1), timeout=3, what="a second")
+    code, out = await cli(controller, "keepalive", name)
+    assert code == 0 and out.startswith(f"agent/{name} active at "), out
     assert (await controller.agent(name) or {})["status"]["phase"] == "Running"
 
     suspended = await controller.wait_agent(name, phase("Suspended"), timeout=20)
@@ -113,6 +117,23 @@ async def test_idle_suspends_keepalive_holds_it_off_and_a_send_wakes_it_with_its
     code, out = await docker_exec(woken["status"]["containerId"], "cat", "/workspace/note")
     assert (code, out.strip()) == (0, "kept"), "the workspace volume was kept and mounted again"
     assert (await controller.request("POST", "/agents/pxlc-nobody/keepalive"))[0] == 404
+
+
+async def cli(controller: Controller, *argv: str) -> tuple[int, str]:
+    """The ``parallax`` client command against the test controller."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "api.cli.main",
+        argv[0],
+        "--server",
+        controller.base_url,
+        *argv[1:],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode()
 
 
 async def _at_least(controller: Controller, name: str, count: int) -> bool:
