@@ -84,6 +84,27 @@ async def test_a_real_agent_past_its_deadline_is_stopped_and_failed(start_contro
     assert (await controller.agent(name) or {})["status"]["phase"] == "Failed", "not restarted"
 
 
+async def test_a_finished_real_agent_is_deleted_after_its_ttl(
+    start_controller: StartController, docker: aiodocker.Docker
+) -> None:
+    controller = await start(start_controller)
+    name = "pxlc-ttl"
+    body = {
+        "name": name,
+        "type": "claude",
+        "restartPolicy": "Never",
+        "env": {"EXIT_AFTER": "1"},
+        "lifecycle": {"ttlSecondsAfterFinished": 2},
+    }
+    assert (await controller.request("POST", "/agents", body))[0] == 201
+    finished = await controller.wait_agent(name, phase("Succeeded"), timeout=30)
+    container = finished["status"]["containerId"]
+    await controller.wait_gone(name, timeout=20)
+    assert await inspect(docker, container) is None, "its container went with it"
+    _, events = await controller.request("GET", f"/agents/{name}/events")
+    assert "TTLExpired" in {e["reason"] for e in events["items"]}
+
+
 async def test_idle_suspends_keepalive_holds_it_off_and_a_send_wakes_it_with_its_workspace(
     start_controller: StartController,
 ) -> None:
