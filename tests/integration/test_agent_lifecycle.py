@@ -13,6 +13,7 @@ from typing import Any
 import aiodocker
 import pytest
 
+from controller.model.timestamps import parse_time
 from tests.conftest import StartController
 from tests.harness import Controller, docker_exec, inspect, running, wait_for
 
@@ -21,8 +22,10 @@ pytestmark = pytest.mark.docker
 TICK = re.compile(r"^tick (\d+)$")
 
 
-async def start(start_controller: StartController, **settings: Any) -> Controller:
-    tag = uuid.uuid4().hex[:8]
+async def start(start_controller: StartController, tag: str | None = None, **settings: Any) -> Controller:
+    """A controller with pxlc-named objects; the same ``tag`` again is the same controller restarted (its
+    store, network and instance label)."""
+    tag = tag or uuid.uuid4().hex[:8]
     return await start_controller(network=f"pxlc-{tag}", instance=f"pxlc-{tag}", **settings)
 
 
@@ -82,6 +85,25 @@ async def test_a_real_agent_past_its_deadline_is_stopped_and_failed(start_contro
     assert "DeadlineExceeded" in {e["reason"] for e in events["items"]}
     await wait_for(_seconds(3), timeout=5, what="a resync")
     assert (await controller.agent(name) or {})["status"]["phase"] == "Failed", "not restarted"
+
+
+async def test_the_deadline_holds_across_a_controller_restart(start_controller: StartController) -> None:
+    tag = uuid.uuid4().hex[:8]
+    first = await start(start_controller, tag)
+    name = "pxlc-restarted"
+    body = {"name": name, "type": "claude", "lifecycle": {"activeDeadlineSeconds": 6}}
+    assert (await first.request("POST", "/agents", body))[0] == 201
+    running_agent = await first.wait_agent(name, running)
+    began = running_agent["status"]["activeSince"]
+    await first.stop()  # the agent's container keeps running; no timer is left in any memory
+    second = await start(start_controller, tag)
+    adopted = await second.wait_agent(name, running)
+    assert adopted["status"]["containerId"] == running_agent["status"]["containerId"], "adopted, not restarted"
+    failed = await second.wait_agent(name, phase("Failed"), timeout=20)
+    assert failed["status"]["reason"] == "DeadlineExceeded"
+    assert failed["status"]["finishedAt"] >= began
+    ended = parse_time(failed["status"]["finishedAt"]) - parse_time(began)
+    assert 6 <= ended.total_seconds() < 12, f"the deadline counted from the stored start: {ended}"
 
 
 async def test_a_finished_real_agent_is_deleted_after_its_ttl(
