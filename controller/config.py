@@ -133,7 +133,7 @@ class Settings:
     # reconciler's.
     max_streams: int = 100
     # status.lastActivityTime is written at most once per this many seconds per agent (API replica): a
-    # followed log or a burst of execs is not a store write each. Idle timers are this coarse.
+    # followed log or a burst of execs is not a store write each. Idle is decided this much later (never early).
     activity_write_seconds: float = 5.0
     # How long a send or exec to a suspended agent with spec.lifecycle.resumeOnActivity waits for it to
     # run again before answering 503.

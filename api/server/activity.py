@@ -3,7 +3,8 @@
 Activity is a send, an exec, a file transfer, a followed log stream (at its start and every
 ``PARALLAX_ACTIVITY_WRITE_SECONDS`` while it stays open) and ``POST /agents/{name}/keepalive``. The time
 is written to the store at most once per ``PARALLAX_ACTIVITY_WRITE_SECONDS`` per agent (per API process):
-a log stream or a burst of execs is not a write each. It is a status write: no new generation, nothing
+a log stream or a burst of execs is not a write each; the reconciler allows for an activity written that
+late (``controller.reconcile.lifecycle.idle_at``). It is a status write: no new generation, nothing
 restarted. With ``wake=True`` (send, exec), a suspended agent whose ``spec.lifecycle.resumeOnActivity`` is
 true is resumed first, and the call waits (at most ``PARALLAX_RESUME_WAIT_SECONDS``) until it runs.
 """

@@ -339,7 +339,7 @@ async def keepalive(request: web.Request) -> web.Response:
     await store.get(name)  # 404 for an unknown agent
     await note_activity(request.app, name)
     agent = await store.get(name)
-    due = idle_at(agent, agent.status)
+    due = idle_at(agent, agent.status, request.app[SETTINGS].activity_write_seconds)
     last = agent.status.get("lastActivityTime")
     return web.json_response({"agent": name, "lastActivityTime": last, "idleAt": format_time(due) if due else None})
 

@@ -140,9 +140,12 @@ def decide(
     desired: Desired | None,
     now: datetime,
     facts: Facts | None = None,
+    *,
+    idle_grace: float = 0.0,
 ) -> Decision:
     """What agent ``name`` needs now. ``desired`` is the runtime's rendering of ``agent`` (None without a
-    record); ``instances`` are all the runtime's instances claiming to be this agent's."""
+    record); ``instances`` are all the runtime's instances claiming to be this agent's. ``idle_grace``:
+    how late an activity may be written (``controller.reconcile.lifecycle.idle_at``)."""
     facts = facts or Facts()
     if agent is None:
         orphans = [
@@ -181,10 +184,12 @@ def decide(
     if ops:
         return Decision(tuple(ops), status=agent.status)
     assert desired is not None
-    return _converge(agent, mine[0] if mine else None, desired, now, facts)
+    return _converge(agent, mine[0] if mine else None, desired, now, facts, idle_grace)
 
 
-def _converge(agent: Agent, current: Instance | None, desired: Desired, now: datetime, facts: Facts) -> Decision:
+def _converge(
+    agent: Agent, current: Instance | None, desired: Desired, now: datetime, facts: Facts, idle_grace: float
+) -> Decision:
     """``_converge_now``, unless a lifecycle deadline has passed; requeued at the next one when nothing is
     left to do now (the deadlines are times on the status, so a restarted controller keeps them)."""
     fresh = _new_run(agent)
@@ -200,10 +205,10 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
             event = AgentEventNote(NORMAL, "Started", "a new run: the last was ended by its deadline")
             cause = "its run was ended by its deadline, and the spec changed or a restart was asked since"
             return Decision((Operation("start", current.id, cause, event=event),), status=agent.status)
-    decision = _lifecycle(agent, current, now) or _converge_now(agent, current, desired, now, facts)
+    decision = _lifecycle(agent, current, now, idle_grace) or _converge_now(agent, current, desired, now, facts)
     if decision.operations or decision.status is None:
         return decision
-    timer = next_timer(agent, decision.status, now)
+    timer = next_timer(agent, decision.status, now, idle_grace)
     if timer is None:
         return decision
     requeue = timer if decision.requeue_after is None else min(timer, decision.requeue_after)
@@ -219,7 +224,7 @@ def _new_run(agent: Agent) -> Agent:
     return Agent(agent.metadata, agent.spec, status)
 
 
-def _lifecycle(agent: Agent, current: Instance | None, now: datetime) -> Decision | None:
+def _lifecycle(agent: Agent, current: Instance | None, now: datetime, idle_grace: float) -> Decision | None:
     """What ``spec.lifecycle`` calls for now: a run past its deadline stopped (and kept Failed), an idle
     agent suspended or deleted, a finished agent deleted after its TTL; None when nothing is due."""
     spec, status, stamp = agent.spec, agent.status, iso(now)
@@ -256,7 +261,7 @@ def _lifecycle(agent: Agent, current: Instance | None, now: datetime) -> Decisio
         )
         cause = f"activeDeadlineSeconds ({seconds}s) has passed since {status['activeSince']}"
         return Decision(tuple(_stopping(current, spec.stop_grace_period_seconds, cause, event)), status=new)
-    idle = idle_at(agent, status)
+    idle = idle_at(agent, status, idle_grace)
     if idle is not None and now >= idle and current.state == "running" and status.get("phase") == "Running":
         seconds = lifecycle.idle_timeout_seconds
         cause = f"no activity for idleTimeoutSeconds ({seconds}s)"
@@ -606,7 +611,13 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
 
 
 def plan(
-    name: str, agent: Agent | None, instances: Sequence[Instance], desired: Desired | None, now: datetime
+    name: str,
+    agent: Agent | None,
+    instances: Sequence[Instance],
+    desired: Desired | None,
+    now: datetime,
+    *,
+    idle_grace: float = 0.0,
 ) -> list[Operation]:
     """Every operation a reconcile of ``agent`` (a record as it would be) would make, round after round,
     assuming each succeeds: what ``apply --dry-run`` shows. The network is taken as usable and the
@@ -616,7 +627,7 @@ def plan(
     agent = agent.copy() if agent is not None else None
     operations: list[Operation] = []
     for _ in range(MAX_PLAN_ROUNDS):
-        decision = decide(name, agent, current, desired, now, facts)
+        decision = decide(name, agent, current, desired, now, facts, idle_grace=idle_grace)
         if agent is not None and decision.status is not None:
             agent.status = decision.status
         for op in decision.operations:

@@ -67,15 +67,17 @@ def deadline_at(agent: Agent, status: dict[str, Any]) -> datetime | None:
     return since + timedelta(seconds=seconds)
 
 
-def idle_at(agent: Agent, status: dict[str, Any]) -> datetime | None:
-    """When a running agent becomes idle (None: no idle timeout, or it does not run unpaused)."""
+def idle_at(agent: Agent, status: dict[str, Any], grace: float = 0.0) -> datetime | None:
+    """When a running agent becomes idle (None: no idle timeout, or it does not run unpaused). ``grace``
+    is how late the API may write an activity (``PARALLAX_ACTIVITY_WRITE_SECONDS``): an agent is never
+    taken for idle early because its last activity was not written yet."""
     seconds = agent.spec.lifecycle.idle_timeout_seconds
     since = stored_time(status, "activeSince")
     if seconds is None or since is None or agent.spec.paused or agent.spec.suspend:
         return None
     active = stored_time(status, "lastActivityTime")
     base = max(since, active) if active is not None else since
-    return base + timedelta(seconds=seconds)
+    return base + timedelta(seconds=seconds + grace)
 
 
 def expires_at(agent: Agent, status: dict[str, Any]) -> datetime | None:
@@ -87,13 +89,13 @@ def expires_at(agent: Agent, status: dict[str, Any]) -> datetime | None:
     return finished + timedelta(seconds=seconds)
 
 
-def next_timer(agent: Agent, status: dict[str, Any], now: datetime) -> float | None:
+def next_timer(agent: Agent, status: dict[str, Any], now: datetime, idle_grace: float = 0.0) -> float | None:
     """Seconds until the next of the agent's lifecycle deadlines (at least a little: never a busy loop)."""
     moments = [
         m
         for m in (
             None if ended(agent, status) else deadline_at(agent, status),
-            idle_at(agent, status) if status.get("phase") == "Running" else None,
+            idle_at(agent, status, idle_grace) if status.get("phase") == "Running" else None,
             expires_at(agent, status),
         )
         if m is not None

@@ -74,6 +74,8 @@ class Reconciler:
         self.settings = settings
         self.now = now
         self.on_collected = on_collected
+        self.idle_grace = settings.activity_write_seconds
+        """An activity may be written this late (the API's throttle): idle is decided that much later."""
 
     async def reconcile(self, name: str) -> Result:
         try:
@@ -90,7 +92,7 @@ class Reconciler:
         facts = Facts()
         try:
             for _ in range(MAX_ROUNDS):
-                decision = decide(name, agent, instances, desired, self.now(), facts)
+                decision = decide(name, agent, instances, desired, self.now(), facts, idle_grace=self.idle_grace)
                 for note in decision.events:
                     await self._event(agent, note)
                 for operation in decision.operations:
@@ -118,7 +120,7 @@ class Reconciler:
         itself and the runtime's instances: what ``apply --dry-run`` shows. The runtime is only read."""
         instances = await self.runtime.instances(name)
         desired = self.runtime.render(agent) if agent is not None else None
-        return plan(name, agent, instances, desired, self.now())
+        return plan(name, agent, instances, desired, self.now(), idle_grace=self.idle_grace)
 
     # -- executing one operation -------------------------------------------------------------------
 
@@ -216,7 +218,7 @@ class Reconciler:
 
         def build(latest: Agent) -> Agent:
             latest_status.update(latest.status)
-            due = idle_at(latest, latest.status)
+            due = idle_at(latest, latest.status, self.idle_grace)
             if latest.metadata.uid != agent.metadata.uid or latest.spec.suspend or due is None or due > now:
                 raise _NotIdle
             return Agent(latest.metadata, replace(latest.spec, suspend=True), latest.status)

@@ -80,7 +80,8 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    settings = Settings(store_path=str(tmp_path / "agents.db"))
+    # Activity written at once (no throttle): the timers' arithmetic without the throttle's grace.
+    settings = Settings(store_path=str(tmp_path / "agents.db"), activity_write_seconds=0)
     store = SqliteStore(settings.store_path, spec_defaults(settings))
     await store.open()
     try:
@@ -184,6 +185,20 @@ async def test_activity_writes_are_status_writes_no_new_generation_and_a_stale_s
     # the controller writes a status built from its earlier read: the activity stays
     await world.store.update_status("a", before.metadata.uid, before.status)
     assert (await world.status())["lastActivityTime"] == after.status["lastActivityTime"]
+
+
+async def test_idle_is_never_decided_before_a_throttled_activity_could_have_been_written(world: World) -> None:
+    world.settings = Settings(store_path=world.settings.store_path, activity_write_seconds=5)
+    world.new_controller()
+    await world.running(agent(idleTimeoutSeconds=30))
+    world.clock.advance(20)
+    await world.activity()  # the API writes at most every 5 s: this may be up to 5 s late
+    world.clock.advance(30)
+    assert await world.reconcile() == pytest.approx(5.0)
+    assert (await world.status())["phase"] == "Running"
+    world.clock.advance(5)
+    await world.reconcile()
+    assert (await world.status())["phase"] == "Suspended"
 
 
 async def test_the_idle_timer_survives_a_controller_restart(world: World) -> None:
