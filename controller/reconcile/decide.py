@@ -250,17 +250,22 @@ def _lifecycle(agent: Agent, current: Instance | None, now: datetime, idle_grace
     expiry = expires_at(agent, status)
     if expiry is not None and now >= expiry and not running:
         return _expire(agent, status, lifecycle.ttl_seconds_after_finished)
-    if current is None or not running or spec.suspend:
-        return None
     deadline = deadline_at(agent, status)
-    if deadline is not None and now >= deadline:
+    if current is not None and not spec.suspend and deadline is not None and now >= deadline:
         seconds = lifecycle.active_deadline_seconds
         new = {**copy.deepcopy(status), "ended": ended_mark(agent, stamp), "finishedAt": stamp}
         event = AgentEventNote(
             WARNING, DEADLINE_EXCEEDED, f"ran for spec.lifecycle.activeDeadlineSeconds ({seconds}s): stopped"
         )
-        cause = f"activeDeadlineSeconds ({seconds}s) has passed since {status['activeSince']}"
-        return Decision(tuple(_stopping(current, spec.stop_grace_period_seconds, cause, event)), status=new)
+        if running:
+            cause = f"activeDeadlineSeconds ({seconds}s) has passed since {status['activeSince']}"
+            return Decision(tuple(_stopping(current, spec.stop_grace_period_seconds, cause, event)), status=new)
+        # Exited (in a crash-loop back-off, say): not started again; the run ends here.
+        ended_now = _lifecycle(Agent(agent.metadata, spec, new), current, now, idle_grace)
+        assert ended_now is not None
+        return dataclasses.replace(ended_now, events=(*ended_now.events, event))
+    if current is None or not running or spec.suspend:
+        return None
     idle = idle_at(agent, status, idle_grace)
     if idle is not None and now >= idle and current.state == "running" and status.get("phase") == "Running":
         seconds = lifecycle.idle_timeout_seconds

@@ -138,6 +138,24 @@ async def test_a_crash_restart_keeps_the_runs_deadline(world: World) -> None:
     assert await world.reconcile() == pytest.approx(7.0), "the deadline counts from the run's first start"
 
 
+async def test_a_crash_looping_agent_past_its_deadline_is_failed_without_another_start(world: World) -> None:
+    instance = await world.running(agent(activeDeadlineSeconds=30))
+    world.clock.advance(20)
+    world.runtime.exit(instance, 1)
+    await world.reconcile()  # the first restart is immediate
+    world.clock.advance(1)
+    world.runtime.exit(instance, 1)
+    await world.reconcile()
+    assert (await world.status())["phase"] == "CrashLoopBackOff"  # back-off 10 s: restart at 31
+    world.runtime.reset_calls()
+    world.clock.advance(10)
+    await world.reconcile()
+    status = await world.status()
+    assert status["phase"] == "Failed" and status["reason"] == "DeadlineExceeded"
+    assert "start" not in world.acted()
+    assert "DeadlineExceeded" in await world.reasons()
+
+
 async def test_a_new_spec_after_the_deadline_starts_a_new_run(world: World) -> None:
     await world.running(agent(activeDeadlineSeconds=10))
     world.clock.advance(10)
