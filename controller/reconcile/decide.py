@@ -540,7 +540,7 @@ def _exited(agent: Agent, status: dict[str, Any], current: Instance, now: dateti
     if not should_restart(spec.restart_policy, current.exit_code):
         phase = "Succeeded" if current.exit_code == 0 else "Failed"
         status.pop("activeSince", None)
-        status["finishedAt"] = iso(finished)
+        status.setdefault("finishedAt", iso(finished))  # once: a runtime without an exit time must not slide it
         status = with_phase(
             status,
             phase,
