@@ -132,6 +132,12 @@ class Settings:
     # Docker through their own pool of max_streams + LIVE_SPARE_CONNECTIONS connections, never the
     # reconciler's.
     max_streams: int = 100
+    # status.lastActivityTime is written at most once per this many seconds per agent (API replica): a
+    # followed log or a burst of execs is not a store write each. Idle is decided this much later (never early).
+    activity_write_seconds: float = 5.0
+    # How long a send or exec to a suspended agent with spec.lifecycle.resumeOnActivity waits for it to
+    # run again before answering 503.
+    resume_wait_seconds: float = 60.0
     # Changes a subscriber of the store, or a watch client, may fall behind before it is cut off: a
     # watch then ends with an ERROR item, code 410 (re-list); the controller's own subscriber re-queues
     # every agent. So a client too slow to read costs at most this many queued items.
@@ -214,6 +220,8 @@ class Settings:
             body_timeout_seconds=_float(env, "PARALLAX_BODY_TIMEOUT", base.body_timeout_seconds, 0.1),
             idle_timeout_seconds=_float(env, "PARALLAX_IDLE_TIMEOUT", base.idle_timeout_seconds, 0.1),
             max_streams=_int(env, "PARALLAX_MAX_STREAMS", base.max_streams, 1, 10000),
+            activity_write_seconds=_float(env, "PARALLAX_ACTIVITY_WRITE_SECONDS", base.activity_write_seconds, 0.0),
+            resume_wait_seconds=_float(env, "PARALLAX_RESUME_WAIT_SECONDS", base.resume_wait_seconds, 0.1),
             watch_buffer=_int(env, "PARALLAX_WATCH_BUFFER", base.watch_buffer, 16, 1 << 20),
             runtime=_choice(env, "PARALLAX_RUNTIME", base.runtime, ("docker", "swarm")),
             swarm_nodes=_node_endpoints(env, "PARALLAX_SWARM_NODES"),

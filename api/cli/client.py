@@ -201,6 +201,14 @@ class ApiClient:
     def send(self, name: str, message: str) -> dict[str, Any]:
         return dict(self.call("POST", f"/agents/{_quote(name)}/send", json_body={"message": message}).json() or {})
 
+    def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
+        body = json.dumps({"paused": paused}).encode()
+        answer = self.call("PATCH", f"/agents/{_quote(name)}", body=body, content_type="application/merge-patch+json")
+        return dict(answer.json() or {})
+
+    def keepalive(self, name: str) -> dict[str, Any]:
+        return dict(self.call("POST", f"/agents/{_quote(name)}/keepalive").json() or {})
+
     def metrics(self, name: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/agents/{_quote(name)}/metrics").json())
 

@@ -1,4 +1,5 @@
-"""The kubectl-like client commands of ``parallax``: apply, get, describe, delete, logs, restart, send, top.
+"""The kubectl-like client commands of ``parallax``: apply, get, describe, delete, logs, restart, pause,
+unpause, keepalive, send, top.
 
 They talk to a running server over HTTP (``api.cli.client``); files are read here, with the same safe YAML
 loader the server uses, so an invalid file is reported with its name and line before anything is sent.
@@ -31,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 RESOURCE_WORDS = ("agents", "agent", "ag")
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-OK_PHASES = ("Running", "Succeeded", "Suspended")
+OK_PHASES = ("Running", "Paused", "Succeeded", "Suspended")
 FAILED_PHASES = ("Failed", "CrashLoopBackOff")
 POLL_SECONDS = 0.5
 WATCH_POLL_SECONDS = 1.0
@@ -576,12 +577,20 @@ def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) 
         ("Network", str(spec.get("network", ""))),
         ("Restart Policy", str(spec.get("restartPolicy", ""))),
         ("Suspend", str(spec.get("suspend", False)).lower()),
+        ("Paused", str(spec.get("paused", False)).lower()),
+        (
+            "Lifecycle",
+            ", ".join(f"{k} {v}" for k, v in (spec.get("lifecycle") or {}).items() if v not in (None, False))
+            or "<none>",
+        ),
         ("Stop Grace", f"{spec.get('stopGracePeriodSeconds', 10)}s"),
         ("Deletion", str(metadata.get("deletionTimestamp") or "")),
         ("Phase", str(status.get("phase", "Pending"))),
         ("Container", str(status.get("containerId") or "<none>")),
         ("Restarts", str(status.get("restartCount", 0))),
         ("Started", str(status.get("startedAt") or "-")),
+        ("Reason", str(status.get("reason") or "")),
+        ("Last Activity", str(status.get("lastActivityTime") or "")),
     ]
     last = status.get("lastState") or {}
     if last:
@@ -739,6 +748,37 @@ def restart(client: ApiClient, args: tuple[str, ...]) -> None:
 
 
 @click.command()
+@click.argument("args", nargs=-1, required=True)
+@client_command
+def pause(client: ApiClient, args: tuple[str, ...]) -> None:
+    """Freeze agents' processes (spec.paused: true; Docker pause, memory intact)."""
+    for name in _names(args):
+        client.set_paused(name, True)
+        click.echo(f"agent/{name} paused")
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True)
+@client_command
+def unpause(client: ApiClient, args: tuple[str, ...]) -> None:
+    """Thaw paused agents (spec.paused: false)."""
+    for name in _names(args):
+        client.set_paused(name, False)
+        click.echo(f"agent/{name} unpaused")
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True)
+@client_command
+def keepalive(client: ApiClient, args: tuple[str, ...]) -> None:
+    """Count as activity for agents, so spec.lifecycle.idleTimeoutSeconds does not end them."""
+    for name in _names(args):
+        answer = client.keepalive(name)
+        idle = f"; idle at {answer['idleAt']} without more activity" if answer.get("idleAt") else ""
+        click.echo(f"agent/{name} active at {answer.get('lastActivityTime')}{idle}")
+
+
+@click.command()
 @click.argument("name")
 @click.argument("message")
 @client_command
@@ -822,7 +862,7 @@ def leader(client: ApiClient, output: str) -> None:
     click.echo(f"this server ({client.server}): {lead.get('identity', '?')}, {role}; ready: {answer.get('status')}")
 
 
-COMMANDS = (apply, get, describe, delete, logs, restart, send, top, leader)
+COMMANDS = (apply, get, describe, delete, logs, restart, pause, unpause, keepalive, send, top, leader)
 
 
 def register(group: click.Group) -> None:

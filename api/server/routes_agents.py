@@ -24,7 +24,7 @@ from controller.store.interface import Change, CutOff, Subscription
 
 routes = web.RouteTableDef()
 
-SETTLED_PHASES = {"Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended"}
+SETTLED_PHASES = {"Running", "Paused", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended"}
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 600.0
 

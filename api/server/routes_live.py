@@ -17,13 +17,15 @@ import aiohttp
 from aiohttp import web
 
 from api.server import openapi
+from api.server.activity import note_activity
 from api.server.errors import ApiError, read_json
 from api.server.params import bad_parameter, flag, parse_integer, parse_number
-from api.server.state import CONTROLLER, LIVE, RUNTIME, STATS, STORE
+from api.server.state import CONTROLLER, LIVE, RUNTIME, SETTINGS, STATS, STORE
 from controller.model.agent import ANNOTATION_RESTARTED_AT, Agent
 from controller.model.errors import SOCKET_ERROR, AgentError
-from controller.model.timestamps import now_iso, parse_runtime_time, parse_time
+from controller.model.timestamps import format_time, now_iso, parse_runtime_time, parse_time
 from controller.observe.stats import summarize
+from controller.reconcile.lifecycle import idle_at
 from controller.runtime.interface import Instance
 from controller.store.interface import Conflict, NotFound, Store, Write
 
@@ -119,18 +121,32 @@ async def logs(request: web.Request) -> web.StreamResponse:
             headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)  # at once: a follower of a quiet agent knows the stream is open
-        while True:
-            try:
-                line = await anext(lines)
-            except StopAsyncIteration:
-                break
-            except _DOCKER_BROKE:
-                break
-            # A client that went is found here (ConnectionResetError) or, while the agent is quiet, by
-            # api.server.streams, which cancels this handler; either way the Docker connection is closed.
-            await response.write(line.encode() + b"\n")
+        # A followed stream is activity (spec.lifecycle.idleTimeoutSeconds) for as long as it is open.
+        watching = asyncio.create_task(_active_while_open(request.app, agent.name)) if follow else None
+        try:
+            while True:
+                try:
+                    line = await anext(lines)
+                except StopAsyncIteration:
+                    break
+                except _DOCKER_BROKE:
+                    break
+                # A client that went is found here (ConnectionResetError) or, while the agent is quiet, by
+                # api.server.streams, which cancels this handler; either way the Docker connection is closed.
+                await response.write(line.encode() + b"\n")
+        finally:
+            if watching is not None:
+                watching.cancel()
     await response.write_eof()
     return response
+
+
+async def _active_while_open(app: web.Application, name: str) -> None:
+    """Activity of a followed log stream: at its start and every ``PARALLAX_ACTIVITY_WRITE_SECONDS`` after."""
+    every = max(app[SETTINGS].activity_write_seconds, 1.0)
+    while True:
+        await note_activity(app, name)
+        await asyncio.sleep(every)
 
 
 async def log_lines(request: web.Request, agent: Agent, tail: str) -> list[str]:
@@ -277,16 +293,55 @@ async def send(request: web.Request) -> web.Response:
 
 async def deliver(request: web.Request, agent: Agent, message: str) -> dict[str, Any]:
     """Write ``message`` to the running agent's stdin as one line; 413 when too large, 409 when it is
-    not running."""
+    not running. A send is activity, and wakes a suspended agent with ``resumeOnActivity``."""
     data = message.encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"message is larger than {MAX_MESSAGE_BYTES} bytes")
+    if agent.spec.suspend and agent.spec.lifecycle.resume_on_activity:
+        await note_activity(request.app, agent.name, wake=True)
+        agent = await request.app[STORE].get(agent.name)
+    else:
+        await note_activity(request.app, agent.name)
     info = await running_container(request, agent)
     if not info.running:
         raise ApiError(409, "NOT_RUNNING", f"agent {agent.name!r} is not running (phase {agent.phase})")
     data = frame_message(message)
     await request.app[LIVE].write_stdin(info.id, data)
     return {"agent": agent.name, "containerId": info.id, "bytes": len(data)}
+
+
+@routes.post("/agents/{name}/keepalive")
+@openapi.describe(
+    "Count as activity: keeps the agent from idling (spec.lifecycle.idleTimeoutSeconds)",
+    parameters=[openapi.NAME],
+    responses={"200": openapi.answer("Keepalive", "Activity recorded"), **openapi.errors(401, 404, 503)},
+    schemas={
+        "Keepalive": {
+            "type": "object",
+            "required": ["agent", "lastActivityTime"],
+            "properties": {
+                "agent": {"type": "string"},
+                "lastActivityTime": {
+                    "type": "string",
+                    "description": "status.lastActivityTime (written at most every PARALLAX_ACTIVITY_WRITE_SECONDS)",
+                },
+                "idleAt": {
+                    "type": ["string", "null"],
+                    "description": "when the agent becomes idle without more activity (null: no idle timeout)",
+                },
+            },
+        }
+    },
+)
+async def keepalive(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    name = request.match_info["name"]
+    await store.get(name)  # 404 for an unknown agent
+    await note_activity(request.app, name)
+    agent = await store.get(name)
+    due = idle_at(agent, agent.status, request.app[SETTINGS].activity_write_seconds)
+    last = agent.status.get("lastActivityTime")
+    return web.json_response({"agent": name, "lastActivityTime": last, "idleAt": format_time(due) if due else None})
 
 
 @routes.get("/agents/{name}/events")

@@ -239,6 +239,11 @@ def check_spec(
         refused = {error.field for error in forbidden}
         mine = [m for m in resolve_mounts(spec.volumes, prefix) if m.owner not in refused]
         forbidden += [FieldError(mount.owner, why) for mount, why in redirectable(mine, theirs)]
+    lifecycle = spec.lifecycle
+    if lifecycle.on_idle is not None and lifecycle.idle_timeout_seconds is None:
+        invalid.append(
+            FieldError(f"{prefix}lifecycle.onIdle", "needs lifecycle.idleTimeoutSeconds (idle after how long?)")
+        )
     context = spec.security_context
     if context.run_as_user == 0:
         forbidden.append(FieldError(f"{prefix}securityContext.runAsUser", "running as root (uid 0) is not allowed"))

@@ -22,7 +22,7 @@ from controller.runtime.interface import Desired
 Render = Callable[[Agent], Desired]
 
 Outcome = Literal["created", "configured", "unchanged", "pruned"]
-Action = Literal["create", "recreate", "start", "stop", "update", "delete"]
+Action = Literal["create", "recreate", "start", "stop", "pause", "unpause", "update", "delete"]
 
 MAX_VALUE_CHARS = 60
 _SECRET_ROOTS = ("env",)
@@ -163,7 +163,8 @@ def plan_apply(stored: Agent | None, submitted: Agent, render: Render) -> Plan:
     affecting_roots = container_roots(stored, submitted, render)
     affecting = [c for c in changes if c.root in affecting_roots]
     suspend = [c for c in changes if c.root == "suspend"]
-    rest = [c for c in changes if c.root not in affecting_roots and c.root != "suspend"]
+    paused = [c for c in changes if c.root == "paused"]
+    rest = [c for c in changes if c.root not in affecting_roots and c.root not in ("suspend", "paused")]
     has_container = bool(stored.status.get("containerId"))
     steps: list[Step] = []
 
@@ -179,6 +180,10 @@ def plan_apply(stored: Agent | None, submitted: Agent, render: Render) -> Plan:
         steps.append(Step(action, container, _join(affecting + suspend)))
     elif suspend:
         steps.append(Step("start" if has_container else "create", container, _join(suspend)))
+    if paused and has_container and not submitted.spec.suspend and not affecting:
+        steps.append(Step("pause" if submitted.spec.paused else "unpause", container, _join(paused)))
+    elif paused:
+        rest = paused + rest
     if rest:
         steps.append(Step("update", record, f"{_join(rest)} (the container is kept)"))
     return Plan(name, "configured", tuple(steps), tuple(changes))

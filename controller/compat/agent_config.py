@@ -11,8 +11,10 @@ Every field of the config is either carried into the Agent or refused by name (4
   secrets like every env value. One variable given two different values is refused;
 - ``resources.cpu`` / ``resources.memory`` are the Agent's (``"500m"``, ``"2Gi"``);
 - ``autoRestart`` false is ``restartPolicy: Never``, true (or absent) ``Always``;
-- ``workdir``, ``idleTimeout`` and ``resources.timeout`` have no counterpart in an Agent, so they are
-  refused rather than ignored.
+- ``idleTimeout`` ("stop after N seconds idle") is ``spec.lifecycle.idleTimeoutSeconds`` (onIdle
+  Suspend: stopped, record and workspace kept) and ``resources.timeout`` ("max lifetime in seconds")
+  ``spec.lifecycle.activeDeadlineSeconds``;
+- ``workdir`` has no counterpart in an Agent, so it is refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -63,9 +65,10 @@ UNSUPPORTED = {
         "not supported by this runtime: every agent works in its own /workspace volume; mount host "
         "directories with spec.volumes through /agents"
     ),
-    "idleTimeout": "not supported by this runtime: agents are not stopped when idle; stop them with DELETE",
-    "resources.timeout": ("not supported by this runtime: agents have no maximum lifetime; stop them with DELETE"),
 }
+# "Stop after N seconds idle" and "max lifetime in seconds" are spec.lifecycle's idle timeout (the agent
+# is suspended: stopped, its record and workspace kept) and active deadline.
+LIFECYCLE_FIELDS = {"idleTimeout": "idleTimeoutSeconds", "resources.timeout": "activeDeadlineSeconds"}
 MAX_TEXT = 65536
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
@@ -140,9 +143,8 @@ def to_agent_body(config: Any, *, suffix: str | None = None) -> Translated:
         raise AdmissionError([FieldError("(body)", "must be a JSON object (an AgentConfig)")])
     errors: list[FieldError] = [FieldError(k, "unknown field") for k in sorted(set(config) - CONFIG_FIELDS)]
     origins: dict[str, str] = {}
-    for key in ("workdir", "idleTimeout"):
-        if config.get(key) is not None:
-            errors.append(FieldError(key, UNSUPPORTED[key]))
+    if config.get("workdir") is not None:
+        errors.append(FieldError("workdir", UNSUPPORTED["workdir"]))
     name = _text(config, "name", errors, required=True)
     agent_id = _text(config, "id", errors)
     role = _text(config, "role", errors)
@@ -186,8 +188,18 @@ def to_agent_body(config: Any, *, suffix: str | None = None) -> Translated:
     resources: dict[str, Any] = {}
     for key in sorted(set(resources_in) - {"cpu", "memory", "timeout"}):
         errors.append(FieldError(f"resources.{key}", "unknown field"))
-    if resources_in.get("timeout") is not None:
-        errors.append(FieldError("resources.timeout", UNSUPPORTED["resources.timeout"]))
+    lifecycle: dict[str, Any] = {}
+    for origin, seconds in (
+        ("idleTimeout", config.get("idleTimeout")),
+        ("resources.timeout", resources_in.get("timeout")),
+    ):
+        if seconds is None:
+            continue
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != int(seconds) or seconds < 1:
+            errors.append(FieldError(origin, "must be a whole number of seconds, at least 1"))
+            continue
+        lifecycle[LIFECYCLE_FIELDS[origin]] = int(seconds)
+        origins[f"lifecycle.{LIFECYCLE_FIELDS[origin]}"] = origin
     for key in ("cpu", "memory"):
         if resources_in.get(key) is not None:
             resources[key] = resources_in[key]
@@ -228,4 +240,6 @@ def to_agent_body(config: Any, *, suffix: str | None = None) -> Translated:
         body["env"] = env
     if resources:
         body["resources"] = resources
+    if lifecycle:
+        body["lifecycle"] = lifecycle
     return Translated(body, origins)

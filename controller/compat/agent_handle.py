@@ -17,7 +17,7 @@ Pending with ``status.error`` IMAGE_NOT_FOUND      ``pending``       the code an
 Pending with any other ``status.error``            ``error``         the code and what to do
 Pending                                            ``starting``
 CrashLoopBackOff, Failed                           ``error``         the exit, or ``status.error``
-Succeeded, Suspended                               ``stopped``
+Succeeded, Suspended, Paused                       ``stopped``
 =================================================  ================  ====================================
 
 ``busy`` is never reported: the runtime does not know when an agent is working on a message.
@@ -88,7 +88,7 @@ def status_of(manifest: dict[str, Any]) -> tuple[str, str | None]:
         return ("pending" if code == IMAGE_NOT_FOUND else "error"), error
     if phase in ("CrashLoopBackOff", "Failed"):
         return "error", error or str(ready.get("message") or phase)
-    if phase in ("Succeeded", "Suspended"):
+    if phase in ("Succeeded", "Suspended", "Paused"):
         return "stopped", None
     if phase == "Terminating":
         return "stopping", None

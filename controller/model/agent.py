@@ -27,7 +27,8 @@ def capability_name(capability: str) -> str:
     return capability.removeprefix("CAP_")
 
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended", "Terminating")
+PHASES = ("Pending", "Running", "Paused", "Succeeded", "Failed", "CrashLoopBackOff", "Suspended", "Terminating")
+ON_IDLE = ("Suspend", "Delete")
 TYPES = ("claude", "codex", "gemini", "aider", "custom")
 CONTAINER_PREFIX = "parallax-agent-"
 
@@ -78,6 +79,42 @@ class SecurityContext:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """How long an agent may live and idle (``spec.lifecycle``); the reconciler enforces it from stored
+    times (``controller.reconcile.lifecycle``). None: no such limit."""
+
+    active_deadline_seconds: int | None = None
+    idle_timeout_seconds: int | None = None
+    on_idle: str | None = None
+    """``Suspend`` (the default when ``idle_timeout_seconds`` is set) or ``Delete``."""
+    ttl_seconds_after_finished: int | None = None
+    resume_on_activity: bool = False
+
+    @property
+    def idle_action(self) -> str:
+        return self.on_idle or "Suspend"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "activeDeadlineSeconds": self.active_deadline_seconds,
+            "idleTimeoutSeconds": self.idle_timeout_seconds,
+            "onIdle": self.on_idle,
+            "ttlSecondsAfterFinished": self.ttl_seconds_after_finished,
+            "resumeOnActivity": self.resume_on_activity,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lifecycle:
+        return cls(
+            active_deadline_seconds=data.get("activeDeadlineSeconds"),
+            idle_timeout_seconds=data.get("idleTimeoutSeconds"),
+            on_idle=data.get("onIdle"),
+            ttl_seconds_after_finished=data.get("ttlSecondsAfterFinished"),
+            resume_on_activity=bool(data.get("resumeOnActivity", False)),
+        )
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     type: str
     resources: Resources
@@ -89,6 +126,8 @@ class AgentSpec:
     volumes: tuple[str, ...] = ()
     restart_policy: str = "Always"
     suspend: bool = False
+    paused: bool = False
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
     stop_grace_period_seconds: int = 10
     security_context: SecurityContext = field(default_factory=SecurityContext)
     keep_workspace: bool = False
@@ -107,6 +146,8 @@ class AgentSpec:
             "network": self.network,
             "restartPolicy": self.restart_policy,
             "suspend": self.suspend,
+            "paused": self.paused,
+            "lifecycle": self.lifecycle.to_dict(),
             "stopGracePeriodSeconds": self.stop_grace_period_seconds,
             "securityContext": self.security_context.to_dict(),
             "workspace": {"keep": self.keep_workspace},
@@ -134,6 +175,8 @@ class AgentSpec:
             network=data.get("network") or defaults.network,
             restart_policy=data.get("restartPolicy", "Always"),
             suspend=bool(data.get("suspend", False)),
+            paused=bool(data.get("paused", False)),
+            lifecycle=Lifecycle.from_dict(data.get("lifecycle") or {}),
             stop_grace_period_seconds=data.get("stopGracePeriodSeconds", 10),
             security_context=SecurityContext.from_dict(data.get("securityContext") or {}),
             keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),

@@ -188,7 +188,7 @@ class AgentTracker:
         if int(status.get("observedGeneration") or 0) < seen.accepted_generation:
             return seen
         done = replace(seen, accepted_at=None, accepted_container=None, accepted_started=None)
-        if agent.metadata.deletion_timestamp is not None or seen.phase in ("Suspended", "Terminating"):
+        if agent.metadata.deletion_timestamp is not None or seen.phase in ("Suspended", "Paused", "Terminating"):
             return done
         if seen.phase != "Running":
             return seen

@@ -22,6 +22,15 @@ from controller.model.errors import RESOURCE_LIMIT
 from controller.model.quantity import parse_memory
 from controller.model.timestamps import format_time as iso
 from controller.model.timestamps import parse_runtime_time, parse_time
+from controller.reconcile.lifecycle import (
+    DEADLINE_EXCEEDED,
+    deadline_at,
+    ended,
+    ended_mark,
+    expires_at,
+    idle_at,
+    next_timer,
+)
 from controller.reconcile.restarts import decide_exit, should_restart
 from controller.reconcile.status import clear_error, set_condition, set_error, with_phase
 from controller.runtime.interface import Desired, Instance
@@ -48,11 +57,15 @@ OperationKind = Literal[
     "start",
     "update",
     "stop",
+    "pause",
+    "unpause",
     "remove",
     "rename",
     "connect",
     "read-output",
     "remove-workspace",
+    "suspend",
+    "expire",
     "purge",
 ]
 
@@ -103,10 +116,19 @@ class Decision:
     """The record is gone (purged, or never was): nothing more to do."""
 
 
+def _stopping(instance: Instance, grace: int, cause: str, event: AgentEventNote | None = None) -> list[Operation]:
+    """A graceful stop; a paused instance is thawed first, so its processes get the SIGTERM."""
+    ops = []
+    if instance.state == "paused":
+        ops.append(Operation("unpause", instance.id, f"{cause} (thawed first, to be stopped gracefully)"))
+    ops.append(Operation("stop", instance.id, cause, grace_seconds=grace, event=event))
+    return ops
+
+
 def _removal(instance: Instance, grace: int, cause: str, **extra: Any) -> list[Operation]:
     ops = []
     if instance.running and grace > 0:
-        ops.append(Operation("stop", instance.id, cause, grace_seconds=grace))
+        ops += _stopping(instance, grace, cause)
     ops.append(Operation("remove", instance.id, cause, **extra))
     return ops
 
@@ -118,9 +140,12 @@ def decide(
     desired: Desired | None,
     now: datetime,
     facts: Facts | None = None,
+    *,
+    idle_grace: float = 0.0,
 ) -> Decision:
     """What agent ``name`` needs now. ``desired`` is the runtime's rendering of ``agent`` (None without a
-    record); ``instances`` are all the runtime's instances claiming to be this agent's."""
+    record); ``instances`` are all the runtime's instances claiming to be this agent's. ``idle_grace``:
+    how late an activity may be written (``controller.reconcile.lifecycle.idle_at``)."""
     facts = facts or Facts()
     if agent is None:
         orphans = [
@@ -159,15 +184,113 @@ def decide(
     if ops:
         return Decision(tuple(ops), status=agent.status)
     assert desired is not None
-    return _converge(agent, mine[0] if mine else None, desired, now, facts)
+    return _converge(agent, mine[0] if mine else None, desired, now, facts, idle_grace)
 
 
-def _converge(agent: Agent, current: Instance | None, desired: Desired, now: datetime, facts: Facts) -> Decision:
+def _converge(
+    agent: Agent, current: Instance | None, desired: Desired, now: datetime, facts: Facts, idle_grace: float
+) -> Decision:
+    """``_converge_now``, unless a lifecycle deadline has passed; requeued at the next one when nothing is
+    left to do now (the deadlines are times on the status, so a restarted controller keeps them)."""
+    fresh = _new_run(agent)
+    if fresh is not agent:
+        agent = fresh
+        if (
+            current is not None
+            and not current.running
+            and not current.created
+            and not agent.spec.suspend
+            and current.config_hash == desired.config_hash
+        ):
+            event = AgentEventNote(NORMAL, "Started", "a new run: the last was ended by its deadline")
+            cause = "its run was ended by its deadline, and the spec changed or a restart was asked since"
+            return Decision((Operation("start", current.id, cause, event=event),), status=agent.status)
+    decision = _lifecycle(agent, current, now, idle_grace) or _converge_now(agent, current, desired, now, facts)
+    if decision.operations or decision.status is None:
+        return decision
+    timer = next_timer(agent, decision.status, now, idle_grace)
+    if timer is None:
+        return decision
+    requeue = timer if decision.requeue_after is None else min(timer, decision.requeue_after)
+    return dataclasses.replace(decision, requeue_after=requeue)
+
+
+def _new_run(agent: Agent) -> Agent:
+    """``agent`` without the mark of a run its deadline ended, once that no longer holds (the spec
+    changed, or a restart was asked): a new run, with a deadline of its own. The same object otherwise."""
+    if "ended" not in agent.status or ended(agent, agent.status) is not None:
+        return agent
+    status = {k: v for k, v in agent.status.items() if k not in ("ended", "reason", "finishedAt", "activeSince")}
+    return Agent(agent.metadata, agent.spec, status)
+
+
+def _lifecycle(agent: Agent, current: Instance | None, now: datetime, idle_grace: float) -> Decision | None:
+    """What ``spec.lifecycle`` calls for now: a run past its deadline stopped (and kept Failed), an idle
+    agent suspended or deleted, a finished agent deleted after its TTL; None when nothing is due."""
+    spec, status, stamp = agent.spec, agent.status, iso(now)
+    lifecycle = spec.lifecycle
+    running = current is not None and current.running
+    mark = ended(agent, status)
+    if mark is not None:
+        if current is not None and running:
+            return Decision(tuple(_stopping(current, spec.stop_grace_period_seconds, "its run ended")), status=status)
+        new = copy.deepcopy(status)
+        new["observedGeneration"] = agent.metadata.generation
+        new["containerId"] = current.id if current else None
+        new["reason"] = DEADLINE_EXCEEDED
+        new.setdefault("finishedAt", mark["at"])
+        new.pop("activeSince", None)
+        new.pop("backoff", None)
+        message = f"ran longer than spec.lifecycle.activeDeadlineSeconds ({lifecycle.active_deadline_seconds}s)"
+        new = with_phase(new, "Failed", ready=False, reason=DEADLINE_EXCEEDED, message=message, now=stamp)
+        expiry = expires_at(agent, new)
+        if expiry is not None and now >= expiry:
+            return _expire(agent, new, lifecycle.ttl_seconds_after_finished)
+        return Decision(status=new)
+    expiry = expires_at(agent, status)
+    if expiry is not None and now >= expiry and not running:
+        return _expire(agent, status, lifecycle.ttl_seconds_after_finished)
+    deadline = deadline_at(agent, status)
+    if current is not None and not spec.suspend and deadline is not None and now >= deadline:
+        seconds = lifecycle.active_deadline_seconds
+        new = {**copy.deepcopy(status), "ended": ended_mark(agent, stamp), "finishedAt": stamp}
+        event = AgentEventNote(
+            WARNING, DEADLINE_EXCEEDED, f"ran for spec.lifecycle.activeDeadlineSeconds ({seconds}s): stopped"
+        )
+        if running:
+            cause = f"activeDeadlineSeconds ({seconds}s) has passed since {status['activeSince']}"
+            return Decision(tuple(_stopping(current, spec.stop_grace_period_seconds, cause, event)), status=new)
+        # Exited (in a crash-loop back-off, say): not started again; the run ends here.
+        ended_now = _lifecycle(Agent(agent.metadata, spec, new), current, now, idle_grace)
+        assert ended_now is not None
+        return dataclasses.replace(ended_now, events=(*ended_now.events, event))
+    if current is None or not running or spec.suspend:
+        return None
+    idle = idle_at(agent, status, idle_grace)
+    if idle is not None and now >= idle and current.state == "running" and status.get("phase") == "Running":
+        seconds = lifecycle.idle_timeout_seconds
+        cause = f"no activity for idleTimeoutSeconds ({seconds}s)"
+        if lifecycle.idle_action == "Delete":
+            event = AgentEventNote(NORMAL, "IdleDeleted", f"{cause}: deleted (onIdle: Delete)")
+            return Decision((Operation("expire", agent.name, cause, event=event),), status=status)
+        event = AgentEventNote(NORMAL, "IdleSuspended", f"{cause}: suspended (onIdle: Suspend); the workspace is kept")
+        return Decision((Operation("suspend", agent.name, cause, event=event),), status=status)
+    return None
+
+
+def _expire(agent: Agent, status: dict[str, Any], ttl: int | None) -> Decision:
+    message = f"deleted {ttl}s after it finished ({status.get('phase')}), spec.lifecycle.ttlSecondsAfterFinished"
+    event = AgentEventNote(NORMAL, "TTLExpired", message)
+    cause = f"ttlSecondsAfterFinished ({ttl}s) has passed since it finished at {status.get('finishedAt')}"
+    return Decision((Operation("expire", agent.name, cause, event=event),), status=status)
+
+
+def _converge_now(agent: Agent, current: Instance | None, desired: Desired, now: datetime, facts: Facts) -> Decision:
     spec = agent.spec
     stamp = iso(now)
     if spec.suspend and current is not None and current.running:
-        stop = Operation("stop", current.id, "spec.suspend is true", grace_seconds=spec.stop_grace_period_seconds)
-        return Decision((stop,), status=agent.status)
+        stop = _stopping(current, spec.stop_grace_period_seconds, "spec.suspend is true")
+        return Decision(tuple(stop), status=agent.status)
     if not spec.suspend and not facts.network_ready:
         ensure = Operation("ensure-network", spec.network, "the agent's network must exist")
         return Decision((ensure,), status=agent.status)
@@ -180,6 +303,7 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
     if spec.suspend:
         status = clear_error(status)
         status["containerId"] = current.id if current else None
+        status.pop("activeSince", None)  # a resume starts a new run: its deadline counts from then
         status = with_phase(
             status, "Suspended", ready=False, reason="Suspended", message="spec.suspend is true", now=stamp
         )
@@ -249,9 +373,27 @@ def _converge(agent: Agent, current: Instance | None, desired: Desired, now: dat
         # policy, and the stop is not an exit of the agent's (no restart counted, no back-off).
         resumed = AgentEventNote(NORMAL, "Resumed", f"spec.suspend is false: started container {current.id[:12]}")
         return Decision((Operation("start", current.id, "spec.suspend is false", event=resumed),), status=status)
+    if current.running and spec.paused and current.state != "paused":
+        paused = AgentEventNote(NORMAL, "Paused", f"spec.paused is true: froze container {current.id[:12]}")
+        return Decision((Operation("pause", current.id, "spec.paused is true", event=paused),), status=status)
+    if current.state == "paused" and not spec.paused:
+        status["lastActivityTime"] = stamp  # thawing counts as activity: the idle timer starts again
+        thawed = AgentEventNote(NORMAL, "Unpaused", f"spec.paused is false: thawed container {current.id[:12]}")
+        return Decision((Operation("unpause", current.id, "spec.paused is false", event=thawed),), status=status)
+    if current.state == "paused":
+        return _paused(status, current, now)
     if current.running:
         return _running(agent, status, current, now, facts)
     return _exited(agent, status, current, now)
+
+
+def _paused(status: dict[str, Any], current: Instance, now: datetime) -> Decision:
+    """A frozen instance, as ``spec.paused`` asks: phase Paused (not crashed, not restarted)."""
+    status["containerId"] = current.id
+    status.setdefault("activeSince", iso(parse_runtime_time(current.started_at) or now))
+    status = clear_error(status)
+    message = "spec.paused is true: its processes are frozen, memory intact"
+    return Decision(status=with_phase(status, "Paused", ready=False, reason="Paused", message=message, now=iso(now)))
 
 
 def _starting(status: dict[str, Any], current: Instance, stamp: str) -> Decision:
@@ -307,6 +449,9 @@ def _running(agent: Agent, status: dict[str, Any], info: Instance, now: datetime
     stamp = iso(now)
     status["containerId"] = info.id
     status["startedAt"] = info.started_at
+    status.setdefault("activeSince", iso(parse_runtime_time(info.started_at) or now))
+    status.pop("finishedAt", None)
+    status.pop("reason", None)
     if (
         status.get("error", {}).get("code") != RESOURCE_LIMIT
         or (status.get("lastState") or {}).get("reason") != "OOMKilled"
@@ -394,6 +539,8 @@ def _exited(agent: Agent, status: dict[str, Any], current: Instance, now: dateti
 
     if not should_restart(spec.restart_policy, current.exit_code):
         phase = "Succeeded" if current.exit_code == 0 else "Failed"
+        status.pop("activeSince", None)
+        status.setdefault("finishedAt", iso(finished))  # once: a runtime without an exit time must not slide it
         status = with_phase(
             status,
             phase,
@@ -451,6 +598,10 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
     changed: dict[str, Any]
     if op.kind == "stop":
         changed = {"state": "exited"}
+    elif op.kind == "pause":
+        changed = {"state": "paused"}
+    elif op.kind == "unpause":
+        changed = {"state": "running"}
     elif op.kind == "start":
         changed = {"state": "running", "started_at": None}
     elif op.kind == "rename":
@@ -465,7 +616,13 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
 
 
 def plan(
-    name: str, agent: Agent | None, instances: Sequence[Instance], desired: Desired | None, now: datetime
+    name: str,
+    agent: Agent | None,
+    instances: Sequence[Instance],
+    desired: Desired | None,
+    now: datetime,
+    *,
+    idle_grace: float = 0.0,
 ) -> list[Operation]:
     """Every operation a reconcile of ``agent`` (a record as it would be) would make, round after round,
     assuming each succeeds: what ``apply --dry-run`` shows. The network is taken as usable and the
@@ -475,13 +632,17 @@ def plan(
     agent = agent.copy() if agent is not None else None
     operations: list[Operation] = []
     for _ in range(MAX_PLAN_ROUNDS):
-        decision = decide(name, agent, current, desired, now, facts)
+        decision = decide(name, agent, current, desired, now, facts, idle_grace=idle_grace)
         if agent is not None and decision.status is not None:
             agent.status = decision.status
         for op in decision.operations:
             if op.kind == "read-output":
                 facts.output[op.target] = []
                 continue
+            if op.kind == "suspend" and agent is not None:
+                agent.spec = dataclasses.replace(agent.spec, suspend=True)
+            elif op.kind == "expire" and agent is not None:
+                agent.metadata.deletion_timestamp = iso(now)
             operations.append(op)
             current = after(op, current, agent, desired)
         if decision.done or not decision.operations:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from controller.model.mounts import parse_volume
 from controller.model.redact import scrub
 from controller.model.timestamps import format_time
 from controller.reconcile.decide import CREDENTIALS_TAIL_LINES, AgentEventNote, Facts, Operation, after, decide, plan
+from controller.reconcile.lifecycle import idle_at
 from controller.reconcile.status import set_error
 from controller.runtime.interface import Desired, Instance, Runtime
 from controller.store.interface import NotFound, Store, StoreError
@@ -44,6 +45,10 @@ def _one_more(status: dict[str, Any], instance_id: str, err: AgentError, now: st
         "since": before["since"],
         "message": f"{err.code}: {err.message}",
     }
+
+
+class _NotIdle(Exception):
+    """The agent is no longer idle (or no longer this one) when its suspension is written."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class Reconciler:
         self.settings = settings
         self.now = now
         self.on_collected = on_collected
+        self.idle_grace = settings.activity_write_seconds
+        """An activity may be written this late (the API's throttle): idle is decided that much later."""
 
     async def reconcile(self, name: str) -> Result:
         try:
@@ -85,7 +92,7 @@ class Reconciler:
         facts = Facts()
         try:
             for _ in range(MAX_ROUNDS):
-                decision = decide(name, agent, instances, desired, self.now(), facts)
+                decision = decide(name, agent, instances, desired, self.now(), facts, idle_grace=self.idle_grace)
                 for note in decision.events:
                     await self._event(agent, note)
                 for operation in decision.operations:
@@ -113,7 +120,7 @@ class Reconciler:
         itself and the runtime's instances: what ``apply --dry-run`` shows. The runtime is only read."""
         instances = await self.runtime.instances(name)
         desired = self.runtime.render(agent) if agent is not None else None
-        return plan(name, agent, instances, desired, self.now())
+        return plan(name, agent, instances, desired, self.now(), idle_grace=self.idle_grace)
 
     # -- executing one operation -------------------------------------------------------------------
 
@@ -163,6 +170,20 @@ class Reconciler:
             log.info("agent %s: stopping container %s: %s", name, op.target[:12], op.cause)
             await runtime.stop(op.target, op.grace_seconds)
             instances = after(op, instances, agent, desired)
+        elif op.kind in ("pause", "unpause"):
+            log.info("agent %s: %s container %s: %s", name, f"{op.kind[:-1]}ing", op.target[:12], op.cause)
+            await (runtime.pause(op.target) if op.kind == "pause" else runtime.unpause(op.target))
+            found = await runtime.instance(op.target)
+            instances = [i for i in instances if i.id != op.target] + ([found] if found is not None else [])
+        elif op.kind == "suspend":
+            assert agent is not None
+            if not await self._suspend_idle(agent):
+                return instances  # activity came meanwhile: no longer idle, nothing done (no event)
+        elif op.kind == "expire":
+            assert agent is not None
+            log.info("agent %s: deleting it: %s", name, op.cause)
+            marked = await self.store.mark_deleted(name, expected_rv=str(agent.metadata.resource_version))
+            agent.metadata = marked.metadata
         elif op.kind == "remove":
             log.info("agent %s: removing container %s: %s", name, op.target[:12], op.cause)
             await runtime.remove(op.target)
@@ -188,6 +209,34 @@ class Reconciler:
         if op.event is not None:
             await self._event(agent, op.event)
         return instances
+
+    async def _suspend_idle(self, agent: Agent) -> bool:
+        """Set ``spec.suspend`` on the latest record if it is still idle (activity may have been noted
+        since this reconcile read it); False, with that activity taken on ``agent``, when it is not."""
+        now = self.now()
+        latest_status: dict[str, Any] = {}
+
+        def build(latest: Agent) -> Agent:
+            latest_status.update(latest.status)
+            due = idle_at(latest, latest.status, self.idle_grace)
+            if latest.metadata.uid != agent.metadata.uid or latest.spec.suspend or due is None or due > now:
+                raise _NotIdle
+            return Agent(latest.metadata, replace(latest.spec, suspend=True), latest.status)
+
+        try:
+            updated = await self.store.update(agent.name, build)
+        except _NotIdle:
+            # Decide again on the times the store holds, which say it is not idle (no loop of retries).
+            status = dict(agent.status)
+            for key in ("lastActivityTime", "activeSince"):
+                status.pop(key, None)
+                if key in latest_status:
+                    status[key] = latest_status[key]
+            agent.status = status
+            return False
+        log.info("agent %s: idle for spec.lifecycle.idleTimeoutSeconds: suspended", agent.name)
+        agent.metadata, agent.spec = updated.metadata, updated.spec
+        return True
 
     async def _create(self, agent: Agent, desired: Desired) -> Instance:
         await self._guard_mounts(agent, "created")

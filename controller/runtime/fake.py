@@ -42,13 +42,13 @@ STOP_EXIT_CODE = 143
 """What an instance stopped with ``stop`` exits with (its process ended by SIGTERM)."""
 
 MUTATING_VERBS = frozenset(
-    {"create", "start", "stop", "remove", "rename", "connect", "remove_workspace", "remove_network"}
+    {"create", "start", "stop", "pause", "unpause", "remove", "rename", "connect", "remove_workspace", "remove_network"}
 )
 """Verbs that change what the runtime holds (``ensure_*`` are idempotent and left out)."""
 
 # Parts of the spec that the controller acts on but that do not go into the instance (as in
 # ``controller.runtime.docker.render``): changing them must not recreate it (resuming a suspended agent starts it).
-CONTROLLER_ONLY_FIELDS = ("suspend", "restartPolicy", "stopGracePeriodSeconds", "workspace")
+CONTROLLER_ONLY_FIELDS = ("suspend", "paused", "lifecycle", "restartPolicy", "stopGracePeriodSeconds", "workspace")
 
 
 def rfc3339(moment: datetime, nanoseconds: int = 0) -> str:
@@ -346,6 +346,23 @@ class FakeRuntime:
         instance.state, instance.exit_code = "exited", STOP_EXIT_CODE
         instance.finished_at = self.timestamp()
         self._emit(RuntimeChange("instance", agent=instance.agent))
+
+    async def pause(self, instance_id: str) -> None:
+        self._call("pause", instance_id)
+        instance = self._get(instance_id)
+        if instance.state == "paused":
+            return
+        if instance.state != "running":
+            raise AgentError(CONTAINER_ERROR, f"container {instance_id} is not running")
+        instance.state = "paused"
+        self._emit(RuntimeChange("instance", agent=instance.agent))
+
+    async def unpause(self, instance_id: str) -> None:
+        self._call("unpause", instance_id)
+        instance = self._get(instance_id)
+        if instance.state == "paused":
+            instance.state = "running"
+            self._emit(RuntimeChange("instance", agent=instance.agent))
 
     async def update(self, instance_id: str, desired: Desired) -> None:
         raise AgentError(CONTAINER_ERROR, "the fake runtime's instances are made again, not updated")

@@ -161,6 +161,15 @@ class Runtime(Protocol):
         """SIGTERM, then SIGKILL after ``grace_seconds``."""
         ...
 
+    async def pause(self, instance_id: str) -> None:
+        """Freeze the instance's processes, memory intact (Docker pause); the instance reports state
+        ``paused`` after. Pausing a paused instance is no error."""
+        ...
+
+    async def unpause(self, instance_id: str) -> None:
+        """Thaw a paused instance at once; unpausing one that is not paused is no error."""
+        ...
+
     async def remove(self, instance_id: str) -> None: ...
 
     async def rename(self, instance_id: str, agent: str) -> None:

@@ -128,6 +128,12 @@ class Store(Protocol):
         when the record is gone or is another incarnation (``uid``); the same status writes nothing."""
         ...
 
+    async def record_activity(self, name: str, at: str) -> Agent | None:
+        """``status.lastActivityTime = at`` on the latest record, unless it holds a later time (a status
+        write: no new generation, announced with ``spec_changed=False``); a later ``update_status`` that
+        carries an older time keeps this one. None when there is no record."""
+        ...
+
     async def purge(self, name: str, uid: str) -> bool:
         """Remove the record of incarnation ``uid`` (announced ``DELETED``, with a new resourceVersion)
         and free its container name; False when there is no such record."""

@@ -680,6 +680,13 @@ class PostgresStore:
 
         return await self._submit(stage, lambda staged: None if staged is None else staged[0].answer.copy(), [name])  # type: ignore[no-any-return]
 
+    async def record_activity(self, name: str, at: str) -> Agent | None:
+        def stage(view: _TxView, rv: int) -> builtins.list[Staged] | None:
+            staged = rules.stage_activity(view, name, at, rv)
+            return None if staged is None else [staged]
+
+        return await self._submit(stage, lambda staged: None if staged is None else staged[0].answer.copy(), [name])  # type: ignore[no-any-return]
+
     async def purge(self, name: str, uid: str) -> bool:
         def stage(view: _TxView, rv: int) -> builtins.list[Staged] | None:
             staged = rules.stage_purge(view, name, uid, rv)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from controller.model.agent import Agent, container_name
-from controller.model.timestamps import now_iso
+from controller.model.timestamps import now_iso, parse_time
 
 T = TypeVar("T")
 
@@ -333,12 +333,48 @@ def stage_delete(view: View, name: str, expected_rv: str | None, rv: int) -> Sta
     return Staged(name, new, Change("MODIFIED", new, True))
 
 
+ACTIVITY = "lastActivityTime"
+
+
+def _activity(status: dict[str, Any]) -> Any:
+    raw = status.get(ACTIVITY)
+    try:
+        return parse_time(str(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def later_activity(stored: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+    """``incoming`` with the later ``status.lastActivityTime`` of the two: it never moves back, so a
+    status write built from an older read does not undo an activity the API noted since."""
+    kept, new = _activity(stored), _activity(incoming)
+    if kept is None or (new is not None and new >= kept):
+        return incoming
+    return {**incoming, ACTIVITY: stored[ACTIVITY]}
+
+
+def stage_activity(view: View, name: str, at: str, rv: int) -> Staged | None:
+    """``status.lastActivityTime = at`` on the latest record (unless it holds a later one), as a status
+    write: no new generation, announced with ``spec_changed=False``. None when there is no record."""
+    current = view.latest(name)
+    if current is None:
+        return None
+    status = later_activity(current.status, {**current.status, ACTIVITY: at})
+    if current.status == status:
+        return Staged(name, current, None)
+    new = current.copy()
+    new.status = copy.deepcopy(status)
+    new.metadata.resource_version = rv
+    return Staged(name, new, Change("MODIFIED", new, False))
+
+
 def stage_status(view: View, name: str, uid: str, status: dict[str, Any], rv: int) -> Staged | None:
     """The controller's status write; None when the record is gone or is another incarnation (``uid``).
-    The same status again writes nothing."""
+    The same status again writes nothing. The stored ``lastActivityTime`` is kept when it is later."""
     current = view.latest(name)
     if current is None or current.metadata.uid != uid:
         return None
+    status = later_activity(current.status, status)
     if current.status == status:
         return Staged(name, current, None)
     new = current.copy()

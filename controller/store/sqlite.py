@@ -444,6 +444,12 @@ class SqliteStore:
             return None
         return (await self._write_staged([staged]))[0]  # unchanged: nothing to write, nothing announced
 
+    async def record_activity(self, name: str, at: str) -> Agent | None:
+        staged = rules.stage_activity(self._latest, name, at, self._assigned_rv + 1)
+        if staged is None:
+            return None
+        return (await self._write_staged([staged]))[0]
+
     async def purge(self, name: str, uid: str) -> bool:
         staged = rules.stage_purge(self._latest, name, uid, self._assigned_rv + 1)
         if staged is None:

@@ -175,6 +175,12 @@ async def test_actions_restart_and_suspend_resume(page: Page, ui_controller: Con
     await page.click("#act-suspend")
     await expect(page.locator("#a-phase")).to_have_text("Running", timeout=15000)
     await expect(page.locator("#a-events")).to_contain_text("Started")
+    await page.click("#act-pause")
+    await expect(page.locator("#a-phase")).to_have_text("Paused", timeout=15000)
+    await expect(page.locator("#act-pause")).to_have_text("Unpause")
+    await page.click("#act-pause")
+    await expect(page.locator("#a-phase")).to_have_text("Running", timeout=15000)
+    await expect(page.locator("#a-events")).to_contain_text("Unpaused")
 
 
 async def ui_controller_wait(controller: Controller, name: str) -> dict[str, Any]:

@@ -459,3 +459,25 @@ async def test_a_hub_that_falls_behind_the_store_cuts_every_watcher_off_and_star
         assert item is not None and (item.type, item.name) == ("ADDED", "later")
     finally:
         await hub.stop()
+
+
+async def test_activity_is_a_status_write_that_never_moves_back(store: Store, tmp_path: Path):
+    s = settings(tmp_path)
+    created = await store.create(agent({"name": "a", "type": "claude"}, s))
+    changes = store.subscribe()
+    try:
+        noted = await store.record_activity("a", "2026-01-01T00:00:10.000000Z")
+        assert noted is not None and noted.status["lastActivityTime"] == "2026-01-01T00:00:10.000000Z"
+        assert noted.metadata.generation == created.metadata.generation
+        change = await asyncio.wait_for(changes.get(), 5)
+        assert change.spec_changed is False
+        older = await store.record_activity("a", "2026-01-01T00:00:05.000000Z")
+        assert older is not None and older.status["lastActivityTime"] == "2026-01-01T00:00:10.000000Z"
+        kept = await store.update_status("a", created.metadata.uid, {"phase": "Running"})
+        assert kept is not None and kept.status == {
+            "phase": "Running",
+            "lastActivityTime": "2026-01-01T00:00:10.000000Z",
+        }
+        assert await store.record_activity("nobody", "2026-01-01T00:00:10.000000Z") is None
+    finally:
+        store.unsubscribe(changes)

@@ -96,10 +96,12 @@ def test_a_role_that_is_no_label_value_is_kept_as_an_annotation_only():
         ({"id": "Not_A_Name", "name": "x", "type": "claude"}, ["id"]),
         ({"name": "x", "type": "claude", "resources": {"cpu": "lots"}}, ["resources.cpu"]),
         ({"name": "x", "type": "claude", "resources": {"memory": "1k"}}, ["resources.memory"]),
-        ({"name": "x", "type": "claude", "resources": {"timeout": 60}}, ["resources.timeout"]),
+        ({"name": "x", "type": "claude", "resources": {"timeout": 0}}, ["resources.timeout"]),
+        ({"name": "x", "type": "claude", "resources": {"timeout": "1h"}}, ["resources.timeout"]),
         ({"name": "x", "type": "claude", "resources": {"gpu": 1}}, ["resources.gpu"]),
         ({"name": "x", "type": "claude", "workdir": "/src"}, ["workdir"]),
-        ({"name": "x", "type": "claude", "idleTimeout": 300}, ["idleTimeout"]),
+        ({"name": "x", "type": "claude", "idleTimeout": -300}, ["idleTimeout"]),
+        ({"name": "x", "type": "claude", "idleTimeout": 10**9}, ["idleTimeout"]),
         ({"name": "x", "type": "claude", "colour": "blue"}, ["colour"]),
         ({"name": "x", "type": "claude", "autoRestart": "yes"}, ["autoRestart"]),
         ({"name": "x", "type": "claude", "capabilities": "code"}, ["capabilities"]),
@@ -116,6 +118,13 @@ def test_a_role_that_is_no_label_value_is_kept_as_an_annotation_only():
 )
 def test_what_cannot_be_honoured_is_refused_naming_the_agent_config_field(config: Any, expected: list[str]):
     assert fields(config) == expected
+
+
+def test_idle_timeout_and_lifetime_are_the_agents_lifecycle():
+    agent = admitted({"id": "cpt-l", "name": "l", "type": "claude", "idleTimeout": 300, "resources": {"timeout": 3600}})
+    assert agent.spec.lifecycle.idle_timeout_seconds == 300
+    assert agent.spec.lifecycle.idle_action == "Suspend"
+    assert agent.spec.lifecycle.active_deadline_seconds == 3600
 
 
 def test_refusals_never_quote_a_secret():

@@ -151,3 +151,12 @@ def test_fields_that_do_not_reach_the_container_are_found_by_rendering_not_by_na
     assert steps(plan) == [
         "update: stopGracePeriodSeconds changed 10 -> 30, workspace.keep changed false -> true (the container is kept)"
     ]
+
+
+def test_pausing_plans_a_pause_and_lifecycle_changes_keep_the_container() -> None:
+    plan = plan_apply(stored(agent()), agent(paused=True), RENDER)
+    assert steps(plan) == ["pause: paused changed false -> true"]
+    plan = plan_apply(stored(agent(paused=True)), agent(paused=False), RENDER)
+    assert [s.action for s in plan.steps] == ["unpause"]
+    plan = plan_apply(stored(agent()), agent(lifecycle={"idleTimeoutSeconds": 60}), RENDER)
+    assert steps(plan) == ["update: lifecycle.idleTimeoutSeconds changed null -> 60 (the container is kept)"]

@@ -152,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "AgentConfig": {
         "type": "object",
-        "description": "runtime-interface AgentConfig (workdir, idleTimeout and resources.timeout are refused)",
+        "description": "runtime-interface AgentConfig (workdir refused; idleTimeout, resources.timeout are lifecycle)",
         "required": ["name", "type"],
         "properties": {
             "id": {"type": "string"},

@@ -7,7 +7,7 @@
 "use strict";
 
 const TOKEN_KEY = "parallax.token";
-const PHASES = ["Pending", "Creating", "Running", "Restarting", "CrashLoopBackOff", "Suspended", "Succeeded", "Failed", "Terminating"];
+const PHASES = ["Pending", "Creating", "Running", "Paused", "Restarting", "CrashLoopBackOff", "Suspended", "Succeeded", "Failed", "Terminating"];
 const MAX_LOG_LINES = 5000;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -205,9 +205,10 @@ function agentView(view, scope, name) {
     const s = agent.status || {};
     $("#a-phase").replaceChildren(phaseBadge(phaseOf(agent)));
     $("#act-suspend").textContent = agent.spec.suspend ? "Resume" : "Suspend";
+    $("#act-pause").textContent = agent.spec.paused ? "Unpause" : "Pause";
     const rows = [["Phase", phaseOf(agent)], ["Type", agent.spec.type], ["Image", agent.spec.image || ""],
       ["Restarts", s.restartCount ?? 0], ["Container", (s.containerId || "").slice(0, 12)],
-      ["Started", s.startedAt || ""], ["Error", s.error ? `${s.error.code}: ${s.error.message}` : ""],
+      ["Started", s.startedAt || ""], ["Last activity", s.lastActivityTime || ""], ["Reason", s.reason || ""], ["Error", s.error ? `${s.error.code}: ${s.error.message}` : ""],
       ["Labels", Object.entries(agent.metadata.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")]];
     $("#a-status").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { field: k.toLowerCase() } }, String(v))]));
     $("#a-conditions tbody").replaceChildren(...(s.conditions || []).map((c) => el("tr", {},
@@ -244,6 +245,8 @@ function agentView(view, scope, name) {
   $("#act-restart").addEventListener("click", () => act("Restart", `/agents/${encodeURIComponent(name)}/restart`, { method: "POST" }));
   $("#act-suspend").addEventListener("click", () => agent && act(agent.spec.suspend ? "Resume" : "Suspend",
     `/agents/${encodeURIComponent(name)}`, { method: "PATCH", body: { suspend: !agent.spec.suspend }, type: "application/merge-patch+json" }));
+  $("#act-pause").addEventListener("click", () => agent && act(agent.spec.paused ? "Unpause" : "Pause",
+    `/agents/${encodeURIComponent(name)}`, { method: "PATCH", body: { paused: !agent.spec.paused }, type: "application/merge-patch+json" }));
   $("#act-delete").addEventListener("click", () => { $("#confirm-name").textContent = name; $("#confirm-delete").showModal(); });
   $("#confirm-delete").addEventListener("close", () => {
     if ($("#confirm-delete").returnValue === "delete") act("Delete", `/agents/${encodeURIComponent(name)}`, { method: "DELETE" });

@@ -215,6 +215,22 @@ class _DockerCall:
         raise AgentError(self.code, f"{self.doing} failed: {exc.message}") from exc
 
 
+_ALREADY = {True: "already paused", False: "is not paused"}
+
+
+async def set_paused(docker: aiodocker.Docker, container_id: str, paused: bool) -> None:
+    """Docker pause (``paused``) or unpause of a container on ``docker``'s daemon; one that already is
+    as asked is no error (Docker's 409 "already paused" / "is not paused")."""
+    doing = f"{'pausing' if paused else 'unpausing'} container {container_id[:12]}"
+    container = docker.containers.container(container_id)
+    with _DockerCall(doing, CONTAINER_ERROR):
+        try:
+            await (container.pause() if paused else container.unpause())
+        except aiodocker.DockerError as exc:
+            if exc.status != 409 or _ALREADY[paused] not in (exc.message or ""):
+                raise
+
+
 class DockerDriver:
     def __init__(self, settings: Settings, observer: DockerObserver | None = None) -> None:
         self.settings = settings
@@ -370,6 +386,10 @@ class DockerDriver:
         timeout = aiohttp.ClientTimeout(total=grace_seconds + self.settings.docker_timeout_seconds)
         with _DockerCall(f"stopping {container_id[:12]}", CONTAINER_ERROR, tolerate=(304, 404)):
             await self.docker.containers.container(container_id).stop(t=grace_seconds, timeout=timeout)
+
+    @_timed
+    async def set_paused(self, container_id: str, paused: bool) -> None:
+        await set_paused(self.docker, container_id, paused)
 
     @_timed
     async def remove(self, container_id: str) -> None:

@@ -200,6 +200,18 @@ class DockerRuntime(DriverNetworks):
         finally:
             self.cache.changed(instance_id)
 
+    async def pause(self, instance_id: str) -> None:
+        try:
+            await self.driver.set_paused(instance_id, True)
+        finally:
+            self.cache.changed(instance_id)
+
+    async def unpause(self, instance_id: str) -> None:
+        try:
+            await self.driver.set_paused(instance_id, False)
+        finally:
+            self.cache.changed(instance_id)
+
     async def remove(self, instance_id: str) -> None:
         try:
             await self.driver.remove(instance_id)

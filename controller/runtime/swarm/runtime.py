@@ -22,14 +22,14 @@ from controller.config import Settings
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, NETWORK_ERROR, AgentError
 from controller.model.timestamps import parse_runtime_time
-from controller.runtime.docker.driver import DockerObserver, DriverNetworks, NoopDockerObserver
+from controller.runtime.docker.driver import DockerObserver, DriverNetworks, NoopDockerObserver, set_paused
 from controller.runtime.docker.render import LABEL_AGENT
 from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChange
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.live import LiveSwarm
 from controller.runtime.swarm.nodes import NodeFacts, hostname
 from controller.runtime.swarm.render import desired_service
-from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, task_error
+from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, running_container, task_error
 
 log = logging.getLogger("parallax.runtime.swarm")
 
@@ -64,6 +64,10 @@ class SwarmRuntime(DriverNetworks):
         # Services made here and not yet started: Swarm schedules a new service's task by itself, so the
         # reconciler's start (and its look at the instance after) needs no call to the manager.
         self._just_created: dict[str, tuple[Instance, float]] = {}
+        # Services whose running task's container this runtime paused (service ID -> container ID): Swarm
+        # knows nothing of a paused container (its task stays "running"), so the instance says "paused"
+        # from here. A controller restart forgets it; the reconciler then pauses again (a no-op).
+        self._paused: dict[str, str] = {}
 
     @property
     def live(self) -> LiveSwarm:
@@ -102,7 +106,7 @@ class SwarmRuntime(DriverNetworks):
         found = []
         for service in services:
             own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
-            found.append(await self._oom_checked(instance_of(service, own, nodes), own, nodes))
+            found.append(await self._oom_checked(self._of(service, own, nodes), own, nodes))
         return found
 
     async def _oom_checked(
@@ -136,6 +140,18 @@ class SwarmRuntime(DriverNetworks):
             enforced = await self.facts.probe_no_new_privileges(node, str(container))
             if enforced is not None:
                 self.observer.on_node_no_new_privileges(host, enforced)
+
+    def _of(self, service: dict[str, Any], tasks: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> Instance:
+        """``instance_of``, in state ``paused`` when its running task's container is the one paused here."""
+        found = instance_of(service, tasks, nodes)
+        paused = self._paused.get(found.id)
+        if paused is None:
+            return found
+        running = running_container(tasks)
+        if found.state != "running" or running is None or running[1] != paused:
+            del self._paused[found.id]  # the paused task ended or was replaced
+            return found
+        return dataclasses.replace(found, state="paused")
 
     async def agents_with_instances(self) -> set[str]:
         found = await self.driver.services()
@@ -287,6 +303,26 @@ class SwarmRuntime(DriverNetworks):
             await self._update(service, {"Mode": {"Replicated": {"Replicas": 0}}})
         await self.driver.wait_stopped(instance_id, grace_seconds + self.settings.docker_timeout_seconds)
 
+    async def pause(self, instance_id: str) -> None:
+        """Docker pause of the running task's container, on its node's daemon (through this runtime's own
+        node clients, never the live views')."""
+        self._touch(instance_id)
+        self._paused[instance_id] = await self._set_paused(instance_id, True)
+
+    async def unpause(self, instance_id: str) -> None:
+        self._touch(instance_id)
+        await self._set_paused(instance_id, False)
+        self._paused.pop(instance_id, None)
+
+    async def _set_paused(self, instance_id: str, paused: bool) -> str:
+        found = running_container(await self.driver.tasks([instance_id]))
+        if found is None:
+            raise AgentError(CONTAINER_ERROR, f"service {instance_id[:12]} has no running task")
+        node_id, container = found
+        node = (await self._nodes()).get(node_id) or {"ID": node_id}
+        await set_paused(self.facts.clients.client(node), container, paused)
+        return container
+
     async def remove(self, instance_id: str) -> None:
         """Remove the service; one scaled to zero (stopped first) once Swarm has reaped the tasks it
         scaled away: removing a service while its task reaper deletes them crashed the Engine 20.10
@@ -327,7 +363,7 @@ class SwarmRuntime(DriverNetworks):
             for service in services:
                 # what the reconciler would see: a task going pending -> assigned -> preparing is no news
                 own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
-                found = await self._oom_checked(instance_of(service, own, nodes), own, nodes)
+                found = await self._oom_checked(self._of(service, own, nodes), own, nodes)
                 polled.setdefault(found.agent, []).append(found)
                 seen_now = (found.id, found.state, found.config_hash, found.node, found.error, found.finished_at)
                 now[found.agent] = (*now.get(found.agent, ()), seen_now)
