@@ -31,6 +31,19 @@ from aiodocker.volumes import DockerVolume
 
 PARALLAX = os.environ.get("PARALLAX_BIN") or str(Path(sys.executable).parent / "parallax")
 IMAGE_PREFIX = os.environ.get("BENCH_IMAGE_PREFIX", "parallax-test/agent-")
+TICK_SECONDS = os.environ.get("BENCH_TICK_SECONDS")
+"""The test agents print a tick (and fork a ``sleep``) every 5 s; ``BENCH_TICK_SECONDS=3600`` makes them idle,
+as a waiting coding agent is (1000 ticking agents are 200 forks and log lines a second for Docker)."""
+
+
+def agent_body(name: str) -> dict[str, Any]:
+    """The POST body of a benchmark's agent (its raw twin copies the container's env, the tick included)."""
+    body: dict[str, Any] = {"name": name, "type": "claude"}
+    if TICK_SECONDS:
+        body["env"] = {"TICK_SECONDS": TICK_SECONDS}
+    return body
+
+
 RAW_LABEL = "parallax-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

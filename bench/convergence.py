@@ -19,6 +19,7 @@ import aiohttp
 
 from bench.common import (
     Server,
+    agent_body,
     machine_note,
     median,
     new_tag,
@@ -32,9 +33,7 @@ from bench.common import (
 
 async def parallax_run(session: aiohttp.ClientSession, server: Server, names: list[str]) -> float:
     async def create(name: str) -> str:
-        async with session.post(
-            server.url + "/agents?wait=true&timeout=300", json={"name": name, "type": "claude"}
-        ) as resp:
+        async with session.post(server.url + "/agents?wait=true&timeout=300", json=agent_body(name)) as resp:
             body = await resp.json()
             assert resp.status == 201, body
             return str(body["status"].get("phase"))

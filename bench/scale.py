@@ -23,7 +23,7 @@ import time
 import aiodocker
 import aiohttp
 
-from bench.common import Server, cpu_seconds, machine_note, metrics, new_tag, profile, rss_bytes, shut_down
+from bench.common import Server, agent_body, cpu_seconds, machine_note, metrics, new_tag, profile, rss_bytes, shut_down
 
 LIST_KEY = 'parallax_docker_api_seconds_count{operation="list_agent_names"}'
 LIST_SUM = 'parallax_docker_api_seconds_sum{operation="list_agent_names"}'
@@ -34,7 +34,7 @@ async def create_all(session: aiohttp.ClientSession, server: Server, names: list
     limit = asyncio.Semaphore(16)
 
     async def post(name: str) -> None:
-        async with limit, session.post(server.url + "/agents", json={"name": name, "type": "claude"}) as resp:
+        async with limit, session.post(server.url + "/agents", json=agent_body(name)) as resp:
             assert resp.status == 201, await resp.text()
 
     await asyncio.gather(*(post(name) for name in names))

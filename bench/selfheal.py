@@ -19,6 +19,7 @@ import aiohttp
 from bench.common import (
     ContainerEvents,
     Server,
+    agent_body,
     machine_note,
     new_tag,
     percentile,
@@ -50,7 +51,7 @@ async def main() -> None:
 
             async def create(name: str) -> str:
                 url = server.url + "/agents?wait=true&timeout=120"
-                async with session.post(url, json={"name": name, "type": "claude"}) as resp:
+                async with session.post(url, json=agent_body(name)) as resp:
                     body = await resp.json()
                     assert body["status"]["phase"] == "Running", body
                     return str(body["status"]["containerId"])
