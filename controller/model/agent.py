@@ -78,6 +78,18 @@ class SecurityContext:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """``env: {NAME: {"secretKeyRef": {"name": ..., "key": ...}}}``: the value of key ``key`` of the
+    Secret ``name``, resolved by the controller when it renders the container (never stored with the agent)."""
+
+    name: str
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": self.name, "key": self.key}}
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     type: str
     resources: Resources
@@ -92,6 +104,14 @@ class AgentSpec:
     stop_grace_period_seconds: int = 10
     security_context: SecurityContext = field(default_factory=SecurityContext)
     keep_workspace: bool = False
+    env_refs: dict[str, SecretKeyRef] = field(default_factory=dict)
+    """Env entries taken from Secrets (``secretKeyRef``); ``env`` holds the inline values."""
+
+    def env_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """``spec.env`` as written: inline values (``<redacted>`` unless ``redact`` is off) and references."""
+        env: dict[str, Any] = {k: (REDACTED if redact else v) for k, v in self.env.items()}
+        env.update({k: ref.to_dict() for k, ref in self.env_refs.items()})
+        return dict(sorted(env.items()))
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
@@ -99,7 +119,7 @@ class AgentSpec:
             "image": self.image,
             "command": list(self.command) if self.command is not None else None,
             "args": list(self.args) if self.args is not None else None,
-            "env": {k: (REDACTED if redact else v) for k, v in sorted(self.env.items())},
+            "env": self.env_dict(redact=redact),
             "resources": self.resources.to_dict(),
             "volumes": list(self.volumes),
             "network": self.network,
@@ -121,7 +141,12 @@ class AgentSpec:
             image=data.get("image"),
             command=tuple(command) if command is not None else None,
             args=tuple(args) if args is not None else None,
-            env=dict(data.get("env") or {}),
+            env={k: v for k, v in (data.get("env") or {}).items() if not isinstance(v, dict)},
+            env_refs={
+                k: SecretKeyRef(v["secretKeyRef"]["name"], v["secretKeyRef"]["key"])
+                for k, v in (data.get("env") or {}).items()
+                if isinstance(v, dict)
+            },
             resources=Resources(
                 memory=res.get("memory", defaults.memory),
                 cpu=res.get("cpu", defaults.cpu),
