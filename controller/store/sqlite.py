@@ -220,7 +220,12 @@ class SqliteStore:
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         if self._cipher is None:
-            self._cipher = SecretCipher.load(default_key_file(self.path))
+            try:
+                self._cipher = SecretCipher.load(default_key_file(self.path))
+            except CipherError as exc:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise StoreUnavailable(str(exc)) from exc
         cipher = self._cipher
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parallax-store")
 
