@@ -16,6 +16,7 @@ from api.server import (
     routes_health,
     routes_live,
     routes_metrics,
+    routes_secrets,
     routes_ui,
     routes_usage,
     routes_watch,
@@ -84,6 +85,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     app.add_routes(routes_health.routes)
     app.add_routes(routes_watch.routes)
     app.add_routes(routes_agents.routes)
+    app.add_routes(routes_secrets.routes)
     app.add_routes(routes_live.routes)
     app.add_routes(routes_metrics.routes)
     app.add_routes(routes_usage.routes)
