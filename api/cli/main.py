@@ -102,18 +102,23 @@ def store() -> None:
 def migrate(source: str, target: str) -> None:
     """Copy every agent, status, event and the resourceVersion from a SQLite store into PostgreSQL."""
     from controller.admission.admit import spec_defaults
+    from controller.config import parse_store_url
     from controller.store.cipher import CipherError, SecretCipher
     from controller.store.migrate import migrate_store
+    from controller.store.sqlite import default_key_file
 
     try:
         settings = Settings.from_env()
-        cipher = SecretCipher.load(settings.secret_key_path)
+        location = parse_store_url(source, "--from")
+        key_file = settings.secret_key_file or default_key_file(location.path or settings.store_path)
+        cipher = SecretCipher.load(key_file)
         copied = asyncio.run(migrate_store(source, target, spec_defaults(settings), cipher))
     except (ConfigError, StoreUnavailable, CipherError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"copied {copied.agents} agents, {copied.events} events and {copied.secrets} secrets; "
-        f"resourceVersion {copied.resource_version}"
+        f"resourceVersion {copied.resource_version}; sealed with the key file {key_file}: the PostgreSQL "
+        "controllers need it (PARALLAX_SECRET_KEY_FILE)"
     )
 
 
