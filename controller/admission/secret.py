@@ -9,7 +9,17 @@ from typing import Any
 
 from controller.admission.schema import FieldError
 from controller.model.agent import API_VERSION
-from controller.model.secret import KEY_PATTERN, KIND, MAX_BYTES, MAX_KEY, MAX_KEYS, MAX_NAME, NAME_PATTERN, Secret
+from controller.model.secret import (
+    KEY_PATTERN,
+    KIND,
+    MAX_BYTES,
+    MAX_KEY,
+    MAX_KEYS,
+    MAX_VALUE,
+    MAX_NAME,
+    NAME_PATTERN,
+    Secret,
+)
 
 
 def parse_secret(body: Any, *, name: str | None = None) -> tuple[Secret, list[FieldError]]:
@@ -78,6 +88,9 @@ def parse_secret(body: Any, *, name: str | None = None) -> tuple[Secret, list[Fi
                 except (binascii.Error, ValueError, UnicodeDecodeError):
                     errors.append(FieldError(where, "must be base64 of UTF-8 text (the value is not shown)"))
                     continue
+            if len(value) > MAX_VALUE:
+                errors.append(FieldError(where, f"is longer than {MAX_VALUE} characters (an env value's limit)"))
+                continue
             if "\x00" in value:
                 errors.append(FieldError(where, "contains a NUL character, which no process environment can carry"))
                 continue

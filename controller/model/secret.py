@@ -21,6 +21,8 @@ KEY_PATTERN = re.compile(r"^[-._a-zA-Z0-9]+$")
 MAX_NAME = 253
 MAX_KEY = 253
 MAX_KEYS = 64
+MAX_VALUE = 32768
+"""Characters of one value: what an inline env value may hold (a Secret's values are env values)."""
 MAX_BYTES = 1024 * 1024
 """A Secret's values together, as UTF-8 (Kubernetes' limit)."""
 CONDITION = "SecretMissing"

@@ -19,8 +19,8 @@ from controller.config import Settings
 from controller.model.agent import Agent
 from controller.model.secret import Secret
 from controller.observe.watch import WatchHub
-from controller.store.interface import AgentEvent, AlreadyExists, Conflict, Store, StoreUnavailable
 from controller.store.cipher import SecretCipher
+from controller.store.interface import AgentEvent, AlreadyExists, Conflict, Store, StoreUnavailable
 from controller.store.postgres import MIGRATIONS, PostgresStore
 from controller.store.sqlite import SqliteStore
 from controller.store.url import open_store
