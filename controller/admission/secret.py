@@ -15,8 +15,8 @@ from controller.model.secret import (
     MAX_BYTES,
     MAX_KEY,
     MAX_KEYS,
-    MAX_VALUE,
     MAX_NAME,
+    MAX_VALUE,
     NAME_PATTERN,
     Secret,
 )
