@@ -313,7 +313,9 @@ def apply(
         targets = {
             r["name"]: int(r.get("agent", {}).get("metadata", {}).get("generation", 0))
             for r in result["results"]
-            if r.get("outcome") in ("created", "configured", "unchanged") and r.get("name")
+            if r.get("outcome") in ("created", "configured", "unchanged")
+            and r.get("name")
+            and r.get("kind", "Agent") == "Agent"
         }
         if not wait_settled(client, targets, timeout):
             sys.exit(1)
@@ -324,17 +326,18 @@ def _print_apply(result: dict[str, Any], specs: list[SpecDoc]) -> None:
     failed = False
     for item in result.get("results", []):
         outcome, name = item.get("outcome"), item.get("name") or "?"
+        kind = str(item.get("kind") or "Agent").lower()
         spec = specs[item["index"]] if 0 <= item.get("index", -1) < len(specs) else None
         if outcome == "error":
             failed = True
             for error in item.get("errors", []):
                 where = spec.where(error.get("field")) if spec else "?"
                 text = _problem_text(error.get("field"), error.get("message", ""))
-                click.echo(f"error: {where}: agent {name}: {text}", err=True)
+                click.echo(f"error: {where}: {kind} {name}: {text}", err=True)
             continue
         if outcome == "skipped":
             continue
-        click.echo(f"agent/{name} {outcome}{suffix}")
+        click.echo(f"{kind}/{name} {outcome}{suffix}")
         if result.get("dryRun"):
             _echo_plan(item)
     for item in result.get("pruned", []):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import pytest
@@ -190,3 +191,53 @@ async def test_bad_secrets_are_refused_naming_the_field_and_never_the_value(cont
         {"name": "pxsc-badref", "type": "claude", "env": {"K": {"secretKeyRef": {"name": "UPPER", "key": "k"}}}},
     )
     assert status == 422 and "env.K" in json.dumps(answer), answer
+
+
+async def test_apply_takes_secret_documents_without_ever_printing_a_value(
+    controller: Controller, docker: aiodocker.Docker
+):
+    def documents(value: str) -> str:
+        encoded = base64.b64encode(value.encode()).decode()
+        return (
+            "apiVersion: parallax.ai/v1\nkind: Secret\nmetadata:\n  name: pxsc-anthropic\n"
+            f"data:\n  apiKey: {encoded}\n---\n"
+            "apiVersion: parallax.ai/v1\nkind: Agent\nmetadata:\n  name: pxsc-applied\n"
+            "spec:\n  type: claude\n  env:\n    ANTHROPIC_API_KEY:\n"
+            "      secretKeyRef: {name: pxsc-anthropic, key: apiKey}\n"
+        )
+
+    async def apply(text: str, query: str = "") -> tuple[int, Any]:
+        assert controller.session is not None
+        headers = {"Content-Type": "application/yaml"}
+        async with controller.session.post(controller.base_url + "/apply" + query, data=text, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    seen = []
+    status, dry = await apply(documents(FIRST), "?dryRun=true")
+    seen.append(json.dumps(dry))
+    assert status == 200, dry
+    assert [(r["kind"], r["outcome"]) for r in dry["results"]] == [("Secret", "created"), ("Agent", "created")]
+    assert (await controller.request("GET", "/secrets/pxsc-anthropic"))[0] == 404  # a dry run writes nothing
+    status, applied = await apply(documents(FIRST))
+    seen.append(json.dumps(applied))
+    assert status == 200, applied
+    assert applied["results"][0]["secret"]["keys"] == {"apiKey": {"version": 1}}
+    before = await controller.wait_agent("pxsc-applied", running, timeout=60)
+    assert await _env_in_container("pxsc-applied", "ANTHROPIC_API_KEY") == FIRST
+    status, again = await apply(documents(FIRST))
+    assert [r["outcome"] for r in again["results"]] == ["unchanged", "unchanged"], again
+    status, changed = await apply(documents(SECOND))
+    seen.append(json.dumps(changed))
+    assert [r["outcome"] for r in changed["results"]] == ["configured", "unchanged"], changed
+    await controller.wait_agent(
+        "pxsc-applied", lambda a: running(a) and a["status"]["containerId"] != before["status"]["containerId"], 60
+    )
+    assert await _env_in_container("pxsc-applied", "ANTHROPIC_API_KEY") == SECOND
+    status, invalid = await apply(documents(FIRST).replace("name: pxsc-anthropic\n", "name: Not_Valid\n", 1))
+    seen.append(json.dumps(invalid))
+    assert status == 422, invalid
+    assert "metadata.name" in json.dumps(invalid)
+    assert (await controller.request("GET", "/secrets/pxsc-anthropic"))[1]["version"] == 2  # nothing applied
+    text = "\n".join(seen)
+    for value in (FIRST, SECOND, base64.b64encode(FIRST.encode()).decode(), base64.b64encode(SECOND.encode()).decode()):
+        assert value not in text
