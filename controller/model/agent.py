@@ -113,6 +113,14 @@ class AgentSpec:
         env.update({k: ref.to_dict() for k, ref in self.env_refs.items()})
         return dict(sorted(env.items()))
 
+    def container_env(self) -> list[str]:
+        """``NAME=value`` entries for the container. The reconciler renders agents whose references were
+        resolved (``controller.model.secret.resolve_env``); a reference still here (a dry run's plan
+        renders the record as written) stands as a placeholder naming it, so changing it changes the hash."""
+        env = [f"{key}={value}" for key, value in self.env.items()]
+        env += [f"{key}=<secretKeyRef {ref.name}/{ref.key}>" for key, ref in self.env_refs.items()]
+        return sorted(env)
+
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
             "type": self.type,
