@@ -30,13 +30,22 @@ SCHEMAS: dict[str, Any] = {
     "SecretInput": {
         "type": "object",
         "description": "Kubernetes' shape: data (base64 values) and/or stringData (text values); stringData wins.",
+        "additionalProperties": False,
         "properties": {
             "apiVersion": {"const": "parallax.ai/v1"},
             "kind": {"const": "Secret"},
             "type": {"const": "Opaque"},
             "metadata": {
                 "type": "object",
-                "properties": {"name": {"type": "string"}, "labels": {"type": "object"}},
+                "additionalProperties": False,
+                "properties": {
+                    "name": SECRET_NAME["schema"],
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object"},
+                    "uid": {"type": "string"},
+                    "resourceVersion": {"type": "string"},
+                    "creationTimestamp": {"type": ["string", "null"]},
+                },
             },
             "data": {"type": "object", "additionalProperties": {"type": "string"}},
             "stringData": {"type": "object", "additionalProperties": {"type": "string"}},
