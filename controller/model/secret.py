@@ -100,16 +100,19 @@ class Missing:
 def resolve_env(agent: Agent, secrets: dict[str, Secret]) -> tuple[Agent, list[Missing]]:
     """``agent`` with every ``secretKeyRef`` replaced by the value it names (so rendering, hashing and
     scrubbing Docker's text see the value like any inline one), and the references that cannot be
-    resolved. Only the resolved copy carries values: it is never written back."""
+    resolved (they stay as references, which render as placeholders: a suspended or deleted agent still
+    converges). Only the resolved copy carries values: it is never written back."""
     if not agent.spec.env_refs:
         return agent, []
     env = dict(agent.spec.env)
     missing: list[Missing] = []
+    unresolved = {}
     for variable, ref in sorted(agent.spec.env_refs.items()):
         secret = secrets.get(ref.name)
         if secret is None or ref.key not in secret.data:
             missing.append(Missing(variable, ref.name, ref.key, secret is not None))
+            unresolved[variable] = ref
             continue
         env[variable] = secret.data[ref.key]
-    spec = replace(agent.spec, env=env, env_refs={})
+    spec = replace(agent.spec, env=env, env_refs=unresolved)
     return Agent(replace(agent.metadata), spec, copy.deepcopy(agent.status)), missing

@@ -80,7 +80,7 @@ class Reconciler:
             agent = None
         if agent is not None:
             agent, missing = await self._resolve(agent)
-            if missing and agent.metadata.deletion_timestamp is None:
+            if missing and agent.metadata.deletion_timestamp is None and not agent.spec.suspend:
                 await self._secret_missing(agent, missing)
                 return Result()
         try:
@@ -122,7 +122,7 @@ class Reconciler:
         instances = await self.runtime.instances(name)
         if agent is not None:
             agent, missing = await self._resolve(agent)
-            if missing and agent.metadata.deletion_timestamp is None:
+            if missing and agent.metadata.deletion_timestamp is None and not agent.spec.suspend:
                 return []  # SecretMissing: the container is left as it is
         desired = self.runtime.render(agent) if agent is not None else None
         return plan(name, agent, instances, desired, self.now())
