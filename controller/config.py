@@ -163,6 +163,9 @@ class Settings:
     retry_period_seconds: float = 2.0
     identity: str | None = None
     """This controller's name in the lease (``PARALLAX_IDENTITY``); None: ``host:pid``."""
+    secret_key_file: str | None = None
+    """``PARALLAX_SECRET_KEY_FILE``: the key file sealing secret material in the store
+    (``controller.store.cipher``); None: ``secret.key`` beside the SQLite store file."""
 
     def __post_init__(self) -> None:
         if self.store_url is not None:
@@ -174,6 +177,12 @@ class Settings:
     def store(self) -> str:
         """What ``controller.store.url.open_store`` opens: ``store_url``, else the file ``store_path``."""
         return self.store_url if self.store_url is not None else self.store_path
+
+    @property
+    def secret_key_path(self) -> str:
+        if self.secret_key_file is not None:
+            return self.secret_key_file
+        return os.path.join(os.path.dirname(os.path.abspath(self.store_path)), "secret.key")
 
     @property
     def docker_url(self) -> str:
@@ -232,6 +241,7 @@ class Settings:
             renew_deadline_seconds=_float(env, "PARALLAX_RENEW_DEADLINE", base.renew_deadline_seconds, 0.3),
             retry_period_seconds=_float(env, "PARALLAX_RETRY_PERIOD", base.retry_period_seconds, 0.1),
             identity=env.get("PARALLAX_IDENTITY") or None,
+            secret_key_file=env.get("PARALLAX_SECRET_KEY_FILE") or None,
         )
         if settings.compat_port is not None and settings.compat_port == settings.port:
             raise ConfigError(f"PARALLAX_COMPAT_PORT: {settings.compat_port} is already PORT; pick another port")

@@ -173,6 +173,18 @@ class ApiClient:
     def delete_agent(self, name: str) -> dict[str, Any]:
         return dict(self.call("DELETE", f"/agents/{_quote(name)}").json())
 
+    def list_secrets(self) -> list[dict[str, Any]]:
+        return list(self.call("GET", "/secrets").json().get("items", []))
+
+    def get_secret(self, name: str) -> dict[str, Any]:
+        return dict(self.call("GET", f"/secrets/{_quote(name)}").json())
+
+    def create_secret(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.call("POST", "/secrets", json_body=body).json())
+
+    def delete_secret(self, name: str) -> None:
+        self.call("DELETE", f"/secrets/{_quote(name)}")
+
     def apply(
         self,
         documents: list[Any],

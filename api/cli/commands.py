@@ -314,7 +314,9 @@ def apply(
         targets = {
             r["name"]: int(r.get("agent", {}).get("metadata", {}).get("generation", 0))
             for r in result["results"]
-            if r.get("outcome") in ("created", "configured", "unchanged") and r.get("name")
+            if r.get("outcome") in ("created", "configured", "unchanged")
+            and r.get("name")
+            and r.get("kind", "Agent") == "Agent"
         }
         if not wait_settled(client, targets, timeout):
             sys.exit(1)
@@ -325,17 +327,18 @@ def _print_apply(result: dict[str, Any], specs: list[SpecDoc]) -> None:
     failed = False
     for item in result.get("results", []):
         outcome, name = item.get("outcome"), item.get("name") or "?"
+        kind = str(item.get("kind") or "Agent").lower()
         spec = specs[item["index"]] if 0 <= item.get("index", -1) < len(specs) else None
         if outcome == "error":
             failed = True
             for error in item.get("errors", []):
                 where = spec.where(error.get("field")) if spec else "?"
                 text = _problem_text(error.get("field"), error.get("message", ""))
-                click.echo(f"error: {where}: agent {name}: {text}", err=True)
+                click.echo(f"error: {where}: {kind} {name}: {text}", err=True)
             continue
         if outcome == "skipped":
             continue
-        click.echo(f"agent/{name} {outcome}{suffix}")
+        click.echo(f"{kind}/{name} {outcome}{suffix}")
         if result.get("dryRun"):
             _echo_plan(item)
     for item in result.get("pruned", []):
@@ -421,7 +424,13 @@ def wait_settled(client: ApiClient, targets: dict[str, int], timeout: float) -> 
 @click.option("-w", "--watch", is_flag=True, help="After listing, print agents again as they change.")
 @client_command
 def get(client: ApiClient, args: tuple[str, ...], selector: str | None, output: str, watch: bool) -> None:
-    """List agents (parallax get agents [NAME])."""
+    """List agents (parallax get agents [NAME]) or secrets (parallax get secrets [NAME])."""
+    secret = secret_names(args)
+    if secret is not None:
+        if watch or selector:
+            raise UsageProblem("get secrets takes neither --watch nor --selector")
+        print_secrets(client, secret, output)
+        return
     name = _resource_and_name(args)
     if watch:
         _watch(client, selector, name, output)
@@ -568,7 +577,7 @@ def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) 
         ("Image", spec.get("image") or f"(default for {spec.get('type')})"),
         ("Command", " ".join(spec["command"]) if spec.get("command") else "(image default)"),
         ("Args", " ".join(spec["args"]) if spec.get("args") else "(image default)"),
-        ("Env", ", ".join(f"{k} (set, value hidden)" for k in sorted(spec.get("env") or {})) or "<none>"),
+        ("Env", ", ".join(_env_entry(k, v) for k, v in sorted((spec.get("env") or {}).items())) or "<none>"),
         (
             "Resources",
             ", ".join(f"{key} {resources.get(key, '-')}" for key in ("memory", "cpu", "pids")),
@@ -642,6 +651,13 @@ def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) 
         print_table(make_table(("TYPE", "REASON", "AGE", "COUNT", "MESSAGE"), rows), indent=2)
 
 
+def _env_entry(key: str, value: Any) -> str:
+    ref = value.get("secretKeyRef") if isinstance(value, dict) else None
+    if isinstance(ref, dict):
+        return f"{key} (from secret {ref.get('name')}, key {ref.get('key')})"
+    return f"{key} (set, value hidden)"
+
+
 def _mapping(value: Any) -> str:
     if not value:
         return "<none>"
@@ -661,7 +677,15 @@ def _mapping(value: Any) -> str:
 def delete(
     client: ApiClient, args: tuple[str, ...], files: tuple[str, ...], wait: bool, timeout: float, ignore_not_found: bool
 ) -> None:
-    """Delete agents (parallax delete agent NAME... | -f FILE)."""
+    """Delete agents (parallax delete agent NAME... | -f FILE) or secrets (parallax delete secret NAME...)."""
+    secrets = secret_names(args)
+    if secrets is not None:
+        if files or wait:
+            raise UsageProblem("delete secret takes names only")
+        if not secrets:
+            raise UsageProblem("name at least one secret (parallax delete secret NAME)")
+        delete_secrets(client, secrets, ignore_not_found)
+        return
     if files and args and not (len(args) == 1 and args[0].lower() in RESOURCE_WORDS):
         raise UsageProblem("give agent names or -f FILE, not both")
     if files:
@@ -862,7 +886,129 @@ def leader(client: ApiClient, output: str) -> None:
     click.echo(f"this server ({client.server}): {lead.get('identity', '?')}, {role}; ready: {answer.get('status')}")
 
 
-COMMANDS = (apply, get, describe, delete, logs, restart, pause, unpause, keepalive, send, top, leader)
+# --- secrets ----------------------------------------------------------------------------------------
+
+SECRET_WORDS = ("secrets", "secret")
+
+
+def secret_names(args: tuple[str, ...]) -> list[str] | None:
+    """``secret NAME...``, ``secrets``, ``secret/NAME``: the secret names; None when the words name agents."""
+    if not args:
+        return None
+    first = args[0]
+    kind, slash, name = first.partition("/")
+    if kind.lower() not in SECRET_WORDS:
+        return None
+    names = ([name] if slash else []) + list(args[1:])
+    for word in names:
+        part_kind, part_slash, _ = word.partition("/")
+        if part_slash and part_kind.lower() not in SECRET_WORDS:
+            raise UsageProblem(f"{word!r}: give secrets alone")
+    return [word.partition("/")[2] if "/" in word else word for word in names]
+
+
+def print_secrets(client: ApiClient, names: list[str], output: str) -> None:
+    if len(names) > 1:
+        raise UsageProblem("get takes at most one secret name")
+    secrets = [client.get_secret(names[0])] if names else client.list_secrets()
+    if output in ("yaml", "json"):
+        value: Any = secrets[0] if names else {"apiVersion": "parallax.ai/v1", "kind": "SecretList", "items": secrets}
+        click.echo(_dump(value, output))
+        return
+    if output == "name":
+        for secret in secrets:
+            click.echo(f"secret/{secret['metadata']['name']}")
+        return
+    if not secrets:
+        click.echo("No secrets found.", err=True)
+        return
+    rows = [
+        (
+            s["metadata"]["name"],
+            ",".join(s["keys"]) or "<none>",
+            str(s["version"]),
+            ",".join(s["usedBy"]) or "<none>",
+            age(s["metadata"].get("creationTimestamp")),
+        )
+        for s in secrets
+    ]
+    print_table(make_table(("NAME", "KEYS", "VERSION", "USED BY", "AGE"), rows))
+
+
+def delete_secrets(client: ApiClient, names: list[str], ignore_not_found: bool) -> None:
+    missing = 0
+    for name in dict.fromkeys(names):
+        try:
+            client.delete_secret(name)
+        except ErrorAnswer as exc:
+            if exc.status == 404:
+                if not ignore_not_found:
+                    click.echo(f"error: secret {name!r} not found", err=True)
+                    missing += 1
+                continue
+            raise
+        click.echo(f"secret/{name} deleted")
+    if missing:
+        sys.exit(1)
+
+
+@click.group()
+def create() -> None:
+    """Create a resource from the command line (parallax create secret NAME ...)."""
+
+
+@create.command("secret")
+@click.argument("name")
+@click.option("--from-literal", "literals", multiple=True, metavar="KEY=VALUE", help="A key and its value.")
+@click.option("--from-file", "files", multiple=True, metavar="KEY=PATH", help="A key and a file holding its value.")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label of the secret.")
+@client_command
+def create_secret(
+    client: ApiClient, name: str, literals: tuple[str, ...], files: tuple[str, ...], labels: tuple[str, ...]
+) -> None:
+    """Create a Secret; its values are sealed in the store and never shown again (parallax get secrets
+    shows its keys, versions and the agents using it)."""
+    data: dict[str, str] = {}
+
+    def put(key: str, value: str, option: str) -> None:
+        if not key:
+            raise UsageProblem(f"{option}: give KEY=..., the key cannot be empty")
+        if key in data:
+            raise UsageProblem(f"{option}: key {key!r} is given twice")
+        data[key] = value
+
+    for item in literals:
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise UsageProblem("--from-literal: give KEY=VALUE")
+        put(key, value, "--from-literal")
+    for item in files:
+        key, equals, path = item.partition("=")
+        if not equals or not path:
+            raise UsageProblem("--from-file: give KEY=PATH")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageProblem(f"--from-file {key}: cannot read {path}: {exc}") from None
+        put(key, text, "--from-file")
+    if not data:
+        raise UsageProblem("give at least one --from-literal KEY=VALUE or --from-file KEY=PATH")
+    label_map = {}
+    for item in labels:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise UsageProblem("--label: give KEY=VALUE")
+        label_map[key] = value
+    metadata: dict[str, Any] = {"name": name}
+    if label_map:
+        metadata["labels"] = label_map
+    created = client.create_secret(
+        {"apiVersion": "parallax.ai/v1", "kind": "Secret", "metadata": metadata, "stringData": data}
+    )
+    click.echo(f"secret/{created['metadata']['name']} created ({', '.join(created['keys'])})")
+
+
+COMMANDS = (apply, get, describe, delete, logs, restart, pause, unpause, keepalive, send, top, leader, create)
 
 
 def register(group: click.Group) -> None:

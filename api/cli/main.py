@@ -102,13 +102,47 @@ def store() -> None:
 def migrate(source: str, target: str) -> None:
     """Copy every agent, status, event and the resourceVersion from a SQLite store into PostgreSQL."""
     from controller.admission.admit import spec_defaults
+    from controller.config import parse_store_url
+    from controller.store.cipher import CipherError, SecretCipher
     from controller.store.migrate import migrate_store
+    from controller.store.sqlite import default_key_file
 
     try:
-        copied = asyncio.run(migrate_store(source, target, spec_defaults(Settings.from_env())))
+        settings = Settings.from_env()
+        location = parse_store_url(source, "--from")
+        key_file = settings.secret_key_file or default_key_file(location.path or settings.store_path)
+        cipher = SecretCipher.load(key_file)
+        copied = asyncio.run(migrate_store(source, target, spec_defaults(settings), cipher))
+    except (ConfigError, StoreUnavailable, CipherError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"copied {copied.agents} agents, {copied.events} events and {copied.secrets} secrets; "
+        f"resourceVersion {copied.resource_version}; sealed with the key file {key_file}: the PostgreSQL "
+        "controllers need it (PARALLAX_SECRET_KEY_FILE)"
+    )
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Work on the key that seals secret material in the store."""
+
+
+@secrets_group.command("rotate-key")
+def rotate_key() -> None:
+    """Seal every secret in the store (PARALLAX_STORE) under a new key, then retire the old keys.
+
+    Stop every controller using the store first (a SQLite store is locked while one runs). The new key
+    is added to the key file (PARALLAX_SECRET_KEY_FILE) first, so an interrupted rotation leaves every
+    value readable; run it again to finish. Afterwards copy the key file to every controller host.
+    """
+    from controller.store.rotate import rotate
+
+    try:
+        settings = Settings.from_env()
+        old, new = asyncio.run(rotate(settings))
     except (ConfigError, StoreUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"copied {copied.agents} agents and {copied.events} events; resourceVersion {copied.resource_version}")
+    click.echo(f"store sealed with key {new}; retired {', '.join(old) or 'no key'}")
 
 
 register_client_commands(main)

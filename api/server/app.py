@@ -16,6 +16,7 @@ from api.server import (
     routes_health,
     routes_live,
     routes_metrics,
+    routes_secrets,
     routes_ui,
     routes_usage,
     routes_watch,
@@ -33,6 +34,8 @@ from controller.observe.stats_refresher import StatsRefresher
 from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
 from controller.runtime.select import make_runtime
+from controller.store.cipher import CipherError, SecretCipher
+from controller.store.interface import StoreUnavailable
 from controller.store.url import leader_election, open_store
 from controller.tasks import cancel_all
 
@@ -82,6 +85,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     app.add_routes(routes_health.routes)
     app.add_routes(routes_watch.routes)
     app.add_routes(routes_agents.routes)
+    app.add_routes(routes_secrets.routes)
     app.add_routes(routes_live.routes)
     app.add_routes(routes_metrics.routes)
     app.add_routes(routes_usage.routes)
@@ -90,7 +94,11 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     app.add_routes(routes_ui.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(settings.store, spec_defaults(settings), buffer=settings.watch_buffer)
+        try:
+            cipher = SecretCipher.load(settings.secret_key_path)
+        except (CipherError, OSError) as exc:
+            raise StoreUnavailable(f"cannot use the secret key file: {exc}") from exc
+        store = await open_store(settings.store, spec_defaults(settings), buffer=settings.watch_buffer, cipher=cipher)
         metrics = Metrics(settings)
         runtime = make_runtime(settings, observer=metrics)
         await runtime.open()

@@ -174,6 +174,17 @@ def _key_rule(path: list[Any], error: ValidationError, message: str) -> str:
 
 def _env_message(error: ValidationError, whole: bool) -> str:
     """A message about an env value that never quotes it: env values are secrets."""
+    if error.validator == "oneOf" and not whole:
+        if isinstance(error.instance, str):
+            for sub in error.context or []:
+                if sub.relative_schema_path and sub.relative_schema_path[0] == 0:
+                    if sub.validator == "pattern":
+                        return "contains a NUL character, which Docker cannot pass to a process"
+                    return _env_message(sub, False)
+        return (
+            'must be a string, or {"secretKeyRef": {"name": NAME, "key": KEY}}: NAME a Secret\'s name '
+            "(DNS-1123 subdomain: lower-case letters, digits, '-' and '.'), KEY letters, digits, '-', '_' and '.'"
+        )
     if error.validator == "type":
         return "must be an object of NAME: string" if whole else "must be a string"
     if error.validator == "maxLength":

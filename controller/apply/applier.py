@@ -1,6 +1,10 @@
 """Applying a set of Agent documents to the store, like ``kubectl apply``: each document is created,
 configured or left unchanged, and agents that left the set may be pruned.
 
+``kind: Secret`` documents are applied too: admitted with the others (one invalid document stops them
+all), written before the agents (so an agent of the same set finds its secret at once), each in its own
+write: not in the agents' commit. Their values are never in the report; prune never deletes a Secret.
+
 All-or-nothing by default: every document is admitted and checked against the store first, and
 nothing is written if any of them fails. Applies are serialized (one lock), so the HTTP ``/apply``
 and the specs-directory follower never interleave. Writes go through the store only; the reconciler
@@ -19,11 +23,13 @@ from typing import Any, Literal
 
 from controller.admission.admit import AdmissionError, admit
 from controller.admission.schema import MANIFEST_KEYS, is_manifest
+from controller.admission.secret import parse_secret
 from controller.apply.plan import Plan, Render, plan_apply, plan_delete
 from controller.apply.yaml_loader import Document
 from controller.config import Settings
 from controller.model.agent import REDACTED, Agent, container_name, keep_stored_secrets
 from controller.model.errors import AgentError
+from controller.model.secret import Secret, is_secret_document, references
 from controller.reconcile.decide import Operation
 from controller.store.interface import AlreadyExists, Conflict, NotFound, Store, StoreError, StoreUnavailable, Write
 
@@ -68,6 +74,11 @@ class DocResult:
     agent: Agent | None = None
     """The record after the write (None in a dry run or when nothing was written)."""
     doc: Document | None = field(default=None, repr=False)
+    kind: str = "Agent"
+    secret: Secret | None = field(default=None, repr=False)
+    """A ``kind: Secret`` document's Secret as admitted (values: never in ``to_dict``)."""
+    secret_view: dict[str, Any] | None = None
+    """The Secret as the API shows it (keys and versions) after the write."""
 
     def fail(
         self, message: str, field: str | None = None, line: int | None = None, kind: ErrorKind = "invalid"
@@ -76,7 +87,15 @@ class DocResult:
         self.outcome = "error"
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"index": self.index, "name": self.name, "line": self.line, "outcome": self.outcome}
+        body: dict[str, Any] = {
+            "index": self.index,
+            "kind": self.kind,
+            "name": self.name,
+            "line": self.line,
+            "outcome": self.outcome,
+        }
+        if self.secret_view is not None:
+            body["secret"] = self.secret_view
         if self.plan is not None:
             body["plan"] = self.plan.to_dict()
         if self.operations is not None:
@@ -175,10 +194,21 @@ class Applier:
         """Admit, plan and (unless ``dry_run``) write ``documents``; then prune what ``prune`` selects."""
         async with self.lock:
             stored_all = {agent.name: agent for agent in await self.store.list()}
-            results = [self._admit(doc, stamp, list(stored_all.values())) for doc in documents]
+            secrets = [self._admit_secret(doc) for doc in documents if is_secret_document(doc.body)]
+            await self._plan_secrets(secrets)
+            agent_docs = [doc for doc in documents if not is_secret_document(doc.body)]
+            results = [self._admit(doc, stamp, list(stored_all.values())) for doc in agent_docs]
             self._check_against_store(results, stored_all, guard)
             report = ApplyReport(dry_run, results)
-            failed = [r for r in results if r.errors]
+            failed = [r for r in [*secrets, *results] if r.errors]
+            if failed and atomic:
+                for result in secrets:
+                    if not result.errors:
+                        result.outcome = "skipped"
+            if not dry_run and not (failed and atomic):
+                await self._write_secrets(secrets, stored_all)
+            report.results = sorted([*secrets, *results], key=lambda r: r.index)
+            results = [r for r in report.results if r.kind == "Agent"]
             if failed and atomic:
                 for result in results:
                     if not result.errors:
@@ -265,6 +295,59 @@ class Applier:
             events.append(self._event(result.agent, "Pruned", f"deleted by apply: {cause}"))
         await asyncio.gather(*events)  # one commit for all of them
         report.pruned = pruned
+
+    def _admit_secret(self, doc: Document) -> DocResult:
+        secret, errors = parse_secret(_without_server_fields(doc.body))
+        result = DocResult(doc.index, doc.line, secret.name or None, doc=doc, kind="Secret", secret=secret)
+        for problem in doc.problems:
+            result.fail(problem.message, problem.field, problem.line)
+        for error in errors:
+            result.fail(error.message, error.field, doc.line_of(error.field))
+        return result
+
+    async def _plan_secrets(self, results: list[DocResult]) -> None:
+        """created, configured (data or labels differ) or unchanged, against the stored Secrets."""
+        first: dict[str, int] = {}
+        for result in results:
+            if result.errors or result.secret is None:
+                continue
+            name = result.secret.name
+            if name in first:
+                result.fail(f"secret {name!r} is also defined by document {first[name]}", kind="conflict")
+                continue
+            first[name] = result.index
+            try:
+                stored: Secret | None = await self.store.get_secret(name)
+            except NotFound:
+                stored = None
+            except StoreError as exc:
+                result.fail(str(exc), kind="unavailable")
+                continue
+            if stored is None:
+                result.outcome = "created"
+            elif (stored.data, stored.labels) != (result.secret.data, result.secret.labels):
+                result.outcome = "configured"
+            else:
+                result.outcome = "unchanged"
+
+    async def _write_secrets(self, results: list[DocResult], agents: dict[str, Agent]) -> None:
+        for result in results:
+            secret = result.secret
+            if result.errors or secret is None:
+                continue
+            try:
+                if result.outcome == "unchanged":
+                    written = await self.store.get_secret(secret.name)
+                else:
+                    written = await self.store.put_secret(secret, create=result.outcome == "created")
+            except (AlreadyExists, NotFound) as exc:
+                result.fail(f"{exc}; apply again", kind="conflict")
+                continue
+            except StoreError as exc:
+                result.fail(str(exc), kind="unavailable")
+                continue
+            users = [a.name for a in agents.values() if references(a, secret.name)]
+            result.secret_view = written.to_public(users)
 
     def _admit(self, doc: Document, stamp: Stamp | None, stored: list[Agent]) -> DocResult:
         result = DocResult(doc.index, doc.line, _document_name(doc.body), doc=doc)

@@ -496,6 +496,9 @@ def _resolve(schema: dict[str, Any], node: Any) -> Any:
 
 
 def _types_of(node: dict[str, Any]) -> frozenset[str]:
+    branches = node.get("oneOf") or node.get("anyOf")
+    if isinstance(branches, list):
+        return frozenset().union(*(_types_of(b) for b in branches if isinstance(b, dict)))
     declared = node.get("type")
     if isinstance(declared, str):
         return frozenset({declared})

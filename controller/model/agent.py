@@ -115,6 +115,18 @@ class Lifecycle:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """``env: {NAME: {"secretKeyRef": {"name": ..., "key": ...}}}``: the value of key ``key`` of the
+    Secret ``name``, resolved by the controller when it renders the container (never stored with the agent)."""
+
+    name: str
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": self.name, "key": self.key}}
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     type: str
     resources: Resources
@@ -133,6 +145,22 @@ class AgentSpec:
     keep_workspace: bool = False
     placement_constraints: tuple[str, ...] = ()
     """Swarm placement constraints (``node.labels.zone==eu``): which nodes the agent's task may run on."""
+    env_refs: dict[str, SecretKeyRef] = field(default_factory=dict)
+    """Env entries taken from Secrets (``secretKeyRef``); ``env`` holds the inline values."""
+
+    def env_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """``spec.env`` as written: inline values (``<redacted>`` unless ``redact`` is off) and references."""
+        env: dict[str, Any] = {k: (REDACTED if redact else v) for k, v in self.env.items()}
+        env.update({k: ref.to_dict() for k, ref in self.env_refs.items()})
+        return dict(sorted(env.items()))
+
+    def container_env(self) -> list[str]:
+        """``NAME=value`` entries for the container. The reconciler renders agents whose references were
+        resolved (``controller.model.secret.resolve_env``); a reference still here (a dry run's plan
+        renders the record as written) stands as a placeholder naming it, so changing it changes the hash."""
+        env = [f"{key}={value}" for key, value in self.env.items()]
+        env += [f"{key}=<secretKeyRef {ref.name}/{ref.key}>" for key, ref in self.env_refs.items()]
+        return sorted(env)
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
@@ -140,7 +168,7 @@ class AgentSpec:
             "image": self.image,
             "command": list(self.command) if self.command is not None else None,
             "args": list(self.args) if self.args is not None else None,
-            "env": {k: (REDACTED if redact else v) for k, v in sorted(self.env.items())},
+            "env": self.env_dict(redact=redact),
             "resources": self.resources.to_dict(),
             "volumes": list(self.volumes),
             "network": self.network,
@@ -165,7 +193,12 @@ class AgentSpec:
             image=data.get("image"),
             command=tuple(command) if command is not None else None,
             args=tuple(args) if args is not None else None,
-            env=dict(data.get("env") or {}),
+            env={k: v for k, v in (data.get("env") or {}).items() if not isinstance(v, dict)},
+            env_refs={
+                k: SecretKeyRef(v["secretKeyRef"]["name"], v["secretKeyRef"]["key"])
+                for k, v in (data.get("env") or {}).items()
+                if isinstance(v, dict)
+            },
             resources=Resources(
                 memory=res.get("memory", defaults.memory),
                 cpu=res.get("cpu", defaults.cpu),

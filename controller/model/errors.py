@@ -11,6 +11,7 @@ NETWORK_ERROR = "NETWORK_ERROR"
 RESOURCE_LIMIT = "RESOURCE_LIMIT"
 SOCKET_ERROR = "SOCKET_ERROR"
 CONTAINER_ERROR = "CONTAINER_ERROR"
+SECRET_MISSING = "SECRET_MISSING"
 
 RESOLUTION = {
     IMAGE_NOT_FOUND: "Build the image (see images/ in the README); the agent starts once it exists.",
@@ -18,6 +19,10 @@ RESOLUTION = {
     RESOURCE_LIMIT: "Increase the agent's limits or reduce the number of agents.",
     SOCKET_ERROR: "Check that the Docker daemon is running and that DOCKER_SOCKET points at it.",
     CONTAINER_ERROR: "Check the agent's spec and the Docker daemon's log.",
+    SECRET_MISSING: (
+        "Create the secret or add the key (parallax create secret NAME --from-literal KEY=VALUE), or fix the "
+        "reference; nothing is changed on the container until it resolves."
+    ),
 }
 
 

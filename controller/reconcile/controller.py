@@ -13,6 +13,7 @@ from typing import Any
 
 from controller.config import Settings
 from controller.model.errors import IMAGE_NOT_FOUND, SOCKET_ERROR, AgentError
+from controller.model.secret import references
 from controller.observe.logging_setup import reconcile_scope
 from controller.observe.metrics import Metrics, reconcile_result
 from controller.reconcile.reconciler import Reconciler
@@ -61,6 +62,7 @@ class Controller:
         for i in range(self.settings.workers):
             self._spawn(self._worker(i), f"worker-{i}")
         self._spawn(self._watch_store(), "watch-store")
+        self._spawn(self._watch_secrets(), "watch-secrets")
         self._spawn(self._watch_runtime(), "watch-runtime")
         self._spawn(self._resync_loop(), "resync")
         await self.enqueue_all()
@@ -160,6 +162,25 @@ class Controller:
                     self.queue.add_now(change.agent.name)
         finally:
             self.store.unsubscribe(changes)
+
+    async def _watch_secrets(self) -> None:
+        """A Secret whose data changed (or that went) requeues the agents that reference it: their config
+        hash moves with the value, so they are rolled, or they get ``SecretMissing``."""
+        changes = self.store.subscribe_secrets()
+        try:
+            while True:
+                try:
+                    name = await changes.get()
+                except CutOff:
+                    self.store.unsubscribe_secrets(changes)
+                    changes = self.store.subscribe_secrets()
+                    await self.enqueue_all(now=True)
+                    continue
+                for agent in await self.store.list():
+                    if references(agent, name):
+                        self.queue.add_now(agent.name)
+        finally:
+            self.store.unsubscribe_secrets(changes)
 
     async def _watch_runtime(self) -> None:
         """The runtime's stream of changes, reconnected and followed by a full re-list whenever it breaks."""

@@ -9,6 +9,7 @@ written to the agent's status and raised, so the work queue retries the key with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,13 +19,15 @@ from typing import Any
 from controller.admission.policy import mount_refusal, redirectable, resolve_mounts
 from controller.config import Settings
 from controller.model.agent import Agent
-from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, SOCKET_ERROR, AgentError
+from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, SECRET_MISSING, SOCKET_ERROR, AgentError
 from controller.model.mounts import parse_volume
 from controller.model.redact import scrub
+from controller.model.secret import CONDITION as SECRET_CONDITION
+from controller.model.secret import Missing, resolve_env
 from controller.model.timestamps import format_time
 from controller.reconcile.decide import CREDENTIALS_TAIL_LINES, AgentEventNote, Facts, Operation, after, decide, plan
 from controller.reconcile.lifecycle import idle_at
-from controller.reconcile.status import set_error
+from controller.reconcile.status import set_condition, set_error
 from controller.runtime.interface import Desired, Instance, Runtime
 from controller.store.interface import NotFound, Store, StoreError
 
@@ -82,6 +85,11 @@ class Reconciler:
             agent: Agent | None = await self.store.get(name)
         except NotFound:
             agent = None
+        if agent is not None:
+            agent, missing = await self._resolve(agent)
+            if missing and agent.metadata.deletion_timestamp is None and not agent.spec.suspend:
+                await self._secret_missing(agent, missing)
+                return Result()
         try:
             instances = await self.runtime.instances(name)
         except AgentError as err:
@@ -119,8 +127,45 @@ class Reconciler:
         """The operations reconciling ``agent`` (a record as it would be) would make now, from ``decide``
         itself and the runtime's instances: what ``apply --dry-run`` shows. The runtime is only read."""
         instances = await self.runtime.instances(name)
+        if agent is not None:
+            agent, missing = await self._resolve(agent)
+            if missing and agent.metadata.deletion_timestamp is None and not agent.spec.suspend:
+                return []  # SecretMissing: the container is left as it is
         desired = self.runtime.render(agent) if agent is not None else None
         return plan(name, agent, instances, desired, self.now(), idle_grace=self.idle_grace)
+
+    # -- Secrets -----------------------------------------------------------------------------------
+
+    async def _resolve(self, agent: Agent) -> tuple[Agent, list[Missing]]:
+        """The agent with its ``secretKeyRef`` env resolved (what is rendered, hashed and scrubbed from
+        Docker's text), and the references that do not resolve. A ``SecretMissing`` left from before is
+        cleared once every reference resolves."""
+        if not agent.spec.env_refs and not _has_secret_missing(agent.status):
+            return agent, []
+        secrets = {}
+        for ref in agent.spec.env_refs.values():
+            if ref.name not in secrets:
+                with contextlib.suppress(NotFound):
+                    secrets[ref.name] = await self.store.get_secret(ref.name)
+        resolved, missing = resolve_env(agent, secrets)
+        if not missing and _has_secret_missing(resolved.status):
+            status = dict(resolved.status)
+            status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") != SECRET_CONDITION]
+            if (status.get("error") or {}).get("code") == SECRET_MISSING:
+                del status["error"]
+            await self._write(resolved, status)
+        return resolved, missing
+
+    async def _secret_missing(self, agent: Agent, missing: list[Missing]) -> None:
+        """A reference that does not resolve: condition ``SecretMissing`` (naming the secret and key,
+        never a value), an event, and no change to the container: a running one stays as it is."""
+        message = "; ".join(m.message() for m in missing)
+        now = format_time(self.now())
+        status = set_error(agent.status, SECRET_MISSING, message, now)
+        set_condition(status, SECRET_CONDITION, True, SECRET_CONDITION, message, now)
+        status["observedGeneration"] = agent.metadata.generation
+        await self._event(agent, AgentEventNote("Warning", SECRET_CONDITION, message))
+        await self._write(agent, status)
 
     # -- executing one operation -------------------------------------------------------------------
 
@@ -305,3 +350,7 @@ class Reconciler:
         updated = await self.store.update_status(agent.name, agent.metadata.uid, status)
         if updated is not None:
             agent.status = updated.status
+
+
+def _has_secret_missing(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == SECRET_CONDITION for c in status.get("conditions", []))

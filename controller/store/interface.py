@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from controller.model.agent import Agent
+from controller.model.secret import Secret
 from controller.store.rules import (
     DEFAULT_SUBSCRIBER_BUFFER,
     EVENT_AGGREGATE_SECONDS,
@@ -173,3 +174,30 @@ class Store(Protocol):
     async def list_events(self, name: str, uid: str | None = None) -> builtins.list[AgentEvent]:
         """The agent's events, oldest (by resourceVersion) first; only incarnation ``uid``'s when given."""
         ...
+
+    # Secrets: named data, kept sealed (``controller.store.cipher``), never part of an Agent record.
+
+    async def list_secrets(self) -> builtins.list[Secret]:
+        """Every Secret (private copies, values in plain text), ordered by name."""
+        ...
+
+    async def get_secret(self, name: str) -> Secret:
+        """``NotFound``."""
+        ...
+
+    async def put_secret(self, secret: Secret, *, create: bool) -> Secret:
+        """Create (``create``: ``AlreadyExists`` if taken) or replace (``NotFound`` if missing) a Secret's
+        data and labels (``store_rules.stage_secret``: version 1, then moving only with the data), answered
+        once durable. A change of data is announced to ``subscribe_secrets`` (on every controller)."""
+        ...
+
+    async def delete_secret(self, name: str) -> None:
+        """Remove a Secret, announced; ``NotFound``."""
+        ...
+
+    def subscribe_secrets(self) -> Subscription[str]:
+        """The names of Secrets whose data changed or that were deleted, from now on (the controller
+        requeues the agents that reference them). Bounded like ``subscribe``."""
+        ...
+
+    def unsubscribe_secrets(self, queue: Subscription[str]) -> None: ...

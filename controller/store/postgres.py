@@ -28,6 +28,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -39,8 +40,10 @@ from typing import Any
 import asyncpg
 
 from controller.model.agent import Agent, SpecDefaults, container_name
+from controller.model.secret import Secret
 from controller.model.timestamps import now_iso
 from controller.store import rules
+from controller.store.cipher import CipherError, SecretCipher
 from controller.store.rules import (
     DEFAULT_SUBSCRIBER_BUFFER,
     EVENT_AGGREGATE_SECONDS,
@@ -55,6 +58,7 @@ from controller.store.rules import (
     Subscription,
     Write,
 )
+from controller.store.sealed import open_manifest, open_secret, seal_manifest, seal_secret
 
 log = logging.getLogger("parallax.store.postgres")
 
@@ -101,6 +105,10 @@ MIGRATIONS: list[str] = [
         duration_s DOUBLE PRECISION NOT NULL,
         transitions BIGINT NOT NULL DEFAULT 0
     );
+    """,
+    # 2: Secrets (their values sealed, controller.store.cipher)
+    """
+    CREATE TABLE parallax_secrets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     """,
 ]
 """Schema migrations, in order: migration ``i`` brings the schema to version ``i + 1``. Never edit one
@@ -208,8 +216,20 @@ class PostgresStore:
 
     MAX_BATCH = 512
 
-    def __init__(self, dsn: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        defaults: SpecDefaults,
+        *,
+        buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+        cipher: SecretCipher | None = None,
+    ) -> None:
         self.dsn = dsn
+        self._cipher = cipher
+        """Seals secret material before it reaches the database; None: the default key file."""
+        self._secrets: dict[str, Secret] = {}
+        self._secret_digests: dict[str, str] = {}  # name -> md5 of the stored body, to follow other writers
+        self._secret_subscribers: set[Subscription[str]] = set()
         self._defaults = defaults
         self._buffer = buffer
         self._pool: asyncpg.Pool | None = None
@@ -241,7 +261,21 @@ class PostgresStore:
         except (*_ERRORS, ValueError) as exc:
             raise StoreUnavailable(f"cannot connect to {shown(self.dsn)}: {_reason(exc)}") from exc
 
+    @property
+    def cipher(self) -> SecretCipher:
+        if self._cipher is None:
+            raise StoreUnavailable("store is not open")
+        return self._cipher
+
     async def open(self) -> None:
+        if self._cipher is None:
+            from controller.config import default_store_path
+            from controller.store.sqlite import default_key_file
+
+            try:
+                self._cipher = SecretCipher.load(default_key_file(default_store_path()))
+            except CipherError as exc:
+                raise StoreUnavailable(str(exc)) from exc
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=8, timeout=5, command_timeout=10, max_inactive_connection_lifetime=60
@@ -256,7 +290,13 @@ class PostgresStore:
                 self.schema = str(schema)
                 self.channel = "parallax_changes" if self.schema == "public" else f"parallax_changes_{self.schema}"
                 await migrate(conn, self.schema)
+                await self._reseal(conn)
             await self._reload()
+            await self._sync_secrets()
+        except CipherError as exc:
+            await self._pool.close()
+            self._pool = None
+            raise StoreUnavailable(f"store at {shown(self.dsn)}: {exc}") from exc
         except _ERRORS as exc:
             await self._pool.close()
             self._pool = None
@@ -318,7 +358,7 @@ class PostgresStore:
             raise StoreUnavailable(f"store unreachable: {_reason(exc)}") from exc
 
     def _load(self, manifest: str) -> Agent:
-        return Agent.from_manifest(json.loads(manifest), self._defaults)
+        return open_manifest(manifest, self.cipher, self._defaults)[0]
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -360,9 +400,10 @@ class PostgresStore:
                 while not conn.is_closed():
                     self._poke.clear()
                     await self._catch_up()
+                    await self._sync_secrets()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._poke.wait(), POLL_SECONDS)
-            except (StoreError, *_ERRORS) as exc:
+            except (StoreError, CipherError, *_ERRORS) as exc:
                 log.warning("following the store's changes: %s; again in 1 s", _reason(exc))
                 await asyncio.sleep(1)
             finally:
@@ -406,10 +447,9 @@ class PostgresStore:
                 return
 
     def _decode(self, row: asyncpg.Record) -> Change | AgentEvent:
-        body = json.loads(row["body"])
         if row["kind"] == "EVENT":
-            return AgentEvent(**body)
-        return Change(row["kind"], Agent.from_manifest(body, self._defaults), bool(row["spec_changed"]))
+            return AgentEvent(**json.loads(row["body"]))
+        return Change(row["kind"], self._load(row["body"]), bool(row["spec_changed"]))
 
     def _apply(self, item: Change | AgentEvent, rv: int) -> None:
         """A committed change at version ``rv`` (the next one): into the cache and to the subscribers."""
@@ -563,7 +603,7 @@ class PostgresStore:
                 [a.metadata.uid for a in kept],
                 [container_name(a.name) for a in kept],
                 [a.metadata.resource_version for a in kept],
-                [json.dumps(a.to_manifest(redact=False), sort_keys=True) for a in kept],
+                [seal_manifest(a, self.cipher) for a in kept],
             )
         rows: builtins.list[tuple[int, str, str, bool, str]] = []
         for rv, item in zip(range(start + 1, out.rv + 1), out.changes, strict=True):
@@ -571,7 +611,7 @@ class PostgresStore:
                 body = dataclasses.asdict(item)
                 rows.append((rv, "EVENT", item.agent, False, json.dumps(body)))
             else:
-                manifest = json.dumps(item.agent.to_manifest(redact=False), sort_keys=True)
+                manifest = seal_manifest(item.agent, self.cipher)
                 rows.append((rv, item.type, item.agent.name, item.spec_changed, manifest))
         await conn.execute(
             "INSERT INTO parallax_changes (rv, kind, name, spec_changed, body) "
@@ -709,6 +749,138 @@ class PostgresStore:
         event: AgentEvent = await asyncio.shield(future)
         return event
 
+    # -- sealing -------------------------------------------------------------------------------------
+
+    async def _reseal(self, conn: asyncpg.Connection) -> None:
+        """Seal everything again when the database was not sealed with this key ring's primary key (a
+        store from before sealing, or after ``parallax secrets rotate-key``): every record and Secret, in
+        one transaction under the counter's lock (so no write interleaves); the change table's records
+        are dropped (controllers following it reload, as after a 410), so none is left in plain text or
+        under a retired key. ``parallax_meta.sealedKey`` remembers the key, so a start without a new key
+        does none of this."""
+        primary = int(self.cipher.primary, 16)
+        async with conn.transaction():
+            await conn.fetchval("SELECT value FROM parallax_meta WHERE key = 'resourceVersion' FOR UPDATE")
+            if await conn.fetchval("SELECT value FROM parallax_meta WHERE key = 'sealedKey'") == primary:
+                return
+            agents = await conn.fetch("SELECT name, manifest FROM parallax_agents")
+            for row in agents:
+                agent, _ = open_manifest(row["manifest"], self.cipher, self._defaults)
+                await conn.execute(
+                    "UPDATE parallax_agents SET manifest = $2 WHERE name = $1",
+                    row["name"],
+                    seal_manifest(agent, self.cipher),
+                )
+            secrets = await conn.fetch("SELECT name, body FROM parallax_secrets")
+            for row in secrets:
+                secret, _ = open_secret(row["body"], self.cipher)
+                await conn.execute(
+                    "UPDATE parallax_secrets SET body = $2 WHERE name = $1",
+                    row["name"],
+                    seal_secret(secret, self.cipher),
+                )
+            await conn.execute("DELETE FROM parallax_changes WHERE kind <> 'EVENT'")
+            await conn.execute(
+                "INSERT INTO parallax_meta (key, value) VALUES ('sealedKey', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                primary,
+            )
+        log.info("store sealed with key %s: %d agents, %d secrets", self.cipher.primary, len(agents), len(secrets))
+
+    # -- Secrets ---------------------------------------------------------------------------------------
+
+    async def list_secrets(self) -> builtins.list[Secret]:
+        return [self._secrets[name].copy() for name in sorted(self._secrets)]
+
+    async def get_secret(self, name: str) -> Secret:
+        secret = self._secrets.get(name)
+        if secret is None:
+            raise NotFound(f"secret {name!r} not found")
+        return secret.copy()
+
+    async def put_secret(self, secret: Secret, *, create: bool) -> Secret:
+        """Create or replace a Secret in its own transaction (the row locked, so two writers of one
+        Secret are ordered; two creates: one gets ``AlreadyExists``); announced to every controller."""
+        try:
+            async with self.connection() as conn, conn.transaction():
+                row = await conn.fetchrow("SELECT body FROM parallax_secrets WHERE name = $1 FOR UPDATE", secret.name)
+                current = open_secret(row["body"], self.cipher)[0] if row is not None else None
+                new = rules.stage_secret(current, secret, create=create)
+                body = seal_secret(new, self.cipher)
+                if current is None:
+                    try:
+                        await conn.execute("INSERT INTO parallax_secrets (name, body) VALUES ($1, $2)", new.name, body)
+                    except asyncpg.UniqueViolationError as exc:
+                        raise rules.AlreadyExists(f"secret {secret.name!r} already exists") from exc
+                else:
+                    await conn.execute("UPDATE parallax_secrets SET body = $2 WHERE name = $1", new.name, body)
+                await conn.execute("SELECT pg_notify($1, 'secret')", self.channel)
+        except CipherError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"store unwritable: {_reason(exc)}") from exc
+        self._secret_changed(new, _digest(body), changed=current is None or current.version != new.version)
+        return new.copy()
+
+    async def delete_secret(self, name: str) -> None:
+        try:
+            async with self.connection() as conn, conn.transaction():
+                gone = await conn.fetchval("DELETE FROM parallax_secrets WHERE name = $1 RETURNING name", name)
+                if gone is not None:
+                    await conn.execute("SELECT pg_notify($1, 'secret')", self.channel)
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"store unwritable: {_reason(exc)}") from exc
+        if gone is None:
+            raise NotFound(f"secret {name!r} not found")
+        if self._secrets.pop(name, None) is not None:
+            self._secret_digests.pop(name, None)
+            _announce(self._secret_subscribers, name)
+
+    def _secret_changed(self, secret: Secret, digest: str, *, changed: bool) -> None:
+        if self._secret_digests.get(secret.name) == digest:
+            return  # the follower saw it first
+        self._secrets[secret.name] = secret.copy()
+        self._secret_digests[secret.name] = digest
+        if changed:
+            _announce(self._secret_subscribers, secret.name)
+
+    async def _sync_secrets(self) -> None:
+        """Follow other controllers' Secret writes: compare each stored body's digest with the one known,
+        load what differs (the values travel only sealed), announce those whose data changed."""
+        async with self.connection() as conn:
+            rows = await conn.fetch("SELECT name, md5(body) AS digest FROM parallax_secrets")
+            stored = {row["name"]: row["digest"] for row in rows}
+            changed = [name for name, digest in stored.items() if self._secret_digests.get(name) != digest]
+            bodies = (
+                await conn.fetch("SELECT name, body FROM parallax_secrets WHERE name = ANY($1::text[])", changed)
+                if changed
+                else []
+            )
+        for row in bodies:
+            try:
+                secret, _ = open_secret(row["body"], self.cipher)
+            except CipherError as exc:
+                log.warning("secret %s written by another controller cannot be read: %s", row["name"], exc)
+                continue
+            before = self._secrets.get(secret.name)
+            self._secret_changed(
+                secret,
+                _digest(row["body"]),
+                changed=before is None or (before.uid, before.version) != (secret.uid, secret.version),
+            )
+        for name in [name for name in self._secrets if name not in stored]:
+            del self._secrets[name]
+            self._secret_digests.pop(name, None)
+            _announce(self._secret_subscribers, name)
+
+    def subscribe_secrets(self) -> Subscription[str]:
+        queue: Subscription[str] = Subscription(self._buffer)
+        self._secret_subscribers.add(queue)
+        return queue
+
+    def unsubscribe_secrets(self, queue: Subscription[str]) -> None:
+        self._secret_subscribers.discard(queue)
+
     # -- subscribing ---------------------------------------------------------------------------------
 
     def subscribe(self) -> Subscription[Change]:
@@ -726,6 +898,11 @@ class PostgresStore:
 
     def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
         self._feed_subscribers.discard(queue)
+
+
+def _digest(body: str) -> str:
+    """What PostgreSQL's ``md5(body)`` answers."""
+    return hashlib.md5(body.encode()).hexdigest()
 
 
 def _first(staged: builtins.list[Staged] | None) -> Agent:

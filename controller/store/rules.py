@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from controller.model.agent import Agent, container_name
+from controller.model.secret import Secret
 from controller.model.timestamps import now_iso, parse_time
 
 T = TypeVar("T")
@@ -445,3 +446,24 @@ def stage_all(view: View, writes: Sequence[Write], first_rv: int) -> list[Staged
         exc.index = len(staged)  # the writes before it were staged
         raise
     return staged
+
+
+def stage_secret(current: Secret | None, given: Secret, *, create: bool) -> Secret:
+    """The Secret a write of ``given`` makes (``create``: a new one, else a replacement of ``current``):
+    a new one gets a uid and version 1; a replacement moves the version only when the data changes, each
+    key's only when its value does. ``AlreadyExists`` / ``NotFound``."""
+    if create and current is not None:
+        raise AlreadyExists(f"secret {given.name!r} already exists")
+    if not create and current is None:
+        raise NotFound(f"secret {given.name!r} not found")
+    if current is None:
+        return Secret(
+            given.name,
+            dict(given.data),
+            dict(given.labels),
+            uid=str(uuid.uuid4()),
+            version=1,
+            key_versions=dict.fromkeys(given.data, 1),
+            creation_timestamp=now_iso(),
+        )
+    return current.next_version(given.data, given.labels)

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from controller.model.agent import Agent, SpecDefaults, container_name
+from controller.model.secret import Secret
 from controller.model.timestamps import now_iso
 from controller.store import rules
+from controller.store.cipher import CipherError, SecretCipher
 from controller.store.rules import (
     DEFAULT_SUBSCRIBER_BUFFER,
     EVENT_AGGREGATE_SECONDS,
@@ -41,6 +43,7 @@ from controller.store.rules import (
     Subscription,
     Write,
 )
+from controller.store.sealed import open_manifest, open_secret, seal_manifest, seal_secret
 
 log = logging.getLogger("parallax.store")
 T = TypeVar("T")
@@ -73,6 +76,10 @@ CREATE TABLE IF NOT EXISTS events (
     labels TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_agent ON events (agent, rv);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
 """
 
 
@@ -100,6 +107,12 @@ def _constant(value: T, _: Any) -> T:
 
 
 _STORE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+KEY_FILE = "secret.key"
+"""The default key file (``PARALLAX_SECRET_KEY_FILE``), beside the store."""
+
+
+def default_key_file(store_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(store_path)), KEY_FILE)
 
 
 def _private_directory(directory: str, name: str) -> None:
@@ -121,7 +134,7 @@ def _private_directory(directory: str, name: str) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise StoreUnavailable(f"store directory {directory} is not a directory")
     mode, uid = stat.S_IMODE(info.st_mode), os.geteuid()
-    own = {name + suffix for suffix in _STORE_FILE_SUFFIXES} | {"volumes"}
+    own = {name + suffix for suffix in _STORE_FILE_SUFFIXES} | {"volumes", KEY_FILE}
     if info.st_uid == uid and set(os.listdir(directory)) <= own:
         if mode & 0o077:
             os.chmod(directory, 0o700)
@@ -159,8 +172,20 @@ class SqliteStore:
 
     MAX_BATCH = 512
 
-    def __init__(self, path: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> None:
+    def __init__(
+        self,
+        path: str,
+        defaults: SpecDefaults,
+        *,
+        buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+        cipher: SecretCipher | None = None,
+    ) -> None:
         self.path = path
+        self._cipher = cipher
+        """Seals secret material before it reaches the file; None: the key file beside the store."""
+        self._secrets: dict[str, Secret] = {}  # committed
+        self._secrets_pending: dict[str, tuple[int, Secret | None]] = {}
+        self._secret_subscribers: set[Subscription[str]] = set()
         self._defaults = defaults
         self._buffer = buffer
         self._conn: sqlite3.Connection | None = None
@@ -194,21 +219,34 @@ class SqliteStore:
             raise StoreUnavailable(f"store {self.path} is in use by another controller") from exc
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        if self._cipher is None:
+            try:
+                self._cipher = SecretCipher.load(default_key_file(self.path))
+            except CipherError as exc:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise StoreUnavailable(str(exc)) from exc
+        cipher = self._cipher
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parallax-store")
 
-        def connect() -> tuple[list[str], int]:
+        def connect() -> tuple[list[Agent], list[Secret], int]:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA secure_delete=ON")  # what a write replaces is zeroed, not left in free pages
             conn.executescript(_SCHEMA)
             self._conn = conn
-            manifests = [row[0] for row in conn.execute("SELECT manifest FROM agents")]
+            agents, secrets = _reseal(conn, cipher, self._defaults)
             row = conn.execute("SELECT value FROM counters WHERE key = 'resourceVersion'").fetchone()
-            return manifests, int(row[0]) if row else 0
+            return agents, secrets, int(row[0]) if row else 0
 
-        manifests, rv = await self._run(connect)
-        self._cache = {agent.name: agent for agent in (self._load(m) for m in manifests)}
+        try:
+            agents, secrets, rv = await self._run(connect)
+        except CipherError as exc:
+            raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+        self._secrets = {secret.name: secret for secret in secrets}
+        self._cache = {agent.name: agent for agent in agents}
         self._owners = {container_name(name): name for name in self._cache}
         self._committed_rv = self._assigned_rv = rv
 
@@ -232,6 +270,12 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function)
 
     @property
+    def cipher(self) -> SecretCipher:
+        if self._cipher is None:
+            raise StoreUnavailable("store is not open")
+        return self._cipher
+
+    @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreUnavailable("store is not open")
@@ -252,9 +296,6 @@ class SqliteStore:
                 lambda conn: conn.execute("INSERT OR REPLACE INTO counters (key, value) VALUES ('probe', 0)"),
                 lambda _: None,
             )
-
-    def _load(self, manifest: str) -> Agent:
-        return Agent.from_manifest(json.loads(manifest), self._defaults)
 
     async def get(self, name: str) -> Agent:
         """A private copy of the record (callers may change it)."""
@@ -312,7 +353,7 @@ class SqliteStore:
 
         else:
             agent = change.agent
-            manifest = json.dumps(agent.to_manifest(redact=False), sort_keys=True)
+            manifest = seal_manifest(agent, self.cipher)
             row = (name, agent.metadata.uid, container_name(name), manifest)
 
             def run(conn: sqlite3.Connection) -> Any:
@@ -403,6 +444,7 @@ class SqliteStore:
         self.write_error = error
         log.warning("%s; %d queued writes refused", error, len(writes))
         self._pending.clear()
+        self._secrets_pending.clear()
         self._owners = {container_name(name): name for name in self._cache}
         self._assigned_rv = self._committed_rv
         for write in writes:
@@ -518,6 +560,74 @@ class SqliteStore:
             AgentEvent(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), json.loads(r[9])) for r in rows
         ]
 
+    # -- Secrets ---------------------------------------------------------------------------------------
+
+    def _latest_secret(self, name: str) -> Secret | None:
+        pending = self._secrets_pending.get(name)
+        return pending[1] if pending is not None else self._secrets.get(name)
+
+    async def list_secrets(self) -> builtins.list[Secret]:
+        return [self._secrets[name].copy() for name in sorted(self._secrets)]
+
+    async def get_secret(self, name: str) -> Secret:
+        secret = self._secrets.get(name)
+        if secret is None:
+            raise NotFound(f"secret {name!r} not found")
+        return secret.copy()
+
+    async def put_secret(self, secret: Secret, *, create: bool) -> Secret:
+        """Create (``create``) or replace a Secret, sealed, once durable; announced to ``subscribe_secrets``
+        when its data changed. ``AlreadyExists`` / ``NotFound``."""
+        current = self._latest_secret(secret.name)
+        new = rules.stage_secret(current, secret, create=create)
+        return await self._write_secret(secret.name, new, changed=current is None or new.version != current.version)
+
+    async def delete_secret(self, name: str) -> None:
+        if self._latest_secret(name) is None:
+            raise NotFound(f"secret {name!r} not found")
+        await self._write_secret(name, None, changed=True)
+
+    async def _write_secret(self, name: str, new: Secret | None, *, changed: bool) -> Secret:
+        self._seq += 1
+        seq = self._seq
+        self._secrets_pending[name] = (seq, new)
+        if new is None:
+
+            def run(conn: sqlite3.Connection) -> Any:
+                return conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+
+        else:
+            body = seal_secret(new, self.cipher)
+
+            def run(conn: sqlite3.Connection) -> Any:
+                return conn.execute(
+                    "INSERT INTO secrets (name, body) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET body = excluded.body",
+                    (name, body),
+                )
+
+        def after(_: Any) -> Secret:
+            if self._secrets_pending.get(name, (None,))[0] == seq:
+                del self._secrets_pending[name]
+            if new is None:
+                self._secrets.pop(name, None)
+            else:
+                self._secrets[name] = new.copy()
+            if changed:
+                _announce(self._secret_subscribers, name)
+            return new.copy() if new is not None else Secret(name, {})
+
+        return await self._submit(run, after)
+
+    def subscribe_secrets(self) -> Subscription[str]:
+        """The names of Secrets whose data changed (created, replaced with other data, deleted) from now on."""
+        queue: Subscription[str] = Subscription(self._buffer)
+        self._secret_subscribers.add(queue)
+        return queue
+
+    def unsubscribe_secrets(self, queue: Subscription[str]) -> None:
+        self._secret_subscribers.discard(queue)
+
     def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
         """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
         queue: Subscription[Change | AgentEvent] = Subscription(self._buffer)
@@ -542,6 +652,47 @@ class SqliteStore:
             self._cache[change.agent.name] = change.agent.copy()
         _announce(self._subscribers, change)
         _announce(self._feed_subscribers, change)
+
+
+def _reseal(
+    conn: sqlite3.Connection, cipher: SecretCipher, defaults: SpecDefaults
+) -> tuple[builtins.list[Agent], builtins.list[Secret]]:
+    """Load every record and Secret; seal again, in one transaction, those stored in plain text (a store
+    from before sealing) or under a key that is no longer primary (``parallax secrets rotate-key``). After
+    sealing again the file is vacuumed, so no old page still holds what was replaced."""
+    agents: builtins.list[Agent] = []
+    secrets: builtins.list[Secret] = []
+    stale_agents: builtins.list[Agent] = []
+    stale_secrets: builtins.list[Secret] = []
+    for (manifest,) in conn.execute("SELECT manifest FROM agents"):
+        agent, stale = open_manifest(manifest, cipher, defaults)
+        agents.append(agent)
+        if stale:
+            stale_agents.append(agent)
+    for (body,) in conn.execute("SELECT body FROM secrets"):
+        secret, stale = open_secret(body, cipher)
+        secrets.append(secret)
+        if stale:
+            stale_secrets.append(secret)
+    if not stale_agents and not stale_secrets:
+        return agents, secrets
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for agent in stale_agents:
+            conn.execute("UPDATE agents SET manifest = ? WHERE name = ?", (seal_manifest(agent, cipher), agent.name))
+        for secret in stale_secrets:
+            conn.execute("UPDATE secrets SET body = ? WHERE name = ?", (seal_secret(secret, cipher), secret.name))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    log.info(
+        "store: sealed %d agents' env and %d secrets with key %s", len(stale_agents), len(stale_secrets), cipher.primary
+    )
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return agents, secrets
 
 
 class _MemoryView:

@@ -11,22 +11,30 @@ from __future__ import annotations
 
 from controller.config import ConfigError, Settings, parse_store_url
 from controller.model.agent import SpecDefaults
+from controller.store.cipher import SecretCipher
 from controller.store.interface import DEFAULT_SUBSCRIBER_BUFFER, Store
 from controller.store.lease import AlwaysLeader, Leadership, LeaseElection
 from controller.store.postgres import PostgresStore
 from controller.store.sqlite import SqliteStore
 
 
-async def open_store(url: str, defaults: SpecDefaults, *, buffer: int = DEFAULT_SUBSCRIBER_BUFFER) -> Store:
-    """The store ``url`` names, opened, its subscribers bounded by ``buffer`` (``PARALLAX_WATCH_BUFFER``).
+async def open_store(
+    url: str,
+    defaults: SpecDefaults,
+    *,
+    buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+    cipher: SecretCipher | None = None,
+) -> Store:
+    """The store ``url`` names, opened, its subscribers bounded by ``buffer`` (``PARALLAX_WATCH_BUFFER``),
+    sealing secret material with ``cipher`` (None: the key file beside the SQLite store, or the default one).
     ``ConfigError`` (naming ``PARALLAX_STORE``) for a URL no store takes; ``StoreUnavailable`` when the
     store cannot be opened."""
     location = parse_store_url(url)
     store: Store
     if location.scheme == "sqlite":
-        store = SqliteStore(location.path, defaults, buffer=buffer)
+        store = SqliteStore(location.path, defaults, buffer=buffer, cipher=cipher)
     elif location.scheme == "postgresql":
-        store = PostgresStore(location.dsn, defaults, buffer=buffer)
+        store = PostgresStore(location.dsn, defaults, buffer=buffer, cipher=cipher)
     else:  # parse_store_url knows no other
         raise ConfigError(f"PARALLAX_STORE: no store opens {location.scheme} URLs")
     await store.open()

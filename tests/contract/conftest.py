@@ -13,6 +13,7 @@ import pytest
 from controller.admission.admit import spec_defaults
 from controller.config import Settings
 from controller.model.agent import SpecDefaults
+from controller.store.cipher import SecretCipher
 from controller.store.interface import Store
 from controller.store.url import open_store
 from tests.postgres import drop_test_schemas_now, fresh_url
@@ -27,7 +28,8 @@ async def sqlite_store(directory: Path, defaults: SpecDefaults, buffer: int) -> 
 
 async def postgres_store(directory: Path, defaults: SpecDefaults, buffer: int) -> Store:
     """A store in a schema of its own in the test cluster (scripts/setup-postgres.sh)."""
-    return await open_store(await fresh_url(), defaults, buffer=buffer)
+    cipher = SecretCipher.load(str(directory / "secret.key"))
+    return await open_store(await fresh_url(), defaults, buffer=buffer, cipher=cipher)
 
 
 STORES = [

@@ -17,6 +17,7 @@ import pytest
 from controller.admission.admit import admit
 from controller.config import Settings
 from controller.model.agent import Agent
+from controller.model.secret import Secret
 from controller.observe.watch import Expired, WatchHub
 from controller.store.interface import AgentEvent, AlreadyExists, Conflict, CutOff, NotFound, Store, Write
 
@@ -481,3 +482,59 @@ async def test_activity_is_a_status_write_that_never_moves_back(store: Store, tm
         assert await store.record_activity("nobody", "2026-01-01T00:00:10.000000Z") is None
     finally:
         store.unsubscribe(changes)
+
+
+# -- Secrets ----------------------------------------------------------------------------------------
+
+
+async def test_a_secret_is_created_once_versioned_by_its_data_and_deleted(store: Store):
+    created = await store.put_secret(Secret("anthropic", {"apiKey": "sk-1", "org": "o"}), create=True)
+    assert (created.version, created.key_versions, created.uid != "") == (1, {"apiKey": 1, "org": 1}, True)
+    with pytest.raises(AlreadyExists):
+        await store.put_secret(Secret("anthropic", {"apiKey": "sk-other"}), create=True)
+    assert (await store.get_secret("anthropic")).data == {"apiKey": "sk-1", "org": "o"}
+    same = await store.put_secret(Secret("anthropic", {"apiKey": "sk-1", "org": "o"}, {"team": "a"}), create=False)
+    assert same.version == 1 and same.labels == {"team": "a"}  # labels alone move no version
+    changed = await store.put_secret(Secret("anthropic", {"apiKey": "sk-2", "org": "o"}), create=False)
+    assert (changed.version, changed.key_versions, changed.uid) == (2, {"apiKey": 2, "org": 1}, created.uid)
+    assert [s.name for s in await store.list_secrets()] == ["anthropic"]
+    with pytest.raises(NotFound):
+        await store.put_secret(Secret("missing", {"k": "v"}), create=False)
+    await store.delete_secret("anthropic")
+    with pytest.raises(NotFound):
+        await store.get_secret("anthropic")
+    with pytest.raises(NotFound):
+        await store.delete_secret("anthropic")
+    assert await store.list_secrets() == []
+
+
+async def test_secret_changes_are_announced_by_name_and_a_label_change_is_not(store: Store):
+    changes = store.subscribe_secrets()
+    try:
+        await store.put_secret(Secret("s", {"k": "v1"}), create=True)
+        await store.put_secret(Secret("s", {"k": "v1"}, {"x": "y"}), create=False)
+        await store.put_secret(Secret("s", {"k": "v2"}), create=False)
+        await store.delete_secret("s")
+        seen = [await asyncio.wait_for(changes.get(), 5) for _ in range(3)]
+        assert seen == ["s", "s", "s"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(changes.get(), 1.5)  # the label-only write announced nothing
+    finally:
+        store.unsubscribe_secrets(changes)
+
+
+async def test_an_agent_referencing_a_secret_keeps_the_reference_and_its_inline_values(store: Store, tmp_path: Path):
+    body = {
+        "name": "ref",
+        "type": "claude",
+        "env": {"ANTHROPIC_API_KEY": {"secretKeyRef": {"name": "anthropic", "key": "apiKey"}}, "INLINE": "sk-in"},
+    }
+    created = await store.create(agent(body, settings(tmp_path)))
+    got = await store.get("ref")
+    assert got.spec.env == {"INLINE": "sk-in"}
+    assert got.spec.env_refs["ANTHROPIC_API_KEY"].name == "anthropic"
+    assert got.to_manifest()["spec"]["env"] == {
+        "ANTHROPIC_API_KEY": {"secretKeyRef": {"name": "anthropic", "key": "apiKey"}},
+        "INLINE": "<redacted>",
+    }
+    assert created.metadata.generation == got.metadata.generation

@@ -477,3 +477,39 @@ def test_serve_specs_dir_follows_file_edits(guarded_server: tuple[Server, Path])
     (specs / "first.yaml").unlink()
     eventually(lambda: cli.agent(first) is None, what="the agent of a removed file to be pruned")
     assert cli.agent(second) is not None and cli.agent(outsider) is not None
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+
+def test_create_get_and_delete_secret_never_print_a_value(cli: Cli, tmp_path: Path) -> None:
+    name = unique("pxsc-cli")
+    key_file = tmp_path / "token.txt"
+    key_file.write_text("sk-from-file-51e0a2")
+    created = cli(
+        "create", "secret", name, "--from-literal", "apiKey=sk-literal-93bd1c", "--from-file", f"token={key_file}"
+    )
+    assert created.ok, created
+    assert f"secret/{name} created (apiKey, token)" in created.out
+    again = cli("create", "secret", name, "--from-literal", "apiKey=x")
+    assert not again.ok and "already exists" in again.err
+    agent = unique("pxsc-cli-agent")
+    spec = docs(manifest(agent, env={"ANTHROPIC_API_KEY": {"secretKeyRef": {"name": name, "key": "apiKey"}}}))
+    assert cli("apply", "-f", "-", "--wait", "--timeout", "30", stdin=spec).ok
+    table = cli("get", "secrets")
+    assert table.ok, table
+    row = next(line.split() for line in table.out.splitlines() if line.startswith(name))
+    assert row[:4] == [name, "apiKey,token", "1", agent], table
+    as_json = cli("get", "secret", name, "-o", "json")
+    assert json.loads(as_json.out)["usedBy"] == [agent]
+    described = cli("describe", "agent", agent)
+    assert f"ANTHROPIC_API_KEY (from secret {name}, key apiKey)" in described.out, described
+    outputs = table.out + as_json.out + described.out + created.out + created.err
+    assert "sk-literal-93bd1c" not in outputs and "sk-from-file-51e0a2" not in outputs
+    assert cli("delete", "agent", agent).ok
+    deleted = cli("delete", "secret", name)
+    assert deleted.ok and f"secret/{name} deleted" in deleted.out
+    gone = cli("delete", "secret", name)
+    assert not gone.ok and "not found" in gone.err
+    bad = cli("create", "secret", "Bad_Name", "--from-literal", "k=sk-literal-93bd1c")
+    assert not bad.ok and "metadata.name" in bad.err and "sk-literal-93bd1c" not in bad.err

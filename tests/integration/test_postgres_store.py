@@ -6,6 +6,7 @@ do is tests/contract/ (which runs against this store too). Real PostgreSQL (scri
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 from controller.admission.admit import admit, spec_defaults
 from controller.config import Settings
 from controller.model.agent import Agent
+from controller.model.secret import Secret
 from controller.observe.watch import WatchHub
+from controller.store.cipher import SecretCipher
 from controller.store.interface import AgentEvent, AlreadyExists, Conflict, Store, StoreUnavailable
 from controller.store.postgres import MIGRATIONS, PostgresStore
 from controller.store.sqlite import SqliteStore
@@ -168,6 +171,7 @@ async def test_store_migrate_copies_agents_status_events_and_the_version(tmp_pat
     for _ in range(2):
         await sqlite.record_event(one, "Warning", "BackOff", "restarting")
     await sqlite.mark_deleted("pgt-m2")
+    await sqlite.put_secret(Secret("pgt-s", {"apiKey": "sk-migrated-4471"}), create=True)
     expected = {a.name: a.to_manifest(redact=False) for a in await sqlite.list()}
     events = [e.to_dict() for e in await sqlite.list_events("pgt-m1")]
     rv = await sqlite.current_rv()
@@ -179,11 +183,14 @@ async def test_store_migrate_copies_agents_status_events_and_the_version(tmp_pat
     await sqlite.close()
     done = subprocess.run([PARALLAX, "store", "migrate", "--from", source, "--to", url], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert f"copied 2 agents and 1 events; resourceVersion {rv}" in done.stdout
+    assert f"copied 2 agents, 1 events and 1 secrets; resourceVersion {rv}" in done.stdout
+    assert s.secret_key_path in done.stdout
 
-    store = await open_store(url, defaults)
+    store = await open_store(url, defaults, cipher=SecretCipher.load(s.secret_key_path))
     try:
         assert {a.name: a.to_manifest(redact=False) for a in await store.list()} == expected
+        assert (await store.get_secret("pgt-s")).data == {"apiKey": "sk-migrated-4471"}
+        assert await _raw_rows_holding(url, ["t0ken", "sk-migrated-4471"]) == []
         assert [e.to_dict() for e in await store.list_events("pgt-m1")] == events
         assert await store.current_rv() == rv
         later = await store.create(agent({"name": "pgt-m3", "type": "claude"}, s))
@@ -235,3 +242,76 @@ async def test_writes_are_refused_while_the_database_is_gone_and_work_again_afte
             await fresh.close()
     finally:
         await store.close()
+
+
+async def _raw_rows_holding(url: str, values: list[str]) -> list[str]:
+    """Every row of every table of the store's schema whose text holds one of ``values`` (what a dump
+    of the database would show)."""
+    conn = await asyncpg.connect(url)
+    try:
+        found = []
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        for (table,) in tables:
+            for row in await conn.fetch(f'SELECT t::text AS row FROM "{table}" t'):
+                found += [f"{table}: {v}" for v in values if v in row["row"]]
+        return found
+    finally:
+        await conn.close()
+
+
+async def test_postgres_rows_hold_no_secret_and_every_controller_follows_secret_writes(tmp_path: Path):
+    url = await fresh_url()
+    s = settings(tmp_path)
+    cipher = SecretCipher.load(str(tmp_path / "secret.key"))
+    first, second = [await open_store(url, spec_defaults(s), cipher=cipher) for _ in range(2)]
+    changes = second.subscribe_secrets()
+    try:
+        await first.create(agent({"name": "pgt-sec", "type": "claude", "env": {"API_KEY": "sk-inline-9c1e"}}, s))
+        await first.put_secret(Secret("pgt-anthropic", {"apiKey": "sk-secret-52ab"}), create=True)
+        assert await asyncio.wait_for(changes.get(), 5) == "pgt-anthropic"
+        assert (await second.get_secret("pgt-anthropic")).data == {"apiKey": "sk-secret-52ab"}
+        await first.put_secret(Secret("pgt-anthropic", {"apiKey": "sk-secret-v2-77"}), create=False)
+        assert await asyncio.wait_for(changes.get(), 5) == "pgt-anthropic"
+        assert (await second.get_secret("pgt-anthropic")).version == 2
+        assert await _until(lambda: _has(second, "pgt-sec"))
+        assert (await second.get("pgt-sec")).spec.env["API_KEY"] == "sk-inline-9c1e"
+        assert await _raw_rows_holding(url, ["sk-inline-9c1e", "sk-secret-52ab", "sk-secret-v2-77"]) == []
+        await first.delete_secret("pgt-anthropic")
+        assert await asyncio.wait_for(changes.get(), 5) == "pgt-anthropic"
+        assert await second.list_secrets() == []
+    finally:
+        second.unsubscribe_secrets(changes)
+        await first.close()
+        await second.close()
+
+
+async def _has(store: Store, name: str) -> bool:
+    return name in {a.name for a in await store.list()}
+
+
+async def test_a_postgres_store_from_before_sealing_is_sealed_at_open(tmp_path: Path):
+    url = await fresh_url()
+    s = settings(tmp_path)
+    cipher = SecretCipher.load(str(tmp_path / "secret.key"))
+    store = await open_store(url, spec_defaults(s), cipher=cipher)
+    await store.create(agent({"name": "pgt-old", "type": "claude", "env": {"API_KEY": "sk-legacy-3e8f"}}, s))
+    await store.close()
+    conn = await asyncpg.connect(url)
+    try:  # what an older controller left: plain env values in the records and the change table, no seal mark
+        for table, column in (("parallax_agents", "manifest"), ("parallax_changes", "body")):
+            for row in await conn.fetch(f"SELECT ctid, {column} AS text FROM {table} WHERE {column} LIKE '%API_KEY%'"):
+                body = json.loads(row["text"])
+                body["spec"]["env"] = {"API_KEY": "sk-legacy-3e8f"}
+                await conn.execute(f"UPDATE {table} SET {column} = $1 WHERE ctid = $2", json.dumps(body), row["ctid"])
+        await conn.execute("DELETE FROM parallax_meta WHERE key = 'sealedKey'")
+    finally:
+        await conn.close()
+    assert await _raw_rows_holding(url, ["sk-legacy-3e8f"])
+    reopened = await open_store(url, spec_defaults(s), cipher=cipher)
+    try:
+        assert (await reopened.get("pgt-old")).spec.env["API_KEY"] == "sk-legacy-3e8f"
+        assert await _raw_rows_holding(url, ["sk-legacy-3e8f"]) == []
+    finally:
+        await reopened.close()

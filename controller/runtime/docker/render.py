@@ -85,7 +85,7 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "Image": image_for(spec, settings),
         "Hostname": agent.name[:63],
-        "Env": [f"{key}={value}" for key, value in sorted(spec.env.items())],
+        "Env": spec.container_env(),
         "Labels": labels,
         "OpenStdin": True,
         "StdinOnce": False,

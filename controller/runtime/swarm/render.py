@@ -62,7 +62,7 @@ def render_service(agent: Agent, settings: Settings, name: str) -> dict[str, Any
     container: dict[str, Any] = {
         "Image": image_for(spec, settings),
         "Hostname": agent.name[:63],
-        "Env": [f"{key}={value}" for key, value in sorted(spec.env.items())],
+        "Env": spec.container_env(),
         # on the task's container too, so a node's own listing shows whose it is
         "Labels": {LABEL_MANAGED: "true", LABEL_AGENT: agent.name, LABEL_INSTANCE: settings.instance},
         "OpenStdin": True,
