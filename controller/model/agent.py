@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from controller.egress.policy import EgressSpec
+
 API_VERSION = "parallax.ai/v1"
 KIND = "Agent"
 REDACTED = "<redacted>"
@@ -92,9 +94,11 @@ class AgentSpec:
     stop_grace_period_seconds: int = 10
     security_context: SecurityContext = field(default_factory=SecurityContext)
     keep_workspace: bool = False
+    egress: EgressSpec | None = None
+    """What the agent may reach outside its network; None: the server's default (``PARALLAX_EGRESS_DEFAULT``)."""
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
-        return {
+        out = {
             "type": self.type,
             "image": self.image,
             "command": list(self.command) if self.command is not None else None,
@@ -109,6 +113,9 @@ class AgentSpec:
             "securityContext": self.security_context.to_dict(),
             "workspace": {"keep": self.keep_workspace},
         }
+        if self.egress is not None:
+            out["egress"] = self.egress.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], defaults: SpecDefaults) -> AgentSpec:
@@ -134,6 +141,7 @@ class AgentSpec:
             stop_grace_period_seconds=data.get("stopGracePeriodSeconds", 10),
             security_context=SecurityContext.from_dict(data.get("securityContext") or {}),
             keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),
+            egress=EgressSpec.from_dict(data["egress"]) if isinstance(data.get("egress"), dict) else None,
         )
 
 

@@ -68,6 +68,13 @@ class Desired:
     image: str
     body: Any
     updatable: bool = False
+    network: str = ""
+    """The network the instance joins, when the runtime chooses one other than ``spec.network`` (an
+    agent whose egress goes through the gateway joins the network's internal twin); empty: ``spec.network``."""
+
+    def network_of(self, agent: Agent) -> str:
+        return self.network or agent.spec.network
+
     """The runtime changes an existing instance to a new config in place (``Runtime.update``: a Swarm
     service update) instead of the instance being removed and made again (a container)."""
 

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from controller.config import Settings
+from controller.egress.gateway import EgressGateway
+from controller.egress.policy import EGRESS_NETWORK_SUFFIX
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
 from controller.runtime.docker.cache import ContainerCache
@@ -31,7 +33,9 @@ from controller.runtime.docker.render import (
     LABEL_AGENT,
     LABEL_INSTANCE,
     LABEL_MANAGED,
+    agent_network,
     desired_container,
+    with_gateway,
     workspace_labels,
     workspace_volume,
 )
@@ -55,6 +59,9 @@ class DockerRuntime(DriverNetworks):
         self.driver = DockerDriver(settings, observer=self.observer)
         self._live = LiveDocker(self.driver, own_client=True)
         self.cache = ContainerCache(self._inspect, on_size=self.observer.on_cache_size)
+        self.egress = EgressGateway(settings)
+        """The forward proxy of the internal networks of agents whose egress is restricted; the
+        application tells it where records are and where denials go."""
         self._streaming = False
         self._verifying: asyncio.Task[None] | None = None
         self._first_sync = asyncio.Event()
@@ -72,6 +79,7 @@ class DockerRuntime(DriverNetworks):
     async def close(self) -> None:
         if self._verifying is not None:
             await cancel_all([self._verifying])
+        await self.egress.close()
         await self._live.close()
         await self.driver.close()
 
@@ -84,7 +92,9 @@ class DockerRuntime(DriverNetworks):
 
     def render(self, agent: Agent) -> Desired:
         body, digest = desired_container(agent, self.settings)
-        return Desired(config_hash=digest, image=str(body["Image"]), body=body)
+        return Desired(
+            config_hash=digest, image=str(body["Image"]), body=body, network=agent_network(agent, self.settings)
+        )
 
     async def agents_with_instances(self) -> set[str]:
         """From the cache while the event stream keeps it; a relist when it does not, or when the last
@@ -141,13 +151,31 @@ class DockerRuntime(DriverNetworks):
         return await self.driver.image_exists(image)
 
     async def ensure_network(self, name: str) -> bool:
-        if self.driver.knows_network(name):
+        internal = name.endswith(EGRESS_NETWORK_SUFFIX)
+        if self.driver.knows_network(name) and (not internal or self.egress.address(name) is not None):
             return False  # known usable since the last network event: no call, no Docker slot taken
         try:
-            return await self.driver.ensure_network(name)
+            created = await self.driver.ensure_network(name, internal=internal)
+            if internal:
+                await self._serve_egress(name)
+            return created
         except AgentError:
             self.driver.forget_network(name)
             raise
+
+    async def _serve_egress(self, network: str) -> str:
+        """The gateway listening on ``network``'s bridge address (its address), or ``NETWORK_ERROR``."""
+        address = await self.driver.network_gateway(network)
+        try:
+            await self.egress.serve(network, address)
+        except OSError as exc:
+            raise AgentError(
+                NETWORK_ERROR,
+                f"the egress gateway cannot listen on {address}:{self.settings.egress_port} for network "
+                f"{network!r} ({exc.strerror or exc}); the controller must run on the Docker host (or in its "
+                "network namespace) to enforce egress policies",
+            ) from exc
+        return address
 
     async def ensure_workspace(self, agent: Agent) -> None:
         await self.driver.ensure_volume(
@@ -161,10 +189,14 @@ class DockerRuntime(DriverNetworks):
 
     async def create(self, agent: Agent, desired: Desired) -> Instance:
         name = container_name(agent.name)
+        network = desired.network_of(agent)
+        body = desired.body
         try:
-            container_id = await self.driver.create_container(name, desired.body)
+            if network.endswith(EGRESS_NETWORK_SUFFIX):
+                body = with_gateway(body, self.egress.address(network) or await self._serve_egress(network))
+            container_id = await self.driver.create_container(name, body)
         except AgentError as err:
-            self._forget_after(err, agent.spec.network)
+            self._forget_after(err, network)
             raise
         self.cache.changed(container_id, agent.name)
         return Instance(
@@ -174,7 +206,7 @@ class DockerRuntime(DriverNetworks):
             uid=agent.metadata.uid,
             config_hash=desired.config_hash,
             state="created",
-            networks=(agent.spec.network,),
+            networks=(network,),
         )
 
     # Every write marks what it touched as changed in the cache (a removal forgets it), succeeded or not:
@@ -272,10 +304,12 @@ class DockerRuntime(DriverNetworks):
             if network:
                 self.driver.forget_network(network)
                 self.cache.changed_on_network(network)
+                self.egress.stop_serving(network)
             return RuntimeChange("network-removed", network=network)
         elif kind == "network" and action in ("connect", "disconnect"):
             container_id = str(attributes.get("container") or "")
             self.cache.changed(container_id)  # its networks changed
+            self.egress.network_changed(str(attributes.get("name") or ""))
             if action == "connect":
                 return None
             return RuntimeChange(
