@@ -239,6 +239,8 @@ class EgressGateway:
             await _pipe_both(reader, writer, up_reader, upstream)
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            return  # the gateway is closing; this task is asyncio's own (start_server), nobody awaits it
         finally:
             if upstream is not None:
                 upstream.close()

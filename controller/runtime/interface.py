@@ -48,6 +48,8 @@ class Instance:
     """The host it runs on, for a runtime of many hosts (empty for the local one)."""
     error_code: str = ""
     """The error code of ``error``, when the runtime classified it (a task its scheduler cannot place)."""
+    egress_gateway: str = ""
+    """The egress gateway address the instance was given (its proxy variables), when it has one."""
 
     @property
     def running(self) -> bool:

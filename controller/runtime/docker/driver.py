@@ -30,7 +30,14 @@ from controller.model.errors import (
     AgentError,
 )
 from controller.runtime.docker.cache import Listed
-from controller.runtime.docker.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
+from controller.runtime.docker.render import (
+    LABEL_AGENT,
+    LABEL_EGRESS_GATEWAY,
+    LABEL_HASH,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_UID,
+)
 from controller.runtime.interface import Instance, ManagedNetwork
 
 AIODOCKER_UNREACHABLE = 900
@@ -60,6 +67,7 @@ def instance_from_inspect(data: dict[str, Any]) -> Instance:
         networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}).keys())),
         restart_count=int(data.get("RestartCount") or 0),
         misnamed=name != container_name(agent),
+        egress_gateway=str(labels.get(LABEL_EGRESS_GATEWAY, "")),
     )
 
 

@@ -32,6 +32,7 @@ LABEL_HASH = "parallax.config-hash"
 LABEL_GENERATION = "parallax.generation"
 LABEL_INSTANCE = "parallax.instance"
 LABEL_RESTARTED_AT = "parallax.restarted-at"
+LABEL_EGRESS_GATEWAY = "parallax.egress-gateway"
 
 WORKSPACE_PREFIX = "parallax-workspace-"
 # exec: coding agents run what they install in their home or /tmp (npx, pip --user, downloaded tools), as
@@ -106,8 +107,13 @@ def agent_env(agent: Agent, settings: Settings) -> dict[str, str]:
 
 
 def with_gateway(config: dict[str, Any], gateway: str) -> dict[str, Any]:
-    """``config`` with the gateway's address in place of ``EGRESS_GATEWAY`` (in the proxy variables)."""
-    return {**config, "Env": [entry.replace(EGRESS_GATEWAY, gateway) for entry in config.get("Env") or []]}
+    """``config`` with the gateway's address in place of ``EGRESS_GATEWAY`` (in the proxy variables), and
+    as a label: a container whose gateway has moved (its network made again elsewhere) is made again."""
+    return {
+        **config,
+        "Env": [entry.replace(EGRESS_GATEWAY, gateway) for entry in config.get("Env") or []],
+        "Labels": {**(config.get("Labels") or {}), LABEL_EGRESS_GATEWAY: gateway},
+    }
 
 
 def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -133,11 +134,22 @@ class DockerRuntime(DriverNetworks):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_sync.wait(), FIRST_SYNC_WAIT_SECONDS)
         if self.cache.synced:
-            return await self.cache.instances(agent)
-        return await self.driver.list_containers(agent)
+            return [self._gateway_checked(i) for i in await self.cache.instances(agent)]
+        return [self._gateway_checked(i) for i in await self.driver.list_containers(agent)]
 
     async def instance(self, instance_id: str) -> Instance | None:
-        return await self.cache.fresh(instance_id)
+        found = await self.cache.fresh(instance_id)
+        return self._gateway_checked(found) if found is not None else None
+
+    def _gateway_checked(self, instance: Instance) -> Instance:
+        """An instance whose proxy variables name a gateway address its network no longer has (the network
+        was removed and made again with another subnet) no longer matches any rendering: made again."""
+        if not instance.egress_gateway:
+            return instance
+        now = next((self.egress.address(n) for n in instance.networks if self.egress.address(n)), None)
+        if now is None or now == instance.egress_gateway:
+            return instance
+        return dataclasses.replace(instance, config_hash=f"{instance.config_hash} (egress gateway moved)")
 
     async def _inspect(self, instance_id: str) -> Instance | None:
         try:
