@@ -265,3 +265,24 @@ def test_an_agent_trying_many_destinations_gets_at_most_the_minutes_budget():
     admitted = sum(limiter.admit("a", f"host{i}:443", i / 100) for i in range(100))
     assert admitted == 10
     assert limiter.admit("a", "later:443", 61.0)
+
+
+def test_yaml_apply_reads_the_policy_as_written(settings: Settings):
+    from controller.apply.yaml_loader import load_documents
+
+    [doc] = load_documents(
+        "apiVersion: parallax.ai/v1\nkind: Agent\nmetadata: {name: builder}\n"
+        "spec:\n  type: claude\n  egress:\n    policy: Allowlist\n"
+        "    allow: [api.anthropic.com, '*.github.com', registry.npmjs.org:443, 10.1.2.0/24:5432]\n"
+    )
+    assert not doc.problems
+    agent, _ = admit(doc.body, settings)
+    assert agent.spec.egress == EgressSpec(
+        "Allowlist", ("api.anthropic.com", "*.github.com", "registry.npmjs.org:443", "10.1.2.0/24:5432")
+    )
+    [bad] = load_documents(
+        "apiVersion: parallax.ai/v1\nkind: Agent\nmetadata: {name: b}\nspec:\n  type: claude\n  egress: {policy: Allowlist, allow: [a:99999]}\n"
+    )
+    with pytest.raises(AdmissionError) as caught:
+        admit(bad.body, settings)
+    assert [e.field for e in caught.value.errors] == ["spec.egress.allow[0]"]
