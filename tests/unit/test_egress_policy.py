@@ -281,7 +281,8 @@ def test_yaml_apply_reads_the_policy_as_written(settings: Settings):
         "Allowlist", ("api.anthropic.com", "*.github.com", "registry.npmjs.org:443", "10.1.2.0/24:5432")
     )
     [bad] = load_documents(
-        "apiVersion: parallax.ai/v1\nkind: Agent\nmetadata: {name: b}\nspec:\n  type: claude\n  egress: {policy: Allowlist, allow: [a:99999]}\n"
+        "apiVersion: parallax.ai/v1\nkind: Agent\nmetadata: {name: b}\n"
+        "spec:\n  type: claude\n  egress: {policy: Allowlist, allow: [a:99999]}\n"
     )
     with pytest.raises(AdmissionError) as caught:
         admit(bad.body, settings)
