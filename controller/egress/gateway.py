@@ -270,7 +270,12 @@ class EgressGateway:
             raise Refused(502, f"{target.host} does not resolve: {exc}") from exc
         if not found:
             raise Refused(502, f"{target.host} does not resolve")
-        return str(found[0][4][0])
+        address = str(found[0][4][0])
+        if _host_local(address):
+            # an allowed name whose DNS points at the controller's own host (rebinding) reaches nothing
+            await self._denied(agent, target.authority, "host-local")
+            raise Refused(403, f"{target.host} resolves to {address}, an address of the gateway's own host")
+        return address
 
     async def _open(self, address: str, target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -338,6 +343,11 @@ class EgressGateway:
             self._agents_of.clear()
         self._agents_of[container_id] = name
         return name
+
+
+def _host_local(address: str) -> bool:
+    parsed = ipaddress.ip_address(address)
+    return parsed.is_loopback or parsed.is_link_local or parsed.is_unspecified
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -432,7 +432,7 @@ class Metrics:
         )
         self.egress_denied = Counter(
             "parallax_egress_denied_total",
-            "Connections the egress gateway refused, by reason (not-allowed, unknown-source).",
+            "Connections the egress gateway refused, by reason (not-allowed, host-local, unknown-source).",
             ["reason"],
             registry=r,
         )
