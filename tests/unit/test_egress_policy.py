@@ -287,3 +287,13 @@ def test_yaml_apply_reads_the_policy_as_written(settings: Settings):
     with pytest.raises(AdmissionError) as caught:
         admit(bad.body, settings)
     assert [e.field for e in caught.value.errors] == ["spec.egress.allow[0]"]
+
+
+def test_describe_shows_the_policy(capsys: pytest.CaptureFixture[str]):
+    from api.cli.commands import _describe
+
+    base = {"metadata": {"name": "a"}, "spec": {"type": "claude"}, "status": {}}
+    _describe({**base, "spec": {"type": "claude", "egress": {"policy": "Allowlist", "allow": ["x.test:1"]}}}, None)
+    _describe(base, None)
+    out = capsys.readouterr().out
+    assert "Egress:" in out and "Allowlist: x.test:1" in out and "(server default" in out
