@@ -44,6 +44,8 @@ HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 REFRESH_INTERVAL_SECONDS = 0.2
+CONNECTIONS_PER_SOURCE = 256
+"""Open connections one source address may hold: an agent cannot exhaust the controller's descriptors."""
 HOP_HEADERS = {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}
 
 AgentLookup = Callable[[str], Awaitable[Agent | None]]
@@ -152,6 +154,7 @@ class EgressGateway:
         self._agents_of: dict[str, str | None] = {}
         """container id -> agent name (None: not one of this controller's agents)."""
         self._tunnels: set[asyncio.Task[None]] = set()
+        self._per_source: dict[str, int] = {}
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -208,8 +211,11 @@ class EgressGateway:
         if task is not None:
             self._tunnels.add(task)
         upstream: asyncio.StreamWriter | None = None
+        peer = str((writer.get_extra_info("peername") or ("", 0))[0])
+        self._per_source[peer] = self._per_source.get(peer, 0) + 1
         try:
-            peer = str((writer.get_extra_info("peername") or ("", 0))[0])
+            if self._per_source[peer] > CONNECTIONS_PER_SOURCE:
+                return
             agent = await self._agent_at(network, peer)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_SECONDS)
@@ -245,12 +251,16 @@ class EgressGateway:
             if upstream is not None:
                 upstream.close()
             writer.close()
+            self._per_source[peer] -= 1
+            if not self._per_source[peer]:
+                del self._per_source[peer]
             if task is not None:
                 self._tunnels.discard(task)
 
     async def _destination(self, network: str, agent: Agent, target: Target) -> str:
         """The address to connect to for ``target``, or ``Refused`` (reported) when the policy says no."""
-        peer = self._listeners[network].members.by_agent.get(target.host)
+        listener = self._listeners.get(network)
+        peer = listener.members.by_agent.get(target.host) if listener is not None else None
         if peer is not None:
             return peer  # another agent of this network, by name: as reachable as it is directly
         policy = effective(agent.spec.egress, agent.spec.type, self.settings.egress_policy_default)
