@@ -6,6 +6,7 @@ the start with the variable's name instead of being replaced by a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -144,6 +145,12 @@ class Settings:
     watch_buffer: int = DEFAULT_SUBSCRIBER_BUFFER
     # What runs agents (controller.runtime.select.RUNTIMES): the local Docker daemon, or a Docker Swarm.
     runtime: str = "docker"
+    # Egress (controller.egress): the policy of agents whose spec says none (None: Allowlist on the local
+    # runtime, AllowAll on the swarm runtime, which cannot enforce the others); the gateway's port on each
+    # internal network's bridge address; names the gateway resolves itself, before DNS ((name, address)).
+    egress_default: str | None = None
+    egress_port: int = 3128
+    egress_hosts: tuple[tuple[str, str], ...] = ()
     # Swarm runtime only: the Docker endpoint of each node, by hostname (live views of a task go to its
     # node); how often the manager is polled for task changes; host paths every node shares (bind mounts
     # elsewhere are refused at admission, since a task may land on any node).
@@ -172,6 +179,12 @@ class Settings:
             location = parse_store_url(self.store_url)
             if location.scheme == "sqlite":
                 object.__setattr__(self, "store_path", location.path)
+
+    @property
+    def egress_policy_default(self) -> str:
+        if self.egress_default is not None:
+            return self.egress_default
+        return "AllowAll" if self.runtime == "swarm" else "Allowlist"
 
     @property
     def store(self) -> str:
@@ -242,7 +255,15 @@ class Settings:
             retry_period_seconds=_float(env, "PARALLAX_RETRY_PERIOD", base.retry_period_seconds, 0.1),
             identity=env.get("PARALLAX_IDENTITY") or None,
             secret_key_file=env.get("PARALLAX_SECRET_KEY_FILE") or None,
+            egress_default=_egress_policy(env, "PARALLAX_EGRESS_DEFAULT"),
+            egress_port=_int(env, "PARALLAX_EGRESS_PORT", base.egress_port, 1, 65535),
+            egress_hosts=_egress_hosts(env, "PARALLAX_EGRESS_HOSTS"),
         )
+        if settings.runtime == "swarm" and settings.egress_policy_default != "AllowAll":
+            raise ConfigError(
+                f"PARALLAX_EGRESS_DEFAULT: {settings.egress_default} cannot be enforced on the swarm runtime "
+                "(its agents' egress is open); leave it unset or set AllowAll"
+            )
         if settings.compat_port is not None and settings.compat_port == settings.port:
             raise ConfigError(f"PARALLAX_COMPAT_PORT: {settings.compat_port} is already PORT; pick another port")
         if not settings.renew_deadline_seconds < settings.lease_duration_seconds:
@@ -325,6 +346,32 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if raw.lower() not in allowed:
         raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(allowed)}")
     return raw.lower()
+
+
+def _egress_policy(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    for policy in ("Allowlist", "AllowAll", "DenyAll"):
+        if raw.lower() == policy.lower():
+            return policy
+    raise ConfigError(f"{name}: {raw!r} is not one of Allowlist, AllowAll, DenyAll")
+
+
+def _egress_hosts(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``name=address,name=address``: names the egress gateway resolves to these addresses."""
+    raw = env.get(name) or ""
+    out = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        host, eq, address = item.partition("=")
+        try:
+            ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not NAME=IP-ADDRESS") from None
+        if not eq or not host.strip():
+            raise ConfigError(f"{name}: {item!r} is not NAME=IP-ADDRESS")
+        out.append((host.strip().lower().removesuffix("."), address.strip()))
+    return tuple(out)
 
 
 def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:

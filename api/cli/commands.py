@@ -564,6 +564,15 @@ def describe(client: ApiClient, args: tuple[str, ...]) -> None:
         _describe(agent, client.list_agent_events(name))
 
 
+def _egress(egress: Any) -> str:
+    if not isinstance(egress, dict):
+        return "(server default: PARALLAX_EGRESS_DEFAULT, with the type's list)"
+    allow = egress.get("allow")
+    if egress.get("policy") == "Allowlist":
+        return f"Allowlist: {', '.join(allow)}" if allow else "Allowlist (the type's list)"
+    return str(egress.get("policy", ""))
+
+
 def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) -> None:
     metadata, spec, status = agent.get("metadata", {}), agent.get("spec", {}), agent.get("status") or {}
     resources = spec.get("resources") or {}
@@ -584,6 +593,7 @@ def _describe(agent: dict[str, Any], agent_events: list[dict[str, Any]] | None) 
         ),
         ("Volumes", ", ".join(spec.get("volumes") or []) or "<none>"),
         ("Network", str(spec.get("network", ""))),
+        ("Egress", _egress(spec.get("egress"))),
         ("Restart Policy", str(spec.get("restartPolicy", ""))),
         ("Suspend", str(spec.get("suspend", False)).lower()),
         ("Paused", str(spec.get("paused", False)).lower()),

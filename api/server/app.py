@@ -29,10 +29,13 @@ from api.server.streams import STREAMS, Streams
 from api.server.throttle import concurrency_middleware
 from controller.admission.admit import spec_defaults
 from controller.config import Settings
+from controller.egress.denials import DenialRecorder
+from controller.egress.gateway import store_lookup
 from controller.observe.metrics import Metrics
 from controller.observe.stats_refresher import StatsRefresher
 from controller.observe.watch import WatchHub
 from controller.reconcile.controller import Controller
+from controller.runtime.docker.runtime import DockerRuntime
 from controller.runtime.select import make_runtime
 from controller.store.cipher import CipherError, SecretCipher
 from controller.store.interface import StoreUnavailable
@@ -107,6 +110,9 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
         leader = leader_election(store, settings, f"{settings.host}:{settings.port}")
         metrics.leadership = leader
         controller = Controller(settings, store, runtime, metrics, fence=leader.fence)
+        if isinstance(runtime, DockerRuntime):
+            runtime.egress.agents = store_lookup(store)
+            runtime.egress.on_denied = DenialRecorder(store, metrics.egress_denial)
         hub = WatchHub(store, buffer=settings.watch_buffer)
         await hub.start()
         app[STORE] = store

@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.admission.schema import FieldError
 from controller.config import Settings
+from controller.egress.policy import ALLOW_ALL, ALLOWLIST, EGRESS_NETWORK_SUFFIX
 from controller.model.agent import AGENT_HOME, WORKSPACE_PATH, AgentSpec, capability_name
 from controller.model.mounts import BindMount, is_within, overlaps, parse_volume
 
@@ -205,6 +206,33 @@ def _placement(spec: AgentSpec, settings: Settings, prefix: str) -> list[FieldEr
     ]
 
 
+def _egress(spec: AgentSpec, settings: Settings, prefix: str) -> list[FieldError]:
+    """``spec.egress`` as the runtime can honour it: a list only for Allowlist, and on the swarm runtime
+    (whose overlay networks the controller's gateway cannot listen on) AllowAll only."""
+    problems = []
+    if spec.network.endswith(EGRESS_NETWORK_SUFFIX):
+        problems.append(
+            FieldError(
+                f"{prefix}network",
+                f"names ending in {EGRESS_NETWORK_SUFFIX!r} are the controller's internal egress networks",
+            )
+        )
+    egress = spec.egress
+    if egress is None:
+        return problems
+    if egress.allow is not None and egress.policy != ALLOWLIST:
+        problems.append(FieldError(f"{prefix}egress.allow", f"an allow list means nothing with policy {egress.policy}"))
+    if settings.runtime == "swarm" and egress.policy != ALLOW_ALL:
+        problems.append(
+            FieldError(
+                f"{prefix}egress.policy",
+                f"{egress.policy} cannot be enforced on the swarm runtime (the egress gateway serves the local "
+                "runtime's networks only); use AllowAll",
+            )
+        )
+    return problems
+
+
 def check_spec(
     spec: AgentSpec, settings: Settings, prefix: str, neighbours: Iterable[tuple[str, Sequence[str]]] = ()
 ) -> Verdict:
@@ -234,6 +262,7 @@ def check_spec(
     if settings.runtime == "swarm":
         invalid += _unshared_mounts(spec, settings, prefix, {e.field for e in forbidden})
     invalid += _placement(spec, settings, prefix)
+    invalid += _egress(spec, settings, prefix)
     if spec.volumes:
         theirs = [m for name, volumes in neighbours for m in resolve_mounts(volumes, f"agent {name!r} ")]
         refused = {error.field for error in forbidden}

@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
 from controller.admission.reference import reference_problem
+from controller.egress.policy import RuleError, parse_rule
 from controller.model.mounts import MountError, parse_volume
 from controller.model.quantity import QuantityError, parse_cpu, parse_memory
 
@@ -67,6 +68,7 @@ def _format_checker() -> FormatChecker:
     )
     checker.checks("bind-mount", raises=MountError)(lambda v: not isinstance(v, str) or bool(parse_volume(v)))
     checker.checks("image-reference", raises=ImageReferenceError)(_image_reference)
+    checker.checks("egress-entry", raises=RuleError)(lambda v: not isinstance(v, str) or bool(parse_rule(v)))
     return checker
 
 

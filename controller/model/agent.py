@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from controller.egress.policy import EgressSpec
+
 API_VERSION = "parallax.ai/v1"
 KIND = "Agent"
 REDACTED = "<redacted>"
@@ -162,8 +164,11 @@ class AgentSpec:
         env += [f"{key}=<secretKeyRef {ref.name}/{ref.key}>" for key, ref in self.env_refs.items()]
         return sorted(env)
 
+    egress: EgressSpec | None = None
+    """What the agent may reach outside its network; None: the server's default (``PARALLAX_EGRESS_DEFAULT``)."""
+
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
-        return {
+        out = {
             "type": self.type,
             "image": self.image,
             "command": list(self.command) if self.command is not None else None,
@@ -181,6 +186,9 @@ class AgentSpec:
             "workspace": {"keep": self.keep_workspace},
             "placement": {"constraints": list(self.placement_constraints)},
         }
+        if self.egress is not None:
+            out["egress"] = self.egress.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], defaults: SpecDefaults) -> AgentSpec:
@@ -214,6 +222,7 @@ class AgentSpec:
             security_context=SecurityContext.from_dict(data.get("securityContext") or {}),
             keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),
             placement_constraints=tuple((data.get("placement") or {}).get("constraints") or ()),
+            egress=EgressSpec.from_dict(data["egress"]) if isinstance(data.get("egress"), dict) else None,
         )
 
 

@@ -430,6 +430,12 @@ class Metrics:
             "Instances (containers) in the runtime's watch-fed cache.",
             registry=r,
         )
+        self.egress_denied = Counter(
+            "parallax_egress_denied_total",
+            "Connections the egress gateway refused, by reason (not-allowed, host-local, unknown-source).",
+            ["reason"],
+            registry=r,
+        )
         self.cache_relists = Counter(
             "parallax_runtime_cache_relists_total",
             "Full lists of the runtime's instances into the cache, by reason (stream-open, periodic, unsynced).",
@@ -590,6 +596,9 @@ class Metrics:
                 self._results[outcome[-1]].inc()
                 if outcome[-1] == "error":
                     self._errors.inc()
+
+    def egress_denial(self, reason: str) -> None:
+        self.egress_denied.labels(reason).inc()
 
     def gc(self, kind: str, count: int = 1) -> None:
         self.gc_removed.labels(kind).inc(count)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.config import Settings
+from controller.egress.policy import egress_network
 from controller.model.errors import IMAGE_NOT_FOUND, SOCKET_ERROR, AgentError
 from controller.model.secret import references
 from controller.observe.logging_setup import reconcile_scope
@@ -213,7 +214,7 @@ class Controller:
             # A removed network concerns every agent on it.
             with contextlib.suppress(StoreError):
                 for agent in await self.store.list():
-                    if agent.spec.network == change.network and (
+                    if change.network in (agent.spec.network, egress_network(agent.spec.network)) and (
                         change.kind == "network-removed" or agent.status.get("containerId") == change.instance_id
                     ):
                         self.queue.add(agent.name)
@@ -234,7 +235,9 @@ class Controller:
 
     async def collect_networks(self) -> list[str]:
         """Remove networks we created that no agent asks for and no instance uses."""
-        wanted = {agent.spec.network for agent in await self.store.list()}
+        agents = await self.store.list()
+        wanted = {agent.spec.network for agent in agents}
+        wanted |= {self.runtime.render(agent).network_of(agent) for agent in agents}  # egress twins
         wanted.add(self.settings.network)
         removed = []
         for network in await self.runtime.managed_networks():

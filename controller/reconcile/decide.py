@@ -291,8 +291,9 @@ def _converge_now(agent: Agent, current: Instance | None, desired: Desired, now:
     if spec.suspend and current is not None and current.running:
         stop = _stopping(current, spec.stop_grace_period_seconds, "spec.suspend is true")
         return Decision(tuple(stop), status=agent.status)
+    network = desired.network_of(agent)
     if not spec.suspend and not facts.network_ready:
-        ensure = Operation("ensure-network", spec.network, "the agent's network must exist")
+        ensure = Operation("ensure-network", network, "the agent's network must exist")
         return Decision((ensure,), status=agent.status)
     status = copy.deepcopy(agent.status)
     status["observedGeneration"] = agent.metadata.generation
@@ -348,13 +349,13 @@ def _converge_now(agent: Agent, current: Instance | None, desired: Desired, now:
                 event=AgentEventNote(WARNING, "Renamed", f"container had been renamed to {current.name}; renamed back"),
             )
         )
-    if current.running and spec.network not in current.networks:
+    if current.running and network not in current.networks:
         ops.append(
             Operation(
                 "connect",
                 current.id,
-                f"the container is not on network {spec.network}",
-                event=AgentEventNote(WARNING, "Reconnected", f"container was off network {spec.network}; reconnected"),
+                f"the container is not on network {network}",
+                event=AgentEventNote(WARNING, "Reconnected", f"container was off network {network}; reconnected"),
             )
         )
     if ops:
@@ -592,7 +593,7 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
             uid=agent.metadata.uid,
             config_hash=desired.config_hash,
             state="created",
-            networks=(agent.spec.network,),  # a runtime creates an instance on its agent's network
+            networks=(desired.network_of(agent),),  # a runtime creates an instance on its agent's network
         )
         return [*instances, made]
     changed: dict[str, Any]
@@ -609,7 +610,8 @@ def after(op: Operation, instances: Sequence[Instance], agent: Agent | None, des
     elif op.kind == "update" and desired is not None:
         changed = {"config_hash": desired.config_hash, "state": "starting"}
     elif op.kind == "connect" and agent is not None:
-        changed = {"networks": (*next(i.networks for i in instances if i.id == op.target), agent.spec.network)}
+        network = desired.network_of(agent) if desired is not None else agent.spec.network
+        changed = {"networks": (*next(i.networks for i in instances if i.id == op.target), network)}
     else:
         return list(instances)
     return [dataclasses.replace(i, **changed) if i.id == op.target else i for i in instances]

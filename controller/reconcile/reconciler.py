@@ -242,7 +242,8 @@ class Reconciler:
         elif op.kind == "connect":
             assert agent is not None
             log.warning("agent %s: %s; reconnecting", name, op.cause)
-            await runtime.connect(op.target, agent.spec.network, [name])
+            network = desired.network_of(agent) if desired is not None else agent.spec.network
+            await runtime.connect(op.target, network, [name])
             instances = after(op, instances, agent, desired)
         elif op.kind == "remove-workspace":
             assert agent is not None

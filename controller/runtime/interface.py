@@ -48,6 +48,8 @@ class Instance:
     """The host it runs on, for a runtime of many hosts (empty for the local one)."""
     error_code: str = ""
     """The error code of ``error``, when the runtime classified it (a task its scheduler cannot place)."""
+    egress_gateway: str = ""
+    """The egress gateway address the instance was given (its proxy variables), when it has one."""
 
     @property
     def running(self) -> bool:
@@ -68,6 +70,13 @@ class Desired:
     image: str
     body: Any
     updatable: bool = False
+    network: str = ""
+    """The network the instance joins, when the runtime chooses one other than ``spec.network`` (an
+    agent whose egress goes through the gateway joins the network's internal twin); empty: ``spec.network``."""
+
+    def network_of(self, agent: Agent) -> str:
+        return self.network or agent.spec.network
+
     """The runtime changes an existing instance to a new config in place (``Runtime.update``: a Swarm
     service update) instead of the instance being removed and made again (a container)."""
 

@@ -10,6 +10,15 @@ from tests.harness import Controller, docker_cli, inspect, running, wait_for
 pytestmark = pytest.mark.docker
 
 
+EGRESS = pytest.mark.parametrize("egress", ["AllowAll", "Allowlist"])
+"""An open agent is on its network; a restricted one on that network's internal twin (and behind the
+egress gateway, which must follow the network when it is made again)."""
+
+
+def _joined(network: str, egress: str) -> str:
+    return network if egress == "AllowAll" else f"{network}-egress"
+
+
 async def _started(controller: Controller, name: str, **extra: object) -> dict:
     status, body = await controller.request("POST", "/agents", {"name": name, "type": "claude", **extra})
     assert status == 201, body
@@ -48,9 +57,10 @@ async def test_renamed_container_gets_its_name_back(controller: Controller, dock
     assert await inspect(docker, "pxtest-stolen-name") is None
 
 
-async def test_disconnected_container_is_reconnected(controller: Controller, docker: aiodocker.Docker):
-    await _started(controller, "drift-dis")
-    network = controller.settings.network
+@EGRESS
+async def test_disconnected_container_is_reconnected(controller: Controller, docker: aiodocker.Docker, egress: str):
+    await _started(controller, "drift-dis", egress={"policy": egress})
+    network = _joined(controller.settings.network, egress)
     code, out = await docker_cli("network", "disconnect", "-f", network, "parallax-agent-drift-dis")
     assert code == 0, out
 
@@ -61,10 +71,15 @@ async def test_disconnected_container_is_reconnected(controller: Controller, doc
     await wait_for(reconnected, timeout=20, what="the container to be reconnected")
 
 
-async def test_removed_managed_network_is_recreated_and_rejoined(start_controller, docker: aiodocker.Docker):
+@EGRESS
+async def test_removed_managed_network_is_recreated_and_rejoined(
+    start_controller, docker: aiodocker.Docker, egress: str
+):
     controller = await start_controller()
-    network = f"{controller.settings.network}-drift"
-    before = await _started(controller, "drift-net", network=network)
+    network = _joined(f"{controller.settings.network}-drift", egress)
+    before = await _started(
+        controller, "drift-net", network=f"{controller.settings.network}-drift", egress={"policy": egress}
+    )
     # A running controller reconnects a disconnected container within milliseconds, so the network is
     # removed while it is stopped; the next controller must notice and repair it.
     await controller.stop()
@@ -87,13 +102,21 @@ async def test_removed_managed_network_is_recreated_and_rejoined(start_controlle
     assert net["Labels"]["parallax.managed"] == "true"
 
 
-async def test_container_docker_can_no_longer_start_is_replaced(start_controller, docker: aiodocker.Docker):
+@EGRESS
+async def test_container_docker_can_no_longer_start_is_replaced(
+    start_controller, docker: aiodocker.Docker, egress: str
+):
     """A stopped container whose network was removed and made again refers to the old network's id:
     Docker refuses every start of it ("network … not found"). After two refusals the agent gets a new
     container, says so in an event, and runs; before, it stayed in CONTAINER_ERROR/NETWORK_ERROR forever."""
     controller = await start_controller()
-    network = f"{controller.settings.network}-unstartable"
-    before = await _started(controller, "drift-unstartable", network=network)
+    network = _joined(f"{controller.settings.network}-unstartable", egress)
+    before = await _started(
+        controller,
+        "drift-unstartable",
+        network=f"{controller.settings.network}-unstartable",
+        egress={"policy": egress},
+    )
     await controller.stop()
     for argv in (("stop", "-t", "1", "parallax-agent-drift-unstartable"), ("network", "rm", network)):
         code, out = await docker_cli(*argv)
@@ -105,10 +128,16 @@ async def test_container_docker_can_no_longer_start_is_replaced(start_controller
         lambda a: running(a) and a["status"]["containerId"] != before["status"]["containerId"],
         timeout=60,
     )
-    assert after["status"]["restartCount"] == 1 and "startFailures" not in after["status"]
     info = await inspect(docker, "parallax-agent-drift-unstartable")
     assert info is not None and info["Id"] == after["status"]["containerId"] and info["State"]["Running"]
     assert network in info["NetworkSettings"]["Networks"]
+    if egress != "AllowAll":
+        # the new network's gateway address is where the new container's proxy variables point; the
+        # container may be made again for that reason before Docker has refused it twice (no Replaced)
+        gateway = (await (await docker.networks.get(network)).show())["IPAM"]["Config"][0]["Gateway"]
+        assert f"HTTP_PROXY=http://{gateway}:3128" in info["Config"]["Env"]
+        return
+    assert after["status"]["restartCount"] == 1 and "startFailures" not in after["status"]
     _, events = await controller.request("GET", "/agents/drift-unstartable/events")
     replaced = [e for e in events["items"] if e["reason"] == "Replaced"]
     assert len(replaced) == 1 and "not found" in replaced[0]["message"], events

@@ -82,7 +82,11 @@ async def test_created_container_carries_every_hardening_item(controller: Contro
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
     assert host["Init"] is True
     assert host["Privileged"] is False
-    assert host["NetworkMode"] == controller.settings.network
+    # the server default egress policy (Allowlist): the internal twin of the agent's network, DNS that
+    # answers only peers' names, and the proxy variables naming the gateway (README "Egress")
+    assert host["NetworkMode"] == f"{controller.settings.network}-egress"
+    assert host["Dns"] == ["192.0.2.1"]
+    assert any(e.startswith("HTTPS_PROXY=http://") for e in info["Config"]["Env"])
     assert host["PidMode"] == "" and host["IpcMode"] in ("private", "shareable") and host["UsernsMode"] == ""
     assert not host["Devices"]
     assert host["MaskedPaths"], "Docker masks /proc paths in unprivileged containers"

@@ -57,13 +57,19 @@ async def test_spawn_with_secret_passes_env_and_never_echoes_it(controller: Cont
     assert "sk-..." not in str(listing)
 
 
-async def test_custom_network_is_created_and_joined(controller: Controller, docker: aiodocker.Docker):
+@pytest.mark.parametrize("egress_default", ["AllowAll", "Allowlist"])
+async def test_custom_network_is_created_and_joined(start_controller, docker: aiodocker.Docker, egress_default: str):
+    """With open egress the agent is on the seed's network itself; behind the egress gateway (the server
+    default) on that network's internal twin ``custom-network-egress``, where its peers reach it by name."""
+    controller = await start_controller(egress_default=egress_default)
+    joined = "custom-network" if egress_default == "AllowAll" else "custom-network-egress"
     raw = '{\n"name": "isolated-agent",\n"type": "claude",\n"network": "custom-network"\n}'
     _, info = await post_seed_example(controller, docker, "isolated-agent", raw)
-    assert list(info["NetworkSettings"]["Networks"]) == ["custom-network"]
-    assert "isolated-agent" in info["NetworkSettings"]["Networks"]["custom-network"]["Aliases"]
-    network = await (await docker.networks.get("custom-network")).show()
+    assert list(info["NetworkSettings"]["Networks"]) == [joined]
+    assert "isolated-agent" in info["NetworkSettings"]["Networks"][joined]["Aliases"]
+    network = await (await docker.networks.get(joined)).show()
     assert network["Labels"]["parallax.managed"] == "true"
+    assert network["Internal"] is (egress_default != "AllowAll")
 
     status, _ = await controller.request("DELETE", "/agents/isolated-agent")
     assert status == 202
@@ -71,7 +77,7 @@ async def test_custom_network_is_created_and_joined(controller: Controller, dock
 
     async def network_gone() -> bool:
         try:
-            await docker.networks.get("custom-network")
+            await docker.networks.get(joined)
         except aiodocker.DockerError as exc:
             return exc.status == 404
         return False

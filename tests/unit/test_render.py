@@ -170,18 +170,19 @@ def test_writable_scratch_space_is_size_limited_tmpfs(settings: Settings) -> Non
 
 
 def test_agent_joins_its_network_under_its_own_name(settings: Settings) -> None:
-    config = render_container(make_agent(settings, network="custom-network"), settings)
+    config = render_container(make_agent(settings, network="custom-network", egress={"policy": "AllowAll"}), settings)
     assert config["HostConfig"]["NetworkMode"] == "custom-network"
     assert config["NetworkingConfig"]["EndpointsConfig"] == {"custom-network": {"Aliases": ["heavy-analyzer"]}}
 
 
 def test_default_network_comes_from_settings(settings: Settings) -> None:
-    config = render_container(make_agent(settings), settings)
+    config = render_container(make_agent(settings, egress={"policy": "AllowAll"}), settings)
     assert config["HostConfig"]["NetworkMode"] == "parallax-agents"
 
 
 def test_env_is_rendered_as_key_equals_value(settings: Settings) -> None:
-    config = render_container(make_agent(settings, env={"API_KEY": "sk-...", "MODE": "a=b"}), settings)
+    agent = make_agent(settings, env={"API_KEY": "sk-...", "MODE": "a=b"}, egress={"policy": "AllowAll"})
+    config = render_container(agent, settings)
     assert sorted(config["Env"]) == ["API_KEY=sk-...", "MODE=a=b"]
 
 

@@ -30,7 +30,14 @@ from controller.model.errors import (
     AgentError,
 )
 from controller.runtime.docker.cache import Listed
-from controller.runtime.docker.render import LABEL_AGENT, LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_UID
+from controller.runtime.docker.render import (
+    LABEL_AGENT,
+    LABEL_EGRESS_GATEWAY,
+    LABEL_HASH,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_UID,
+)
 from controller.runtime.interface import Instance, ManagedNetwork
 
 AIODOCKER_UNREACHABLE = 900
@@ -60,6 +67,7 @@ def instance_from_inspect(data: dict[str, Any]) -> Instance:
         networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}).keys())),
         restart_count=int(data.get("RestartCount") or 0),
         misnamed=name != container_name(agent),
+        egress_gateway=str(labels.get(LABEL_EGRESS_GATEWAY, "")),
     )
 
 
@@ -317,8 +325,9 @@ class DockerDriver:
         self._images_seen.clear()
 
     @_timed
-    async def ensure_network(self, name: str) -> bool:
+    async def ensure_network(self, name: str, *, internal: bool = False) -> bool:
         """Make sure a usable network ``name`` exists; True when this call created it (labelled ours).
+        ``internal``: one with no route out (Docker drops what its containers send elsewhere).
 
         Docker does not make network names unique atomically, so creation is serialised per name here
         and duplicates that we made anyway (another controller racing us) are removed.
@@ -328,7 +337,7 @@ class DockerDriver:
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._dedupe_network(name)
-            created = await self._ensure_network(name)
+            created = await self._ensure_network(name, internal)
             self._networks_seen.add(name)
             return created
 
@@ -348,7 +357,7 @@ class DockerDriver:
             if labels.get(LABEL_MANAGED) == "true" and not await self.network_in_use(extra["Id"]):
                 await self.remove_network(extra["Id"])
 
-    async def _ensure_network(self, name: str) -> bool:
+    async def _ensure_network(self, name: str, internal: bool) -> bool:
         with _DockerCall(f"inspecting network {name!r}", NETWORK_ERROR, absent_ok=True):
             data = await (await self.docker.networks.get(name)).show()
             if data.get("Driver") != "bridge":
@@ -356,12 +365,18 @@ class DockerDriver:
                     NETWORK_ERROR,
                     f"network {name!r} exists with driver {data.get('Driver')!r}, which agents cannot join",
                 )
+            if internal and not data.get("Internal"):
+                raise AgentError(
+                    NETWORK_ERROR,
+                    f"network {name!r} exists and is not internal: it cannot hold agents whose egress is restricted",
+                )
             return False
         with _DockerCall(f"creating network {name!r}", NETWORK_ERROR, tolerate=(409,)):  # 409: made meanwhile
             await self.docker.networks.create(
                 {
                     "Name": name,
                     "Driver": "bridge",
+                    "Internal": internal,
                     "CheckDuplicate": True,
                     "Labels": {LABEL_MANAGED: "true", LABEL_INSTANCE: self.settings.instance},
                 }
@@ -422,6 +437,17 @@ class DockerDriver:
                 filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.settings.instance}"]}
             )
         return [dict(n) for n in networks]
+
+    @_timed
+    async def network_gateway(self, name: str) -> str:
+        """The host's (bridge) address on network ``name``: where the egress gateway listens for it."""
+        with _DockerCall(f"inspecting network {name!r}", NETWORK_ERROR):
+            data = await (await self.docker.networks.get(name)).show()
+        for pool in (data.get("IPAM") or {}).get("Config") or []:
+            gateway = str(pool.get("Gateway") or "")
+            if gateway and ":" not in gateway:
+                return gateway
+        raise AgentError(NETWORK_ERROR, f"network {name!r} has no IPv4 gateway address for the egress gateway")
 
     @_timed
     async def network_in_use(self, network_id: str) -> bool:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from controller.config import Settings
+from controller.egress.policy import effective, egress_network
 from controller.model.agent import (
     AGENT_HOME,
     ANNOTATION_RESTARTED_AT,
@@ -31,6 +32,7 @@ LABEL_HASH = "parallax.config-hash"
 LABEL_GENERATION = "parallax.generation"
 LABEL_INSTANCE = "parallax.instance"
 LABEL_RESTARTED_AT = "parallax.restarted-at"
+LABEL_EGRESS_GATEWAY = "parallax.egress-gateway"
 
 WORKSPACE_PREFIX = "parallax-workspace-"
 # exec: coding agents run what they install in their home or /tmp (npx, pip --user, downloaded tools), as
@@ -38,6 +40,15 @@ WORKSPACE_PREFIX = "parallax-workspace-"
 TMPFS_OPTIONS = "rw,exec,nosuid,nodev,mode=1777,size=64m"
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
+EGRESS_GATEWAY = "{egress-gateway}"
+"""Stands for the egress gateway's address on the agent's internal network in a rendered config: the
+address is known once the network exists, and is no part of the config's hash (``with_gateway``)."""
+# A resolver no packet from an internal network reaches (TEST-NET-1, never assigned; forwarding from an
+# internal network is dropped): Docker's embedded DNS still answers the agent's peers by name, and
+# nothing else. An agent needs no other name resolved: the gateway resolves the names it forwards to.
+EGRESS_DNS = "192.0.2.1"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+NO_PROXY = "localhost,127.0.0.1,::1"
 
 
 def workspace_volume(agent_name: str, instance: str = "default") -> str:
@@ -77,15 +88,46 @@ def agent_labels(agent: Agent, settings: Settings) -> dict[str, str]:
     return labels
 
 
+def agent_network(agent: Agent, settings: Settings) -> str:
+    """The network the agent's container joins: its own, or that network's internal twin when its egress
+    goes through the gateway (the twin's agents reach each other by name as on the network itself)."""
+    if effective(agent.spec.egress, agent.spec.type, settings.egress_policy_default).restricted:
+        return egress_network(agent.spec.network)
+    return agent.spec.network
+
+
+def agent_env(agent: Agent, settings: Settings) -> list[str]:
+    """The container's ``NAME=value`` entries (``AgentSpec.container_env``), with the proxy variables pointing
+    at the gateway, in place of any the spec sets, when its egress is restricted."""
+    entries = agent.spec.container_env()
+    if agent_network(agent, settings) != agent.spec.network:
+        proxy = f"http://{EGRESS_GATEWAY}:{settings.egress_port}"
+        forced = {name: proxy for name in PROXY_VARIABLES} | {"NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY}
+        entries = [e for e in entries if e.partition("=")[0] not in forced]
+        entries += [f"{name}={value}" for name, value in forced.items()]
+    return sorted(entries)
+
+
+def with_gateway(config: dict[str, Any], gateway: str) -> dict[str, Any]:
+    """``config`` with the gateway's address in place of ``EGRESS_GATEWAY`` (in the proxy variables), and
+    as a label: a container whose gateway has moved (its network made again elsewhere) is made again."""
+    return {
+        **config,
+        "Env": [entry.replace(EGRESS_GATEWAY, gateway) for entry in config.get("Env") or []],
+        "Labels": {**(config.get("Labels") or {}), LABEL_EGRESS_GATEWAY: gateway},
+    }
+
+
 def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
     """The ``ContainerCreate`` body for ``agent``, without the hash and generation labels."""
     spec = agent.spec
     memory = parse_memory(spec.resources.memory)
     labels = agent_labels(agent, settings)
+    network = agent_network(agent, settings)
     config: dict[str, Any] = {
         "Image": image_for(spec, settings),
         "Hostname": agent.name[:63],
-        "Env": spec.container_env(),
+        "Env": agent_env(agent, settings),
         "Labels": labels,
         "OpenStdin": True,
         "StdinOnce": False,
@@ -110,10 +152,12 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
             "Privileged": False,
             "LogConfig": {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}},
             "RestartPolicy": {"Name": "no"},
-            "NetworkMode": spec.network,
+            "NetworkMode": network,
         },
-        "NetworkingConfig": {"EndpointsConfig": {spec.network: {"Aliases": [agent.name]}}},
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [agent.name]}}},
     }
+    if network != spec.network:
+        config["HostConfig"]["Dns"] = [EGRESS_DNS]
     context = spec.security_context
     if context.run_as_user is not None:
         group = f":{context.run_as_group}" if context.run_as_group is not None else ""

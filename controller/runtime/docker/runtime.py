@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from controller.config import Settings
+from controller.egress.gateway import EgressGateway
+from controller.egress.policy import EGRESS_NETWORK_SUFFIX
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
 from controller.runtime.docker.cache import ContainerCache
@@ -31,7 +34,9 @@ from controller.runtime.docker.render import (
     LABEL_AGENT,
     LABEL_INSTANCE,
     LABEL_MANAGED,
+    agent_network,
     desired_container,
+    with_gateway,
     workspace_labels,
     workspace_volume,
 )
@@ -55,6 +60,9 @@ class DockerRuntime(DriverNetworks):
         self.driver = DockerDriver(settings, observer=self.observer)
         self._live = LiveDocker(self.driver, own_client=True)
         self.cache = ContainerCache(self._inspect, on_size=self.observer.on_cache_size)
+        self.egress = EgressGateway(settings)
+        """The forward proxy of the internal networks of agents whose egress is restricted; the
+        application tells it where records are and where denials go."""
         self._streaming = False
         self._verifying: asyncio.Task[None] | None = None
         self._first_sync = asyncio.Event()
@@ -72,6 +80,7 @@ class DockerRuntime(DriverNetworks):
     async def close(self) -> None:
         if self._verifying is not None:
             await cancel_all([self._verifying])
+        await self.egress.close()
         await self._live.close()
         await self.driver.close()
 
@@ -84,7 +93,9 @@ class DockerRuntime(DriverNetworks):
 
     def render(self, agent: Agent) -> Desired:
         body, digest = desired_container(agent, self.settings)
-        return Desired(config_hash=digest, image=str(body["Image"]), body=body)
+        return Desired(
+            config_hash=digest, image=str(body["Image"]), body=body, network=agent_network(agent, self.settings)
+        )
 
     async def agents_with_instances(self) -> set[str]:
         """From the cache while the event stream keeps it; a relist when it does not, or when the last
@@ -123,11 +134,22 @@ class DockerRuntime(DriverNetworks):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_sync.wait(), FIRST_SYNC_WAIT_SECONDS)
         if self.cache.synced:
-            return await self.cache.instances(agent)
-        return await self.driver.list_containers(agent)
+            return [self._gateway_checked(i) for i in await self.cache.instances(agent)]
+        return [self._gateway_checked(i) for i in await self.driver.list_containers(agent)]
 
     async def instance(self, instance_id: str) -> Instance | None:
-        return await self.cache.fresh(instance_id)
+        found = await self.cache.fresh(instance_id)
+        return self._gateway_checked(found) if found is not None else None
+
+    def _gateway_checked(self, instance: Instance) -> Instance:
+        """An instance whose proxy variables name a gateway address its network no longer has (the network
+        was removed and made again with another subnet) no longer matches any rendering: made again."""
+        if not instance.egress_gateway:
+            return instance
+        now = next((self.egress.address(n) for n in instance.networks if self.egress.address(n)), None)
+        if now is None or now == instance.egress_gateway:
+            return instance
+        return dataclasses.replace(instance, config_hash=f"{instance.config_hash} (egress gateway moved)")
 
     async def _inspect(self, instance_id: str) -> Instance | None:
         try:
@@ -141,13 +163,31 @@ class DockerRuntime(DriverNetworks):
         return await self.driver.image_exists(image)
 
     async def ensure_network(self, name: str) -> bool:
-        if self.driver.knows_network(name):
+        internal = name.endswith(EGRESS_NETWORK_SUFFIX)
+        if self.driver.knows_network(name) and (not internal or self.egress.address(name) is not None):
             return False  # known usable since the last network event: no call, no Docker slot taken
         try:
-            return await self.driver.ensure_network(name)
+            created = await self.driver.ensure_network(name, internal=internal)
+            if internal:
+                await self._serve_egress(name)
+            return created
         except AgentError:
             self.driver.forget_network(name)
             raise
+
+    async def _serve_egress(self, network: str) -> str:
+        """The gateway listening on ``network``'s bridge address (its address), or ``NETWORK_ERROR``."""
+        address = await self.driver.network_gateway(network)
+        try:
+            await self.egress.serve(network, address)
+        except OSError as exc:
+            raise AgentError(
+                NETWORK_ERROR,
+                f"the egress gateway cannot listen on {address}:{self.settings.egress_port} for network "
+                f"{network!r} ({exc.strerror or exc}); the controller must run on the Docker host (or in its "
+                "network namespace) to enforce egress policies",
+            ) from exc
+        return address
 
     async def ensure_workspace(self, agent: Agent) -> None:
         await self.driver.ensure_volume(
@@ -161,10 +201,14 @@ class DockerRuntime(DriverNetworks):
 
     async def create(self, agent: Agent, desired: Desired) -> Instance:
         name = container_name(agent.name)
+        network = desired.network_of(agent)
+        body = desired.body
         try:
-            container_id = await self.driver.create_container(name, desired.body)
+            if network.endswith(EGRESS_NETWORK_SUFFIX):
+                body = with_gateway(body, self.egress.address(network) or await self._serve_egress(network))
+            container_id = await self.driver.create_container(name, body)
         except AgentError as err:
-            self._forget_after(err, agent.spec.network)
+            self._forget_after(err, network)
             raise
         self.cache.changed(container_id, agent.name)
         return Instance(
@@ -174,7 +218,7 @@ class DockerRuntime(DriverNetworks):
             uid=agent.metadata.uid,
             config_hash=desired.config_hash,
             state="created",
-            networks=(agent.spec.network,),
+            networks=(network,),
         )
 
     # Every write marks what it touched as changed in the cache (a removal forgets it), succeeded or not:
@@ -284,10 +328,12 @@ class DockerRuntime(DriverNetworks):
             if network:
                 self.driver.forget_network(network)
                 self.cache.changed_on_network(network)
+                self.egress.stop_serving(network)
             return RuntimeChange("network-removed", network=network)
         elif kind == "network" and action in ("connect", "disconnect"):
             container_id = str(attributes.get("container") or "")
             self.cache.changed(container_id)  # its networks changed
+            self.egress.network_changed(str(attributes.get("name") or ""))
             if action == "connect":
                 return None
             return RuntimeChange(

@@ -112,8 +112,9 @@ class SwarmDriver(DockerDriver):
         with _DockerCall(f"removing service {service_id[:12]}", CONTAINER_ERROR, absent_ok=True):
             await self._send(f"services/{service_id}", "DELETE")
 
-    async def _ensure_network(self, name: str) -> bool:
-        """An attachable overlay (tasks of services join it; so can a node's own containers)."""
+    async def _ensure_network(self, name: str, internal: bool = False) -> bool:
+        """An attachable overlay (tasks of services join it; so can a node's own containers). Never
+        internal: admission refuses restricted egress on the swarm runtime."""
         with _DockerCall(f"inspecting network {name!r}", NETWORK_ERROR, absent_ok=True):
             data = await self._send(f"networks/{name}")
             if data.get("Driver") != "overlay" or not data.get("Attachable"):
