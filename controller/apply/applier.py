@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from controller.admission.admit import AdmissionError, admit
+from controller.admission.admit import AdmissionError, admit, asks_for_gvisor
 from controller.admission.schema import MANIFEST_KEYS, is_manifest
 from controller.apply.plan import Plan, Render, plan_apply, plan_delete
 from controller.apply.yaml_loader import Document
@@ -154,8 +154,16 @@ Guard = Callable[[Agent], str | None]
 
 
 class Applier:
-    def __init__(self, store: Store, settings: Settings, render: Render, planner: Planner | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        render: Render,
+        planner: Planner | None = None,
+        runtime_classes: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
+    ) -> None:
         self.store = store
+        self.runtime_classes = runtime_classes
         self.settings = settings
         self.render = render
         self.planner = planner
@@ -175,7 +183,10 @@ class Applier:
         """Admit, plan and (unless ``dry_run``) write ``documents``; then prune what ``prune`` selects."""
         async with self.lock:
             stored_all = {agent.name: agent for agent in await self.store.list()}
-            results = [self._admit(doc, stamp, list(stored_all.values())) for doc in documents]
+            classes = None
+            if self.runtime_classes is not None and any(asks_for_gvisor(d.body, self.settings) for d in documents):
+                classes = await self.runtime_classes()
+            results = [self._admit(doc, stamp, list(stored_all.values()), classes) for doc in documents]
             self._check_against_store(results, stored_all, guard)
             report = ApplyReport(dry_run, results)
             failed = [r for r in results if r.errors]
@@ -266,7 +277,9 @@ class Applier:
         await asyncio.gather(*events)  # one commit for all of them
         report.pruned = pruned
 
-    def _admit(self, doc: Document, stamp: Stamp | None, stored: list[Agent]) -> DocResult:
+    def _admit(
+        self, doc: Document, stamp: Stamp | None, stored: list[Agent], classes: frozenset[str] | None
+    ) -> DocResult:
         result = DocResult(doc.index, doc.line, _document_name(doc.body), doc=doc)
         for problem in doc.problems:
             result.fail(problem.message, problem.field, problem.line)
@@ -274,7 +287,7 @@ class Applier:
             result.fail("a document must be a mapping: an Agent manifest (apiVersion, kind, metadata, spec)")
             return result
         try:
-            agent, _ = admit(_without_server_fields(doc.body), self.settings, others=stored)
+            agent, _ = admit(_without_server_fields(doc.body), self.settings, others=stored, runtime_classes=classes)
         except AdmissionError as exc:
             reported = {e.field for e in result.errors}
             kind: ErrorKind = "forbidden" if exc.forbidden else "invalid"

@@ -92,6 +92,7 @@ class AgentSpec:
     stop_grace_period_seconds: int = 10
     security_context: SecurityContext = field(default_factory=SecurityContext)
     keep_workspace: bool = False
+    runtime_class_name: str = "runc"
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
@@ -108,6 +109,7 @@ class AgentSpec:
             "stopGracePeriodSeconds": self.stop_grace_period_seconds,
             "securityContext": self.security_context.to_dict(),
             "workspace": {"keep": self.keep_workspace},
+            "runtimeClassName": self.runtime_class_name,
         }
 
     @classmethod
@@ -134,6 +136,8 @@ class AgentSpec:
             stop_grace_period_seconds=data.get("stopGracePeriodSeconds", 10),
             security_context=SecurityContext.from_dict(data.get("securityContext") or {}),
             keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),
+            # a record stored before the field existed ran under runc, whatever the default is now
+            runtime_class_name=data.get("runtimeClassName") or "runc",
         )
 
 
