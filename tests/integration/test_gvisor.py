@@ -6,15 +6,19 @@ cannot be honoured, naming the field."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import pytest
 
+from controller.model.errors import AgentError
 from controller.model.runtime_class import GVISOR_PIDS_BASE, GVISOR_PIDS_PER_PROCESS
-from controller.runtime.docker.sandbox import find_leftovers
+from controller.runtime.docker.runtime import DockerRuntime
+from controller.runtime.docker.sandbox import find_leftovers, remove_leftovers
 from tests.conftest import StartController
-from tests.harness import Controller, docker_exec, inspect, running, wait_for
+from tests.harness import TEST_IMAGE, Controller, docker_exec, inspect, make_settings, running, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -123,26 +127,35 @@ async def test_gvisor_agents_reach_each_other_by_name(controller: Controller) ->
     assert "hello from gv-server" in out
 
 
-async def test_failed_gvisor_start_leaves_no_sandbox_behind(controller: Controller, docker: aiodocker.Docker) -> None:
+async def test_failed_gvisor_start_leaves_no_sandbox_behind(docker: aiodocker.Docker, tmp_path: Path) -> None:
     """runsc 20221219 leaves its shim, sandbox and gofer running after a start that fails (here: an
-    entrypoint that does not exist), and ``docker rm`` does not remove them; the runtime does."""
-    body = gvisor_agent("gv-broken", restartPolicy="Never", command=["/no/such/binary"])
-    status, created = await controller.request("POST", "/agents", body)
-    assert status == 201, created
-    agent = await controller.wait_agent("gv-broken", lambda a: bool(a["status"].get("error")), timeout=60)
-    assert "/no/such/binary" in agent["status"]["error"]["message"], agent["status"]
-    info = await inspect(docker, "parallax-agent-gv-broken")
-    assert info is not None
-    container_id = info["Id"]
-
-    async def cleaned() -> bool:
-        return not (await asyncio.to_thread(find_leftovers, container_id)).found
-
-    await wait_for(cleaned, timeout=20, what="the failed start's runsc processes to be removed")
-    status, _ = await controller.request("DELETE", "/agents/gv-broken")
-    assert status in (200, 202)
-    await controller.wait_gone("gv-broken")
-    assert await cleaned()
+    entrypoint that does not exist, without an init), ``docker rm`` does not remove them, and containerd's
+    record of the task makes the next start fail with "id already in use". A start straight through the
+    driver shows the leftovers; the runtime's start removes them."""
+    settings = make_settings(tmp_path)
+    body = {
+        "Image": TEST_IMAGE,
+        "Entrypoint": ["/no/such/binary"],
+        "Labels": {"parallax.instance": settings.instance},
+        "HostConfig": {"Runtime": "runsc", "Init": False},
+    }
+    runtime = DockerRuntime(settings)
+    await runtime.open()
+    container = await docker.containers.create(body, name=f"pxgv-failed-start-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(AgentError, match="no/such/binary"):
+            await runtime.driver.start(container.id)
+        assert (await asyncio.to_thread(find_leftovers, container.id)).found  # the bug, on this daemon
+        with pytest.raises(AgentError, match="id already in use"):  # and containerd's record blocks a restart
+            await runtime.start(container.id)
+        assert not (await asyncio.to_thread(find_leftovers, container.id)).found
+        with pytest.raises(AgentError, match="no/such/binary"):  # startable again: the real error
+            await runtime.start(container.id)
+        assert not (await asyncio.to_thread(find_leftovers, container.id)).found
+    finally:
+        await container.delete(force=True)
+        await runtime.close()
+        await remove_leftovers(container.id)  # should the assertions above have failed
 
 
 async def test_gvisor_refusals_name_the_field(controller: Controller) -> None:
@@ -162,7 +175,9 @@ async def test_gvisor_is_refused_when_the_daemon_has_no_runsc(start_controller: 
     assert status == 422, answer
     message = fields(answer)["spec.runtimeClassName"]
     assert "runsc" in message and "setup-gvisor.sh" in message, message
-    status, answer = await controller.request("POST", "/agents", {"name": "gv-none", "runtimeClassName": "gvisor"})
+    status, answer = await controller.request(
+        "POST", "/agents", {"name": "gv-none", "type": "claude", "runtimeClassName": "gvisor"}
+    )
     assert status == 422 and "runtimeClassName" in fields(answer), answer
     status, created = await controller.request("POST", "/agents", {"name": "gv-runc", "type": "claude"})
     assert status == 201 and created["spec"]["runtimeClassName"] == "runc", created
@@ -172,13 +187,15 @@ async def test_default_runtime_class_gvisor_applies_to_agents_that_name_none(
     start_controller: StartController, docker: aiodocker.Docker
 ) -> None:
     controller = await start_controller(default_runtime_class="gvisor")
-    status, created = await controller.request("POST", "/agents?wait=true&timeout=60", {"name": "gv-default"})
+    status, created = await controller.request(
+        "POST", "/agents?wait=true&timeout=60", {"name": "gv-default", "type": "claude"}
+    )
     assert status == 201 and running(created), created
     assert created["spec"]["runtimeClassName"] == "gvisor"
     info = await inspect(docker, "parallax-agent-gv-default")
     assert info is not None and info["HostConfig"]["Runtime"] == "runsc"
     status, created = await controller.request(
-        "POST", "/agents?wait=true&timeout=60", {"name": "gv-runc", "runtimeClassName": "runc"}
+        "POST", "/agents?wait=true&timeout=60", {"name": "gv-runc", "type": "claude", "runtimeClassName": "runc"}
     )
     assert status == 201 and running(created), created
     info = await inspect(docker, "parallax-agent-gv-runc")
@@ -188,7 +205,9 @@ async def test_default_runtime_class_gvisor_applies_to_agents_that_name_none(
 async def test_changing_the_runtime_class_recreates_the_container(
     controller: Controller, docker: aiodocker.Docker
 ) -> None:
-    status, created = await controller.request("POST", "/agents?wait=true&timeout=60", {"name": "gv-switch"})
+    status, created = await controller.request(
+        "POST", "/agents?wait=true&timeout=60", {"name": "gv-switch", "type": "claude"}
+    )
     assert status == 201 and running(created), created
     before = await inspect(docker, "parallax-agent-gv-switch")
     assert before is not None and before["HostConfig"]["Runtime"] == "runc"
