@@ -19,25 +19,31 @@ from typing import Any
 import aiodocker
 
 from bench.common import machine_note, median, new_tag
-from controller.admission.admit import spec_defaults
-from controller.config import Settings
-from controller.model.agent import Agent, AgentSpec, Metadata
-from controller.runtime.docker.render import render_container
 
 IMAGE = "parallax/agent-testing:latest"
+RUNSC = "runsc"  # the runtime scripts/setup-gvisor.sh registers
+PIDS = 512  # the default resources.pids; under gvisor translated to 64 + 10 per process
 
 
-def body(runtime_class: str, settings: Settings) -> dict[str, Any]:
-    spec = AgentSpec.from_dict(
-        {"type": "claude", "image": IMAGE, "runtimeClassName": runtime_class},
-        spec_defaults(settings),
-    )
-    config = render_container(Agent(metadata=Metadata(name="bench-gvisor"), spec=spec), settings)
-    config["HostConfig"]["NetworkMode"] = "bridge"
-    config.pop("NetworkingConfig", None)
-    config["HostConfig"]["Mounts"] = []
-    config["Entrypoint"] = ["/bin/sleep", "600"]
-    return config
+def body(runtime: str | None, pids: int) -> dict[str, Any]:
+    """The hardened container the controller renders for an agent (controller/runtime/docker/render.py),
+    on the default bridge, without the workspace volume; ``runtime`` None is Docker's default (runc)."""
+    tmpfs = "rw,exec,nosuid,nodev,mode=1777,size=64m"
+    host: dict[str, Any] = {
+        "Memory": 512 * 1024 * 1024,
+        "MemorySwap": 512 * 1024 * 1024,
+        "NanoCpus": 500_000_000,
+        "PidsLimit": pids,
+        "ReadonlyRootfs": True,
+        "Tmpfs": {"/tmp": tmpfs, "/home/agent": tmpfs},
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges:true"],
+        "Init": True,
+        "NetworkMode": "bridge",
+    }
+    if runtime is not None:
+        host["Runtime"] = runtime
+    return {"Image": IMAGE, "Entrypoint": ["/bin/sleep", "600"], "HostConfig": host}
 
 
 async def start_seconds(docker: aiodocker.Docker, config: dict[str, Any], name: str) -> float:
@@ -87,13 +93,12 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bytes", type=int, default=200_000)
     args = parser.parse_args()
-    settings = Settings()
     tag = new_tag()
     print(machine_note())
     async with aiodocker.Docker() as docker:
-        if settings.gvisor_runtime not in (await docker.system.info()).get("Runtimes", {}):
-            raise SystemExit(f"the daemon has no {settings.gvisor_runtime} runtime: run scripts/setup-gvisor.sh")
-        configs = {cls: body(cls, settings) for cls in ("runc", "gvisor")}
+        if RUNSC not in (await docker.system.info()).get("Runtimes", {}):
+            raise SystemExit(f"the daemon has no {RUNSC} runtime: run scripts/setup-gvisor.sh")
+        configs = {"runc": body(None, PIDS), "gvisor": body(RUNSC, 64 + 10 * PIDS)}
         starts: dict[str, list[float]] = {"runc": [], "gvisor": []}
         for i in range(args.starts):  # interleaved, so load from others hits both alike
             for cls, config in configs.items():

@@ -161,6 +161,12 @@ class SwarmRuntime(DriverNetworks):
         await self._live.remove_volumes(agent)
 
     async def create(self, agent: Agent, desired: Desired) -> Instance:
+        if agent.spec.runtime_class_name != RUNC:  # admitted under the local runtime, before a switch
+            raise AgentError(
+                CONTAINER_ERROR,
+                f"spec.runtimeClassName: {agent.spec.runtime_class_name} cannot run on the swarm runtime "
+                "(a Swarm service cannot choose its OCI runtime); set it to runc",
+            )
         self._touch(agent.name)
         try:
             service_id = await self.driver.create_service(desired.body)
