@@ -82,7 +82,7 @@ async def _processes_survive(container: str, count: int) -> bool:
     """Start ``count`` more sleeping processes in the agent; whether it is still alive afterwards."""
     script = f"for i in $(seq {count}); do sleep 300 & done; sleep 3; echo started"
     try:
-        code, out = await docker_exec(container, "sh", "-c", script, timeout=30)
+        code, out = await docker_exec(container, "sh", "-c", script, timeout=20)
     except TimeoutError:
         return False
     return code == 0 and "started" in out
@@ -91,8 +91,8 @@ async def _processes_survive(container: str, count: int) -> bool:
 async def test_gvisor_pids_limit_allows_about_that_many_processes(
     controller: Controller, docker: aiodocker.Docker
 ) -> None:
-    """Untranslated, a pids limit of 40 would kill the sandbox at about 0 guest processes (44 host tasks
-    idle); translated, 30 processes run, and four times the limit ends the agent."""
+    """Untranslated, a pids limit of 40 would kill the sandbox before its first process (44 host tasks
+    idle); translated, 30 processes run, and 200 more do not (the sandbox usually dies of it)."""
     body = gvisor_agent("gv-pids", restartPolicy="Never", resources={"pids": 40})
     status, created = await controller.request("POST", "/agents?wait=true&timeout=60", body)
     assert status == 201 and running(created), created
@@ -102,13 +102,22 @@ async def test_gvisor_pids_limit_allows_about_that_many_processes(
     assert code == 0 and int(out.strip()) >= 30, out
     agent = await controller.agent("gv-pids")
     assert agent is not None and running(agent), agent
-    assert not await _processes_survive(container, 200)
+    await _processes_survive(container, 200)
 
-    async def ended() -> bool:
+    async def held() -> str | None:
+        """The limit held: the sandbox ended (what over-limit usually does), or it lives with far fewer
+        than the 230 processes asked for (forks refused)."""
         info = await inspect(docker, container)
-        return info is not None and not info["State"]["Running"]
+        if info is None or not info["State"]["Running"]:
+            return "ended"
+        try:
+            code, out = await docker_exec(container, "sh", "-c", "ps | wc -l", timeout=10)
+        except TimeoutError:
+            return None
+        alive = code == 0 and out.strip().isdigit() and int(out.strip()) < 80
+        return f"alive with {out.strip()} processes" if alive else None
 
-    await wait_for(ended, timeout=30, what="the agent over its pids limit to end")
+    await wait_for(held, timeout=60, what="the pids limit to hold against 200 more processes")
 
 
 async def test_gvisor_agents_reach_each_other_by_name(controller: Controller) -> None:
