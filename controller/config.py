@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.model.quantity import QuantityError, parse_cpu, parse_memory
+from controller.model.runtime_class import RUNTIME_CLASSES
 from controller.store.rules import DEFAULT_SUBSCRIBER_BUFFER
 
 
@@ -160,6 +161,10 @@ class Settings:
     # A second port serving the Parallax control plane's runtime contract (/api/* and its /ws), on
     # PARALLAX_HOST like the main one; None: only /api/* on the main port (api.server.compat).
     compat_port: int | None = None
+    # The runtime class an agent gets when its spec names none (``spec.runtimeClassName``), and the name
+    # the Docker daemon knows gVisor's runsc by (its daemon.json ``runtimes`` key; scripts/setup-gvisor.sh).
+    default_runtime_class: str = "runc"
+    gvisor_runtime: str = "runsc"
 
     # Leader election, when controllers share a store (PostgreSQL): client-go's three durations. A
     # leader that could not renew its lease for renew_deadline stops acting; the others may take it over
@@ -250,6 +255,10 @@ class Settings:
             swarm_poll_seconds=_float(env, "PARALLAX_SWARM_POLL_SECONDS", base.swarm_poll_seconds, 0.05),
             swarm_shared_roots=_volume_roots(env, "PARALLAX_SWARM_SHARED_ROOTS") or (),
             compat_port=_int(env, "PARALLAX_COMPAT_PORT", 0, 1, 65535) or None,
+            default_runtime_class=_choice(
+                env, "PARALLAX_DEFAULT_RUNTIME_CLASS", base.default_runtime_class, RUNTIME_CLASSES
+            ),
+            gvisor_runtime=env.get("PARALLAX_GVISOR_RUNTIME") or base.gvisor_runtime,
             lease_duration_seconds=_float(env, "PARALLAX_LEASE_DURATION", base.lease_duration_seconds, 0.5),
             renew_deadline_seconds=_float(env, "PARALLAX_RENEW_DEADLINE", base.renew_deadline_seconds, 0.3),
             retry_period_seconds=_float(env, "PARALLAX_RETRY_PERIOD", base.retry_period_seconds, 0.1),
@@ -266,6 +275,11 @@ class Settings:
             )
         if settings.compat_port is not None and settings.compat_port == settings.port:
             raise ConfigError(f"PARALLAX_COMPAT_PORT: {settings.compat_port} is already PORT; pick another port")
+        if settings.runtime == "swarm" and settings.default_runtime_class == "gvisor":
+            raise ConfigError(
+                "PARALLAX_DEFAULT_RUNTIME_CLASS: gvisor cannot be the default with PARALLAX_RUNTIME=swarm "
+                "(a Swarm service cannot choose its OCI runtime)"
+            )
         if not settings.renew_deadline_seconds < settings.lease_duration_seconds:
             raise ConfigError(
                 f"PARALLAX_RENEW_DEADLINE: {settings.renew_deadline_seconds} must be less than "

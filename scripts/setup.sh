@@ -98,6 +98,7 @@ if [ "$state" = denied ]; then
     say "$user may use Docker: through the docker group from the next login, through an ACL on the socket until then"
 fi
 
+bash scripts/setup-gvisor.sh  # runsc, registered with dockerd (spec.runtimeClassName: gvisor)
 bash scripts/setup-browser.sh  # Chromium for tests/browser (the dashboard)
 
 # c. Python venv

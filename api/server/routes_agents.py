@@ -13,10 +13,10 @@ from api.server import openapi
 from api.server.errors import ApiError, read_json
 from api.server.params import bad_parameter, flag, integer, number
 from api.server.routes_watch import WATCH_REFUSED, resume_parameters, watch_over_sse
-from api.server.state import SETTINGS, STORE
+from api.server.state import RUNTIME, SETTINGS, STORE
 from api.server.streams import until_gone
 from api.server.throttle import release_slot
-from controller.admission.admit import admit, mentions_volumes
+from controller.admission.admit import admit, asks_for_gvisor, mentions_volumes
 from controller.admission.schema import flat_to_manifest, is_manifest
 from controller.model.agent import PHASES, TYPES, Agent, keep_stored_secrets
 from controller.model.selector import parse_selector
@@ -90,7 +90,12 @@ async def create_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     wait = _wait_timeout(request)
     body = await read_json(request)
-    agent, _ = admit(body, settings, others=await store.list() if mentions_volumes(body) else ())
+    agent, _ = admit(
+        body,
+        settings,
+        others=await store.list() if mentions_volumes(body) else (),
+        runtime_classes=await runtime_classes_for(request, body),
+    )
     changes = store.subscribe() if wait is not None else None
     try:
         created = await store.create(agent)
@@ -172,9 +177,22 @@ async def replace_agent(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     name = request.match_info["name"]
     body = await read_json(request)
-    agent, rv = admit(body, settings, name=name, others=await store.list() if mentions_volumes(body) else ())
+    agent, rv = admit(
+        body,
+        settings,
+        name=name,
+        others=await store.list() if mentions_volumes(body) else (),
+        runtime_classes=await runtime_classes_for(request, body),
+    )
     updated = await store.update(name, functools.partial(keep_stored_secrets, agent), expected_rv=rv)
     return web.json_response(agent_json(updated))
+
+
+async def runtime_classes_for(request: web.Request, body: Any) -> frozenset[str] | None:
+    """The engine's runtime classes when ``body`` may become a gvisor agent (only then is Docker asked)."""
+    if not asks_for_gvisor(body, request.app[SETTINGS]):
+        return None
+    return await request.app[RUNTIME].runtime_classes()
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -217,6 +235,7 @@ async def patch_agent(request: web.Request) -> web.Response:
     rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
 
     others = await store.list()
+    classes = await runtime_classes_for(request, patch)
 
     def patched(current: Agent) -> Agent:
         base = current.to_manifest(redact=False)
@@ -224,7 +243,7 @@ async def patch_agent(request: web.Request) -> web.Response:
         base["metadata"] = {
             k: v for k, v in base["metadata"].items() if k in ("name", "labels", "annotations") and v is not None
         }
-        agent, _ = admit(merge_patch(base, patch), settings, name=name, others=others)
+        agent, _ = admit(merge_patch(base, patch), settings, name=name, others=others, runtime_classes=classes)
         return keep_stored_secrets(agent, current)
 
     # Merged onto the latest version, queued writes included: concurrent patches all take effect.

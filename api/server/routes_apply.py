@@ -53,7 +53,13 @@ def lifecycle(specs_dir: str | None) -> Callable[[web.Application], AsyncIterato
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         controller = app[CONTROLLER]
-        applier = Applier(app[STORE], app[SETTINGS], controller.runtime.render, planner=controller.reconciler.plan)
+        applier = Applier(
+            app[STORE],
+            app[SETTINGS],
+            controller.runtime.render,
+            planner=controller.reconciler.plan,
+            runtime_classes=controller.runtime.runtime_classes,
+        )
         app[APPLIER] = applier
         follower = SpecsDirFollower(specs_dir, applier) if specs_dir else None
         if follower is not None:

@@ -7,13 +7,14 @@ cannot carry that JSON Schema cannot express (``docker_limits``), then the secur
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from controller.admission.policy import check_spec, forbidden_fields
 from controller.admission.schema import FieldError, _user_path, flat_to_manifest, is_manifest, validate_manifest
 from controller.config import Settings
 from controller.model.agent import Agent, AgentSpec, Metadata, SpecDefaults
+from controller.model.runtime_class import GVISOR
 
 MAX_REPORTED_ERRORS = 50
 # execve(2): one environment or argument string is at most MAX_ARG_STRLEN (32 pages) with its NUL, and all
@@ -55,11 +56,18 @@ def spec_defaults(settings: Settings) -> SpecDefaults:
 
 
 def admit(
-    body: Any, settings: Settings, *, name: str | None = None, others: Sequence[Agent] = ()
+    body: Any,
+    settings: Settings,
+    *,
+    name: str | None = None,
+    others: Sequence[Agent] = (),
+    runtime_classes: Collection[str] | None = None,
 ) -> tuple[Agent, str | None]:
     """Validate ``body`` and return the Agent it asks for plus the resourceVersion it carried, if any.
 
     ``name`` is the name from the URL (PUT/PATCH); a body naming another agent is refused.
+    ``runtime_classes``: what the engine can run (``Runtime.runtime_classes``; see ``asks_for_gvisor``),
+    None when not asked.
     """
     if not isinstance(body, dict):
         raise AdmissionError([FieldError("(body)", "must be a JSON object")])
@@ -80,13 +88,15 @@ def admit(
     if name is not None and metadata["name"] != name:
         field = "name" if flat else "metadata.name"
         raise AdmissionError([FieldError(field, f"{metadata['name']!r} does not match the name in the URL {name!r}")])
-    spec = AgentSpec.from_dict(_whole_numbers(manifest["spec"]), spec_defaults(settings))
+    spec_data = _whole_numbers(manifest["spec"])
+    spec_data.setdefault("runtimeClassName", settings.default_runtime_class)
+    spec = AgentSpec.from_dict(spec_data, spec_defaults(settings))
     neighbours = (
         [(o.name, o.spec.volumes) for o in others if o.spec.volumes and o.name != metadata["name"]]
         if spec.volumes
         else []
     )
-    verdict = check_spec(spec, settings, prefix, neighbours)
+    verdict = check_spec(spec, settings, prefix, neighbours, runtime_classes)
     if verdict.invalid:
         raise AdmissionError(list(verdict.invalid))
     if verdict.forbidden:
@@ -209,3 +219,14 @@ def mentions_volumes(body: Any) -> bool:
         return False
     spec = body.get("spec")
     return bool(body.get("volumes")) or (isinstance(spec, dict) and bool(spec.get("volumes")))
+
+
+def asks_for_gvisor(body: Any, settings: Settings) -> bool:
+    """Whether ``body`` (flat, manifest or merge patch) may be admitted as a gvisor agent: only then does
+    its admission need the engine's runtime classes (a call to Docker the API makes no other write wait for)."""
+    if settings.default_runtime_class == GVISOR:
+        return True
+    if not isinstance(body, dict):
+        return False
+    spec = body.get("spec")
+    return body.get("runtimeClassName") == GVISOR or (isinstance(spec, dict) and spec.get("runtimeClassName") == GVISOR)

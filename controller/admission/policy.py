@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,8 @@ from controller.config import Settings
 from controller.egress.policy import ALLOW_ALL, ALLOWLIST, EGRESS_NETWORK_SUFFIX
 from controller.model.agent import AGENT_HOME, WORKSPACE_PATH, AgentSpec, capability_name
 from controller.model.mounts import BindMount, is_within, overlaps, parse_volume
+from controller.model.quantity import parse_memory
+from controller.model.runtime_class import GVISOR, GVISOR_MAX_PIDS, GVISOR_MIN_MEMORY
 
 # Mounting any of these (or a directory containing one) hands an agent the host, whatever the
 # allowed roots say.
@@ -234,12 +236,17 @@ def _egress(spec: AgentSpec, settings: Settings, prefix: str) -> list[FieldError
 
 
 def check_spec(
-    spec: AgentSpec, settings: Settings, prefix: str, neighbours: Iterable[tuple[str, Sequence[str]]] = ()
+    spec: AgentSpec,
+    settings: Settings,
+    prefix: str,
+    neighbours: Iterable[tuple[str, Sequence[str]]] = (),
+    runtime_classes: Collection[str] | None = None,
 ) -> Verdict:
     """Every policy finding about an admitted spec, each at its field path. ``neighbours`` are the other
     agents' names and volumes: a mount one of them could redirect (or that could redirect one of theirs)
-    is refused now; the reconciler checks the same again before every start."""
-    invalid: list[FieldError] = []
+    is refused now; the reconciler checks the same again before every start. ``runtime_classes`` are
+    the classes the engine can run (``Runtime.runtime_classes``), None when not known."""
+    invalid: list[FieldError] = list(runtime_class_errors(spec, settings, prefix, runtime_classes))
     forbidden: list[FieldError] = []
     targets: dict[str, int] = {}
     roots = volume_roots(settings)
@@ -287,6 +294,44 @@ def check_spec(
                 )
             )
     return Verdict(tuple(invalid), tuple(forbidden))
+
+
+def runtime_class_errors(
+    spec: AgentSpec, settings: Settings, prefix: str, runtime_classes: Collection[str] | None
+) -> Iterable[FieldError]:
+    """What a gvisor agent asks for that cannot be honoured here: 422 at ``runtimeClassName`` (or the
+    limit gVisor cannot keep)."""
+    if spec.runtime_class_name != GVISOR:
+        return
+    field = f"{prefix}runtimeClassName"
+    default = " (PARALLAX_DEFAULT_RUNTIME_CLASS)" if settings.default_runtime_class == GVISOR else ""
+    if settings.runtime == "swarm":
+        yield FieldError(
+            field,
+            f"gvisor{default} cannot run on the swarm runtime: a Swarm service cannot choose its OCI runtime "
+            "(use the local Docker runtime, or runc)",
+        )
+        return
+    if runtime_classes is not None and GVISOR not in runtime_classes:
+        yield FieldError(
+            field,
+            f"gvisor{default} needs gVisor's runsc registered with the Docker daemon as runtime "
+            f"{settings.gvisor_runtime!r}, and the daemon has none (install it with scripts/setup-gvisor.sh; "
+            "README: gVisor)",
+        )
+        return
+    if parse_memory(spec.resources.memory) < GVISOR_MIN_MEMORY:
+        yield FieldError(
+            f"{prefix}resources.memory",
+            f"under gvisor at least {GVISOR_MIN_MEMORY // (1024 * 1024)} MiB: gVisor's sandbox needs memory of "
+            "its own (below 16 MiB it does not start)",
+        )
+    if spec.resources.pids > GVISOR_MAX_PIDS:
+        yield FieldError(
+            f"{prefix}resources.pids",
+            f"under gvisor at most {GVISOR_MAX_PIDS}: each process inside the sandbox costs about ten host "
+            "tasks, and the kernel's pids limit ends at 4194304",
+        )
 
 
 def mount_refusal(mount: BindMount, settings: Settings, roots: Iterable[VolumeRoot] | None = None) -> str | None:

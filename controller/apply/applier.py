@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from controller.admission.admit import AdmissionError, admit
+from controller.admission.admit import AdmissionError, admit, asks_for_gvisor
 from controller.admission.schema import MANIFEST_KEYS, is_manifest
 from controller.admission.secret import parse_secret
 from controller.apply.plan import Plan, Render, plan_apply, plan_delete
@@ -173,8 +173,16 @@ Guard = Callable[[Agent], str | None]
 
 
 class Applier:
-    def __init__(self, store: Store, settings: Settings, render: Render, planner: Planner | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        render: Render,
+        planner: Planner | None = None,
+        runtime_classes: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
+    ) -> None:
         self.store = store
+        self.runtime_classes = runtime_classes
         self.settings = settings
         self.render = render
         self.planner = planner
@@ -197,7 +205,10 @@ class Applier:
             secrets = [self._admit_secret(doc) for doc in documents if is_secret_document(doc.body)]
             await self._plan_secrets(secrets)
             agent_docs = [doc for doc in documents if not is_secret_document(doc.body)]
-            results = [self._admit(doc, stamp, list(stored_all.values())) for doc in agent_docs]
+            classes = None
+            if self.runtime_classes is not None and any(asks_for_gvisor(d.body, self.settings) for d in agent_docs):
+                classes = await self.runtime_classes()
+            results = [self._admit(doc, stamp, list(stored_all.values()), classes) for doc in agent_docs]
             self._check_against_store(results, stored_all, guard)
             report = ApplyReport(dry_run, results)
             failed = [r for r in [*secrets, *results] if r.errors]
@@ -349,7 +360,9 @@ class Applier:
             users = [a.name for a in agents.values() if references(a, secret.name)]
             result.secret_view = written.to_public(users)
 
-    def _admit(self, doc: Document, stamp: Stamp | None, stored: list[Agent]) -> DocResult:
+    def _admit(
+        self, doc: Document, stamp: Stamp | None, stored: list[Agent], classes: frozenset[str] | None
+    ) -> DocResult:
         result = DocResult(doc.index, doc.line, _document_name(doc.body), doc=doc)
         for problem in doc.problems:
             result.fail(problem.message, problem.field, problem.line)
@@ -357,7 +370,7 @@ class Applier:
             result.fail("a document must be a mapping: an Agent manifest (apiVersion, kind, metadata, spec)")
             return result
         try:
-            agent, _ = admit(_without_server_fields(doc.body), self.settings, others=stored)
+            agent, _ = admit(_without_server_fields(doc.body), self.settings, others=stored, runtime_classes=classes)
         except AdmissionError as exc:
             reported = {e.field for e in result.errors}
             kind: ErrorKind = "forbidden" if exc.forbidden else "invalid"

@@ -149,6 +149,9 @@ class AgentSpec:
     """Swarm placement constraints (``node.labels.zone==eu``): which nodes the agent's task may run on."""
     env_refs: dict[str, SecretKeyRef] = field(default_factory=dict)
     """Env entries taken from Secrets (``secretKeyRef``); ``env`` holds the inline values."""
+    egress: EgressSpec | None = None
+    """What the agent may reach outside its network; None: the server's default (``PARALLAX_EGRESS_DEFAULT``)."""
+    runtime_class_name: str = "runc"
 
     def env_dict(self, *, redact: bool = True) -> dict[str, Any]:
         """``spec.env`` as written: inline values (``<redacted>`` unless ``redact`` is off) and references."""
@@ -163,9 +166,6 @@ class AgentSpec:
         env = [f"{key}={value}" for key, value in self.env.items()]
         env += [f"{key}=<secretKeyRef {ref.name}/{ref.key}>" for key, ref in self.env_refs.items()]
         return sorted(env)
-
-    egress: EgressSpec | None = None
-    """What the agent may reach outside its network; None: the server's default (``PARALLAX_EGRESS_DEFAULT``)."""
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         out = {
@@ -185,6 +185,7 @@ class AgentSpec:
             "securityContext": self.security_context.to_dict(),
             "workspace": {"keep": self.keep_workspace},
             "placement": {"constraints": list(self.placement_constraints)},
+            "runtimeClassName": self.runtime_class_name,
         }
         if self.egress is not None:
             out["egress"] = self.egress.to_dict()
@@ -223,6 +224,8 @@ class AgentSpec:
             keep_workspace=bool((data.get("workspace") or {}).get("keep", False)),
             placement_constraints=tuple((data.get("placement") or {}).get("constraints") or ()),
             egress=EgressSpec.from_dict(data["egress"]) if isinstance(data.get("egress"), dict) else None,
+            # a record stored before the field existed ran under runc, whatever the default is now
+            runtime_class_name=data.get("runtimeClassName") or "runc",
         )
 
 

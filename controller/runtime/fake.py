@@ -182,6 +182,8 @@ class FakeRuntime:
         self._serial = 0
         self._live = FakeLiveViews(self)
         self.opened = False
+        self.classes: frozenset[str] = frozenset({"runc"})
+        """What ``runtime_classes`` answers (a test adds ``gvisor``)."""
 
     # -- time --------------------------------------------------------------------------------------
 
@@ -240,6 +242,9 @@ class FakeRuntime:
 
     async def ping(self) -> None:
         self._call("ping")
+
+    async def runtime_classes(self) -> frozenset[str] | None:
+        return self.classes if self.reachable else None
 
     def render(self, agent: Agent) -> Desired:
         """Pure and deterministic: the hash covers the spec (secrets included, not redacted) but the

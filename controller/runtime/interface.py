@@ -131,6 +131,11 @@ class Runtime(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def runtime_classes(self) -> frozenset[str] | None:
+        """The ``spec.runtimeClassName`` values this engine can run now (``runc`` always), for admission;
+        None when the engine cannot be asked."""
+        ...
+
     def render(self, agent: Agent) -> Desired:
         """Pure: what this runtime would run for ``agent`` now."""
         ...

@@ -21,6 +21,7 @@ from api.server import openapi
 from api.server.compat.answers import ANSWERS, wait_answer
 from api.server.errors import ApiError, read_json, translate_error
 from api.server.params import bad_parameter, flag, integer
+from api.server.routes_agents import runtime_classes_for
 from api.server.routes_live import deliver, log_lines, parse_tail, request_restart, resource_usage, running_container
 from api.server.state import CONTROLLER, SETTINGS, STORE
 from api.server.streams import until_gone
@@ -314,7 +315,7 @@ async def spawn(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     translated = to_agent_body(await read_config_json(request))
     try:
-        agent, _ = admit(translated.body, settings)
+        agent, _ = admit(translated.body, settings, runtime_classes=await runtime_classes_for(request, translated.body))
     except AdmissionError as exc:
         raise translated.renamed(exc) from None
     try:

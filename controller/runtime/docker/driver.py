@@ -277,6 +277,14 @@ class DockerDriver:
             await self.docker.version()
 
     @_timed
+    async def runtime_names(self, docker: aiodocker.Docker | None = None) -> frozenset[str]:
+        """The OCI runtimes the daemon has (``docker info``'s Runtimes), asked through ``docker`` (the
+        API's own client) or the driver's."""
+        with _DockerCall("asking the Docker daemon for its runtimes", SOCKET_ERROR):
+            info = await (docker or self.docker).system.info()
+        return frozenset((info.get("Runtimes") or {}).keys())
+
+    @_timed
     async def list_agent_names(self) -> list[Listed]:
         """The containers of this instance and their agents (one call, no inspects)."""
         with _DockerCall("listing containers", SOCKET_ERROR):

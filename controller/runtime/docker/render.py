@@ -23,6 +23,7 @@ from controller.model.agent import (
 )
 from controller.model.mounts import parse_volume
 from controller.model.quantity import nano_cpus, parse_memory
+from controller.model.runtime_class import GVISOR, host_pids_limit
 
 LABEL_MANAGED = "parallax.managed"
 LABEL_AGENT = "parallax.agent"
@@ -139,7 +140,7 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
             "Memory": memory,
             "MemorySwap": memory,
             "NanoCpus": nano_cpus(spec.resources.cpu),
-            "PidsLimit": spec.resources.pids,
+            "PidsLimit": host_pids_limit(spec.runtime_class_name, spec.resources.pids),
             "Binds": [parse_volume(v).docker_bind() for v in spec.volumes],
             "Mounts": [
                 {"Type": "volume", "Source": workspace_volume(agent.name, settings.instance), "Target": WORKSPACE_PATH}
@@ -158,6 +159,9 @@ def render_container(agent: Agent, settings: Settings) -> dict[str, Any]:
     }
     if network != spec.network:
         config["HostConfig"]["Dns"] = [EGRESS_DNS]
+    if spec.runtime_class_name == GVISOR:
+        # only then: an agent under runc keeps the create body (and config hash) it had before the field
+        config["HostConfig"]["Runtime"] = settings.gvisor_runtime
     context = spec.security_context
     if context.run_as_user is not None:
         group = f":{context.run_as_group}" if context.run_as_group is not None else ""

@@ -21,6 +21,7 @@ from controller.egress.gateway import EgressGateway
 from controller.egress.policy import EGRESS_NETWORK_SUFFIX
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
+from controller.model.runtime_class import GVISOR, RUNC
 from controller.runtime.docker.cache import ContainerCache
 from controller.runtime.docker.driver import (
     STREAM_OPEN,
@@ -40,6 +41,7 @@ from controller.runtime.docker.render import (
     workspace_labels,
     workspace_volume,
 )
+from controller.runtime.docker.sandbox import remove_leftovers
 from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChange
 from controller.tasks import cancel_all
 
@@ -47,6 +49,8 @@ log = logging.getLogger("parallax.runtime")
 
 CONTAINER_ACTIONS = {"create", "start", "die", "oom", "stop", "kill", "destroy", "rename", "pause", "unpause", "update"}
 FIRST_SYNC_WAIT_SECONDS = 5.0
+RUNTIME_CLASSES_TTL_SECONDS = 30.0
+"""How long admission trusts the daemon's list of runtimes (a runtime is added by a daemon reload)."""
 IMAGE_ADDED = {"tag", "load", "pull", "import"}
 IMAGE_REMOVED = {"delete", "untag"}
 
@@ -68,6 +72,8 @@ class DockerRuntime(DriverNetworks):
         self._first_sync = asyncio.Event()
         """Set once the first event stream has opened and listed, or failed: until then a read waits for
         it (client-go's WaitForCacheSync) rather than asking Docker for one agent's containers."""
+        self._classes: tuple[float, frozenset[str]] | None = None
+        self._classes_lock = asyncio.Lock()
 
     @property
     def live(self) -> LiveDocker:
@@ -90,6 +96,20 @@ class DockerRuntime(DriverNetworks):
         except AgentError:
             self._first_sync.set()  # no stream is coming soon: reads go to Docker (and fail as it does)
             raise
+
+    async def runtime_classes(self) -> frozenset[str] | None:
+        """``runc``, and ``gvisor`` when the daemon has the runtime ``PARALLAX_GVISOR_RUNTIME``; asked
+        through the API's own Docker client at most every ``RUNTIME_CLASSES_TTL_SECONDS``."""
+        async with self._classes_lock:
+            if self._classes is not None and time.monotonic() - self._classes[0] < RUNTIME_CLASSES_TTL_SECONDS:
+                return self._classes[1]
+            try:
+                names = await self.driver.runtime_names(self._live.docker)
+            except AgentError:
+                return None
+            classes = frozenset({RUNC, GVISOR} if self.settings.gvisor_runtime in names else {RUNC})
+            self._classes = (time.monotonic(), classes)
+            return classes
 
     def render(self, agent: Agent) -> Desired:
         body, digest = desired_container(agent, self.settings)
@@ -230,6 +250,8 @@ class DockerRuntime(DriverNetworks):
         except AgentError as err:
             if err.code in (NETWORK_ERROR, IMAGE_NOT_FOUND):
                 self.driver.forget_cached()  # which network or image it was, Docker does not say
+            if err.code != SOCKET_ERROR:
+                await self._remove_sandbox(instance_id)
             raise
         finally:
             self.cache.changed(instance_id)
@@ -263,6 +285,13 @@ class DockerRuntime(DriverNetworks):
             self.cache.changed(instance_id)
             raise
         self.cache.forget(instance_id)
+        await self._remove_sandbox(instance_id)  # a failed start's, should a controller have died before
+
+    async def _remove_sandbox(self, instance_id: str) -> None:
+        """A runsc container's failed start leaves its sandbox behind (``controller.runtime.docker.sandbox``);
+        only a full id names it, and only processes on this machine are looked at."""
+        if len(instance_id) == 64:
+            await remove_leftovers(instance_id)
 
     async def rename(self, instance_id: str, agent: str) -> None:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 from controller.config import Settings
 from controller.model.agent import Agent, container_name
 from controller.model.errors import CONTAINER_ERROR, NETWORK_ERROR, AgentError
+from controller.model.runtime_class import RUNC
 from controller.model.timestamps import parse_runtime_time
 from controller.runtime.docker.driver import DockerObserver, DriverNetworks, NoopDockerObserver, set_paused
 from controller.runtime.docker.render import LABEL_AGENT
@@ -84,6 +85,10 @@ class SwarmRuntime(DriverNetworks):
 
     async def ping(self) -> None:
         await self.driver.swarm_node_id()
+
+    async def runtime_classes(self) -> frozenset[str] | None:
+        """runc only: a Swarm service spec (API 1.41) cannot choose an OCI runtime."""
+        return frozenset({RUNC})
 
     def render(self, agent: Agent) -> Desired:
         spec, digest = desired_service(agent, self.settings, container_name(agent.name))
@@ -213,6 +218,12 @@ class SwarmRuntime(DriverNetworks):
         await self._live.remove_volumes(agent)
 
     async def create(self, agent: Agent, desired: Desired) -> Instance:
+        if agent.spec.runtime_class_name != RUNC:  # admitted under the local runtime, before a switch
+            raise AgentError(
+                CONTAINER_ERROR,
+                f"spec.runtimeClassName: {agent.spec.runtime_class_name} cannot run on the swarm runtime "
+                "(a Swarm service cannot choose its OCI runtime); set it to runc",
+            )
         self._touch(agent.name)
         try:
             service_id = await self.driver.create_service(desired.body)
