@@ -1,0 +1,344 @@
+"""Paths and tar streams of the files API, as pure logic: which paths of an agent may be read or written,
+what an engine's file mode means, and a streaming tar reader that checks an upload member by member.
+
+Nothing here does I/O: ``api.server.routes_files`` walks a path through the engine's stat calls, and asks
+this module what each answer allows.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+import time
+from dataclasses import dataclass, field
+
+from controller.model.agent import WORKSPACE_PATH
+
+FILE_ROOTS = (WORKSPACE_PATH,)
+"""Where the files API reads and writes: the agent's workspace volume. ``/tmp`` and the home are tmpfs
+mounts, which the Docker archive API does not see (it reads the container's root filesystem there)."""
+
+TMPFS_PATHS = ("/tmp", "/home/agent")
+
+MAX_PATH_BYTES = 4096
+
+# Go's os.FileMode type bits, as Docker's X-Docker-Container-Path-Stat reports them.
+_GO_DIR = 1 << 31
+_GO_SYMLINK = 1 << 27
+_GO_DEVICE = 1 << 26
+_GO_PIPE = 1 << 25
+_GO_SOCKET = 1 << 24
+_GO_CHAR_DEVICE = 1 << 21
+_GO_IRREGULAR = 1 << 19
+
+
+class PathRefused(ValueError):
+    """A path the files API will not touch; ``status`` is the HTTP status it is answered with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def requested_path(raw: str | None) -> str:
+    """The ``path`` query parameter as an absolute path inside the file roots, or ``PathRefused``: it must
+    be absolute, without ``..``, NUL or empty components' tricks, and inside ``FILE_ROOTS``."""
+    if raw is None or raw == "":
+        raise PathRefused("path is required (an absolute path under /workspace)", 400)
+    if "\x00" in raw or len(raw.encode(errors="surrogatepass")) > MAX_PATH_BYTES:
+        raise PathRefused("path may not contain NUL or be longer than 4096 bytes", 400)
+    if not raw.startswith("/"):
+        raise PathRefused(f"path {raw[:80]!r} must be absolute (under /workspace)", 400)
+    parts = raw.split("/")
+    if ".." in parts:
+        raise PathRefused(f"path {raw[:80]!r} may not contain '..'", 400)
+    path = "/" + "/".join(p for p in parts if p not in ("", "."))
+    return confined(path)
+
+
+def confined(path: str) -> str:
+    """``path`` (absolute, normalised, symlinks resolved) if it lies inside the file roots, else
+    ``PathRefused`` saying why."""
+    if any(within(path, root) for root in FILE_ROOTS):
+        return path
+    if any(within(path, tmpfs) for tmpfs in TMPFS_PATHS):
+        raise PathRefused(
+            f"{path[:80]} is on an in-memory tmpfs (/tmp, the home), which the files API cannot reach; "
+            "copy it into /workspace with exec first"
+        )
+    raise PathRefused(
+        f"{path[:80]} is outside the agent's workspace (/workspace): the root filesystem is read-only, "
+        "and nothing else of the container is served",
+        403,
+    )
+
+
+def components(path: str) -> list[str]:
+    """``/workspace/a/b`` -> ``["/workspace", "/workspace/a", "/workspace/a/b"]`` (below the root only)."""
+    root = next(r for r in FILE_ROOTS if within(path, r))
+    found = [root]
+    rest = path[len(root) :].strip("/")
+    for part in rest.split("/") if rest else []:
+        found.append(posixpath.join(found[-1], part))
+    return found
+
+
+def kind_of(mode: int) -> str:
+    """``file``, ``directory``, ``symlink`` or ``other`` (devices, pipes, sockets), from a Go file mode."""
+    if mode & _GO_DIR:
+        return "directory"
+    if mode & _GO_SYMLINK:
+        return "symlink"
+    if mode & (_GO_DEVICE | _GO_PIPE | _GO_SOCKET | _GO_CHAR_DEVICE | _GO_IRREGULAR):
+        return "other"
+    return "file"
+
+
+def permission_bits(mode: int) -> int:
+    return mode & 0o7777
+
+
+def tar_kind(info: tarfile.TarInfo) -> str:
+    if info.isdir():
+        return "directory"
+    if info.issym():
+        return "symlink"
+    if info.islnk():
+        return "hardlink"
+    if info.isreg():
+        return "file"
+    return "other"
+
+
+def file_header(name: str, size: int, mode: int = 0o644) -> bytes:
+    """The tar header block(s) of one regular file ``name`` of ``size`` bytes (what a single-file PUT is
+    wrapped in before the engine extracts it)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = int(time.time())
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+class TarRefused(ValueError):
+    """A tar stream that is malformed or holds a member the files API will not write."""
+
+
+@dataclass
+class Member:
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+    link: str = ""
+
+
+@dataclass
+class TarReader:
+    """A tar stream read as it arrives: ``feed(chunk)`` returns what the chunk completed, as
+    ``Member`` items (headers, GNU long names and pax records applied) and ``bytes`` items (the data
+    of the member before them). ``ended`` once the two zero blocks have been read."""
+
+    _buffer: bytearray = field(default_factory=bytearray)
+    _remaining: int = 0
+    _pad: int = 0
+    _meta_kind: bytes | None = None
+    _meta: bytearray = field(default_factory=bytearray)
+    _long_name: str | None = None
+    _long_link: str | None = None
+    _pax: dict[str, str] = field(default_factory=dict)
+    _zero_blocks: int = 0
+    ended: bool = False
+
+    def feed(self, chunk: bytes) -> list[Member | bytes]:
+        out: list[Member | bytes] = []
+        self._buffer += chunk
+        while self._buffer and not self.ended:
+            if self._remaining:
+                piece = bytes(self._buffer[: self._remaining])
+                del self._buffer[: len(piece)]
+                self._remaining -= len(piece)
+                if self._meta_kind is not None:
+                    self._meta += piece
+                    if not self._remaining:
+                        self._apply_meta()
+                elif piece:
+                    out.append(piece)
+                continue
+            if self._pad:
+                dropped = min(self._pad, len(self._buffer))
+                del self._buffer[:dropped]
+                self._pad -= dropped
+                continue
+            if len(self._buffer) < tarfile.BLOCKSIZE:
+                break
+            block = bytes(self._buffer[: tarfile.BLOCKSIZE])
+            del self._buffer[: tarfile.BLOCKSIZE]
+            member = self._header(block)
+            if member is not None:
+                out.append(member)
+        return out
+
+    def _header(self, block: bytes) -> Member | None:
+        if block == b"\0" * tarfile.BLOCKSIZE:
+            self._zero_blocks += 1
+            if self._zero_blocks == 2:
+                self.ended = True
+            return None
+        self._zero_blocks = 0
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.TarError as exc:
+            raise TarRefused(f"not a tar stream: {exc}") from exc
+        size = info.size
+        self._pad = -size % tarfile.BLOCKSIZE
+        self._remaining = size
+        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE):
+            if size > 1 << 20:
+                raise TarRefused("a tar metadata record is larger than 1 MiB")
+            self._meta_kind, self._meta = info.type, bytearray()
+            if not size:
+                self._apply_meta()
+            return None
+        if info.type == tarfile.XGLTYPE:
+            self._meta_kind, self._meta = info.type, bytearray()
+            if not size:
+                self._apply_meta()
+            return None
+        name = self._pax.pop("path", None) or self._long_name or info.name
+        link = self._pax.pop("linkpath", None) or self._long_link or info.linkname
+        if "size" in self._pax:
+            try:
+                size = int(self._pax.pop("size"))
+            except ValueError as exc:
+                raise TarRefused("a pax size record is not a number") from exc
+            self._remaining, self._pad = size, -size % tarfile.BLOCKSIZE
+        self._long_name = self._long_link = None
+        self._pax.clear()
+        info.name, info.linkname = name, link
+        return Member(name, tar_kind(info), size, info.mode, int(info.mtime), link)
+
+    def _apply_meta(self) -> None:
+        data, kind = bytes(self._meta), self._meta_kind
+        self._meta_kind, self._meta = None, bytearray()
+        if kind == tarfile.GNUTYPE_LONGNAME:
+            self._long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif kind == tarfile.GNUTYPE_LONGLINK:
+            self._long_link = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif kind == tarfile.XHDTYPE:
+            self._pax.update(_pax_records(data))
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """``"%d %s=%s\\n"`` records; malformed ones are a ``TarRefused``."""
+    found: dict[str, str] = {}
+    position = 0
+    while position < len(data):
+        space = data.find(b" ", position)
+        if space < 0:
+            break
+        try:
+            length = int(data[position:space])
+        except ValueError as exc:
+            raise TarRefused("a pax header record is malformed") from exc
+        if length <= 0:
+            raise TarRefused("a pax header record is malformed")
+        record = data[space + 1 : position + length - 1]
+        key, _, value = record.partition(b"=")
+        found[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        position += length
+    return found
+
+
+def member_path(name: str) -> str:
+    """A tar member's name as a relative, normalised path, or ``TarRefused`` (absolute, ``..``, NUL)."""
+    if "\x00" in name:
+        raise TarRefused(f"member {name[:80]!r} has a NUL in its name")
+    if name.startswith("/"):
+        raise TarRefused(f"member {name[:80]!r} is an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise TarRefused(f"member {name[:80]!r} climbs out with '..'")
+    return "/".join(parts)
+
+
+class UploadGuard:
+    """Checks an uploaded tar member by member before its bytes reach the engine: only regular files,
+    directories, and links that stay inside the archive's own tree (no absolute or ``..``-escaping
+    symlink targets, hard links only to earlier members); no devices, fifos or sockets; no member below a
+    symlink of the same archive. ``parents_to_check`` names directories that already exist outside the
+    archive and must be checked (they may be symlinks the agent planted)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.links: set[str] = set()
+        self.dirs: set[str] = {""}
+
+    def check(self, member: Member) -> list[str]:
+        """The member's relative parent directories that this archive did not make (to be checked by the
+        caller against the engine); ``TarRefused`` for a member that may not be written."""
+        path = member_path(member.name)
+        if member.kind == "other":
+            raise TarRefused(
+                f"member {member.name[:80]!r} is a device, fifo or socket; only files, directories and links"
+            )
+        parents = _parents(path)
+        for parent in parents:
+            if parent in self.links:
+                raise TarRefused(f"member {member.name[:80]!r} lies below a symlink of the same archive")
+        if member.kind == "symlink":
+            target = member.link
+            if not target or target.startswith("/"):
+                raise TarRefused(f"symlink {member.name[:80]!r} points to an absolute path ({target[:80]!r})")
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise TarRefused(f"symlink {member.name[:80]!r} points out of the upload ({target[:80]!r})")
+            self.links.add(path)
+        if member.kind == "hardlink":
+            target = member_path(member.link)
+            if target not in self.seen:
+                raise TarRefused(
+                    f"hard link {member.name[:80]!r} points to {member.link[:80]!r}, not an earlier member"
+                )
+        unchecked = [p for p in parents if p not in self.dirs]
+        self.dirs.update(parents)
+        if member.kind == "directory":
+            self.dirs.add(path)
+        self.seen.add(path)
+        return unchecked
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+@dataclass
+class CappedOutput:
+    """One output stream of an exec kept up to ``cap`` bytes; what comes after is counted, not kept."""
+
+    cap: int
+    data: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped > 0
