@@ -81,6 +81,7 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     )
     app[SETTINGS] = settings
     app[STREAMS] = streams
+    routes_exec.setup_exec(app)
     app.add_routes(routes_health.routes)
     app.add_routes(routes_watch.routes)
     app.add_routes(routes_agents.routes)

@@ -131,9 +131,11 @@ class ExecSlots:
 EXEC_SLOTS = web.AppKey("exec_slots", ExecSlots)
 
 
+def setup_exec(app: web.Application) -> None:
+    app[EXEC_SLOTS] = ExecSlots(app[SETTINGS].exec_concurrency)
+
+
 def exec_slots(app: web.Application) -> ExecSlots:
-    if EXEC_SLOTS not in app:
-        app[EXEC_SLOTS] = ExecSlots(app[SETTINGS].exec_concurrency)
     return app[EXEC_SLOTS]
 
 
