@@ -39,7 +39,7 @@ from controller.model.agent_files import (
     requested_path,
 )
 from controller.model.errors import AgentError
-from controller.runtime.interface import ExecCommand, Instance, LiveViews, PathStat
+from controller.runtime.interface import ExecCommand, Instance, LiveViews, PathStat, PathUnresolvable
 
 routes = web.RouteTableDef()
 
@@ -70,7 +70,12 @@ async def resolve(
     current, rest = steps[0], [posixpath.basename(s) for s in steps[1:]]
     hops = 0
     while True:
-        stat = await live.stat_path(instance, current)
+        try:
+            stat = await live.stat_path(instance, current)
+        except PathUnresolvable as exc:
+            raise ApiError(
+                400, "BAD_REQUEST", f"{path[:200]}: {exc}", [{"field": "path", "message": str(exc)}]
+            ) from None
         if stat is None:
             if rest:
                 raise ApiError(404, "NOT_FOUND", f"{path[:200]}: {current[:200]} does not exist")
@@ -248,8 +253,8 @@ class _Upload:
                 raise self.refusal
             yield chunk
 
-    async def file(self, name: str, size: int) -> AsyncIterator[bytes]:
-        yield file_header(name, size)
+    async def file(self, name: str, size: int, owner: tuple[int, int]) -> AsyncIterator[bytes]:
+        yield file_header(name, size, owner)
         async for chunk in self._counted():
             yield chunk
         if self.sent != size:
@@ -258,7 +263,7 @@ class _Upload:
         yield padding(size) + END_OF_ARCHIVE
 
     async def tar(self, live: LiveViews, instance: str, directory: str) -> AsyncIterator[bytes]:
-        reader, guard = TarReader(), UploadGuard()
+        reader, guard = TarReader(owner=await live.file_owner(instance)), UploadGuard()
         async for chunk in self._counted():
             try:
                 for item in reader.feed(chunk):
@@ -270,7 +275,7 @@ class _Upload:
                     422, "VALIDATION_FAILED", f"tar refused: {exc}", [{"field": "body", "message": str(exc)}]
                 )
                 raise
-            yield chunk
+            yield reader.take_output()
         if not reader.ended:
             self.refusal = ApiError(400, "BAD_REQUEST", "the tar stream ended before its end-of-archive blocks")
             raise self.refusal
@@ -323,7 +328,8 @@ async def put_files(request: web.Request) -> web.Response:
                     409, "CONFLICT", f"{path[:200]} exists and is not a file (send a tar to extract into a directory)"
                 )
             directory, base = posixpath.split(real)
-            await live.put_archive(info.id, directory, upload.file(base, int(request.content_length or 0)))
+            owner = await live.file_owner(info.id)
+            await live.put_archive(info.id, directory, upload.file(base, int(request.content_length or 0), owner))
     except (AgentError, OSError, TarRefused, ApiError) as exc:
         if upload.refusal is not None:
             raise upload.refusal from None

@@ -114,12 +114,13 @@ def tar_kind(info: tarfile.TarInfo) -> str:
     return "other"
 
 
-def file_header(name: str, size: int, mode: int = 0o644) -> bytes:
-    """The tar header block(s) of one regular file ``name`` of ``size`` bytes (what a single-file PUT is
-    wrapped in before the engine extracts it)."""
+def file_header(name: str, size: int, owner: tuple[int, int] = (0, 0), mode: int = 0o644) -> bytes:
+    """The tar header block(s) of one regular file ``name`` of ``size`` bytes owned by ``owner`` (what a
+    single-file PUT is wrapped in before the engine extracts it)."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = mode
+    info.uid, info.gid = owner
     info.mtime = int(time.time())
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
 
@@ -161,14 +162,30 @@ class TarReader:
     _pax: dict[str, str] = field(default_factory=dict)
     _zero_blocks: int = 0
     ended: bool = False
+    owner: tuple[int, int] | None = None
+    """When set, the stream is passed on (``take_output``) with every header's uid and gid set to it."""
+    _output: bytearray = field(default_factory=bytearray)
+
+    def take_output(self) -> bytes:
+        """The bytes consumed since the last call, headers rewritten to ``owner`` (after the end of the
+        archive, the rest as it came)."""
+        if self.ended and self._buffer:
+            self._output += self._buffer
+            self._buffer.clear()
+        out = bytes(self._output)
+        self._output.clear()
+        return out
 
     def feed(self, chunk: bytes) -> list[Member | bytes]:
         out: list[Member | bytes] = []
         self._buffer += chunk
+        keep = self.owner is not None
         while self._buffer and not self.ended:
             if self._remaining:
                 piece = bytes(self._buffer[: self._remaining])
                 del self._buffer[: len(piece)]
+                if keep:
+                    self._output += piece
                 self._remaining -= len(piece)
                 if self._meta_kind is not None:
                     self._meta += piece
@@ -179,6 +196,8 @@ class TarReader:
                 continue
             if self._pad:
                 dropped = min(self._pad, len(self._buffer))
+                if keep:
+                    self._output += self._buffer[:dropped]
                 del self._buffer[:dropped]
                 self._pad -= dropped
                 continue
@@ -187,6 +206,8 @@ class TarReader:
             block = bytes(self._buffer[: tarfile.BLOCKSIZE])
             del self._buffer[: tarfile.BLOCKSIZE]
             member = self._header(block)
+            if keep:
+                self._output += _owned(block, self.owner) if any(block) else block
             if member is not None:
                 out.append(member)
         return out
@@ -239,6 +260,18 @@ class TarReader:
             self._long_link = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind == tarfile.XHDTYPE:
             self._pax.update(_pax_records(data))
+
+
+def _owned(block: bytes, owner: tuple[int, int] | None) -> bytes:
+    """A ustar header block with its uid and gid fields set to ``owner`` and its checksum redone."""
+    if owner is None:
+        return block
+    header = bytearray(block)
+    header[108:116] = b"%07o\0" % owner[0]
+    header[116:124] = b"%07o\0" % owner[1]
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:

@@ -179,6 +179,9 @@ class FakeLiveViews:
         raise AgentError(CONTAINER_ERROR, f"{path} does not exist in the fake runtime")
         yield  # pragma: no cover
 
+    async def file_owner(self, instance_id: str) -> tuple[int, int]:
+        return 1000, 1000
+
     async def put_archive(self, instance_id: str, directory: str, body: AsyncIterable[bytes]) -> None:
         self._runtime._call("put_archive", instance_id)
         async for _ in body:

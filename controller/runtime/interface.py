@@ -97,6 +97,10 @@ class NotRunning(Exception):
     """A live view that needs the instance running found it stopped (answered 409 by the API)."""
 
 
+class PathUnresolvable(Exception):
+    """The engine cannot resolve a path of an instance (a symlink loop): the caller's path is at fault."""
+
+
 @dataclass(frozen=True)
 class ExecCommand:
     """A command to run inside a running instance: ``argv`` as given (no shell), ``env`` added to the
@@ -173,6 +177,10 @@ class LiveViews(Protocol):
 
     def open_archive(self, instance_id: str, path: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """``path`` as a tar stream; the connection is released when the block is left."""
+        ...
+
+    async def file_owner(self, instance_id: str) -> tuple[int, int]:
+        """The numeric user and group files written for the agent get."""
         ...
 
     async def put_archive(self, instance_id: str, directory: str, body: AsyncIterable[bytes]) -> None:

@@ -25,7 +25,9 @@ async def box(start_controller: StartController) -> tuple[Controller, str]:
         network=f"pxex-{uuid.uuid4().hex[:8]}", exec_concurrency=20, exec_output_bytes=CAP
     )
     name = f"pxex-{uuid.uuid4().hex[:6]}"
-    status, body = await controller.request("POST", "/agents", {"name": name, "type": "claude", "env": {"TICK_SECONDS": "5"}})
+    status, body = await controller.request(
+        "POST", "/agents", {"name": name, "type": "claude", "env": {"TICK_SECONDS": "5"}}
+    )
     assert status == 201, body
     await controller.wait_agent(name, running)
     return controller, name
@@ -47,7 +49,13 @@ async def test_exit_codes_stdout_and_stderr_apart_stdin_env_workdir_and_user(box
     status, body = await run(controller, name, {"command": ["cat"], "stdin": "line one\nline two\n"})
     assert body["stdout"] == "line one\nline two\n"
     status, body = await run(
-        controller, name, {"command": ["sh", "-c", 'echo "$SECRET_X"; pwd; id -u'], "env": {"SECRET_X": "v4lue-s3cret"}, "workdir": "/tmp"}
+        controller,
+        name,
+        {
+            "command": ["sh", "-c", 'echo "$SECRET_X"; pwd; id -u'],
+            "env": {"SECRET_X": "v4lue-s3cret"},
+            "workdir": "/tmp",
+        },
     )
     assert body["stdout"] == "v4lue-s3cret\n/tmp\n1000\n"  # the image's user (1000), not root
     status, body = await run(controller, name, {"command": ["no-such-binary-here"]})
@@ -116,9 +124,11 @@ async def test_client_leaving_a_stream_kills_the_command(box: tuple[Controller, 
     url = f"{controller.base_url}/agents/{name}/exec?stream=true"
     async with controller.session.post(url, json={"command": ["sh", "-c", "echo up; sleep 207"]}) as resp:
         await resp.content.readline()
+
     async def gone() -> bool:
         _, listing = await docker_exec(f"parallax-agent-{name}", "ps", "-o", "args")
         return "sleep 207" not in listing
+
     for _ in range(40):
         if await gone():
             break

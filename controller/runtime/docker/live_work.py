@@ -24,7 +24,7 @@ import aiodocker
 import aiohttp
 
 from controller.model.errors import CONTAINER_ERROR, SOCKET_ERROR, AgentError
-from controller.runtime.interface import ExecCommand, PathStat
+from controller.runtime.interface import ExecCommand, PathStat, PathUnresolvable
 
 log = logging.getLogger("parallax.exec")
 
@@ -176,17 +176,21 @@ class ExecAndFiles:
 
     async def stat_path(self, container_id: str, path: str) -> PathStat | None:
         """What Docker's archive HEAD says of ``path`` (the last component not followed), None when absent."""
+        docker = self.docker
         try:
-            async with self.docker._query(
-                f"containers/{container_id}/archive", method="HEAD", params={"path": path}
-            ) as response:
+            await docker._check_version()
+            url = docker._canonicalize_url(f"containers/{container_id}/archive")
+            async with docker.session.head(url, params={"path": path}) as response:
                 header = response.headers.get("X-Docker-Container-Path-Stat", "")
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return None
+                status = response.status
+        except (aiodocker.DockerError, *_UNREACHABLE) as exc:
             raise _refused(f"reading {path[:80]}", exc) from exc
-        except _UNREACHABLE as exc:
-            raise _refused(f"reading {path[:80]}", exc) from exc
+        if status == 404 and not header:
+            return None
+        if status == 500:  # Docker's answer to a path it cannot resolve (a symlink loop, too many links)
+            raise PathUnresolvable(f"{path[:80]} cannot be resolved (a symlink loop?)")
+        if status >= 400:
+            raise AgentError(CONTAINER_ERROR, f"reading {path[:80]} failed: Docker answered {status}")
         try:
             data = json.loads(base64.b64decode(header)) if header else {}
         except ValueError:
@@ -220,11 +224,22 @@ class ExecAndFiles:
         finally:
             response.close()
 
+    async def file_owner(self, container_id: str) -> tuple[int, int]:
+        """The numeric user and group the container runs as (``User`` ``uid[:gid]``; a name, or none,
+        is root's 0:0 as far as owners in a tar go)."""
+        try:
+            data = await self.docker.containers.container(container_id).show()
+        except (aiodocker.DockerError, *_UNREACHABLE) as exc:
+            raise _refused(f"inspecting {container_id[:12]}", exc) from exc
+        user, _, group = str((data.get("Config") or {}).get("User") or "").partition(":")
+        uid = int(user) if user.isdigit() else 0
+        return uid, int(group) if group.isdigit() else uid
+
     async def put_archive(self, container_id: str, directory: str, body: AsyncIterable[bytes]) -> None:
-        """Extract the tar ``body`` into ``directory``, owned by the container's user (``copyUIDGID``);
-        a directory is never replaced by a file."""
+        """Extract the tar ``body`` into ``directory`` (members keep the owners their headers carry); a
+        directory is never replaced by a file."""
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, connect=5)
-        params = {"path": directory, "noOverwriteDirNonDir": "1", "copyUIDGID": "1"}
+        params = {"path": directory, "noOverwriteDirNonDir": "1"}
         try:
             async with self.docker._query(
                 f"containers/{container_id}/archive",

@@ -137,6 +137,10 @@ class LiveSwarm:
         async with live.open_archive(container, path) as chunks:
             yield chunks
 
+    async def file_owner(self, instance_id: str) -> tuple[int, int]:
+        live, container = await self._on_node(instance_id)
+        return await live.file_owner(container)
+
     async def put_archive(self, instance_id: str, directory: str, body: AsyncIterable[bytes]) -> None:
         live, container = await self._on_node(instance_id)
         await live.put_archive(container, directory, body)
