@@ -72,7 +72,7 @@ async def test_timeout_kills_the_process_and_what_it_started(box: tuple[Controll
     assert status == 200, body
     assert body["timedOut"] is True and "never" not in body["stdout"]
     assert 900 <= body["durationMs"] < 8000
-    code, listing = await docker_exec(f"parallax-agent-{name}", "ps", "-o", "pid,args")
+    _, listing = await docker_exec(f"parallax-agent-{name}", "ps", "-o", "pid,args")
     assert "sleep 300" not in listing and "sleep 301" not in listing, listing
 
 

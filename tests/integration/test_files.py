@@ -4,6 +4,7 @@ listings, tar in and out, every escape attempt refused, read-only paths refused,
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 import urllib.parse
@@ -70,8 +71,6 @@ async def test_round_trips_binary_big_unicode_and_empty(box: tuple[Controller, s
     assert (await sh(name, "stat -c %u /workspace/bin.dat")).strip() == "1000"
     status, listing, kind = await get(controller, name, "/workspace")
     assert status == 200 and kind.startswith("application/json")
-    import json
-
     items = {i["name"]: i for i in json.loads(listing)["items"]}
     assert items["big.bin"]["size"] == 50 * 1024 * 1024 and items["big.bin"]["type"] == "file"
     assert items["empty"]["size"] == 0 and "ünïcødé 文件.txt" in items
@@ -100,7 +99,8 @@ async def test_tar_in_and_out_and_delete(box: tuple[Controller, str]):
     assert (await sh(name, "cat /workspace/proj/src/a.py /workspace/proj/src/link")) == "print(1)\nprint(1)\n"
     status, data, kind = await get(controller, name, "/workspace/proj", archive="tar")
     assert status == 200 and kind == "application/x-tar"
-    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
     assert {"proj/README", "proj/src/a.py", "proj/src/link"} <= set(names)
     assert controller.session is not None
     async with controller.session.delete(url(controller, name, "/workspace/proj/src")) as resp:
