@@ -208,3 +208,6 @@ async def test_size_limit_and_stopped_agents(box: tuple[Controller, str]):
     await controller.wait_agent(name, lambda a: a["status"].get("phase") == "Suspended")
     status, body = await put(controller, name, "/workspace/late.txt", b"late")
     assert status == 409 and body["error"]["code"] == "NOT_RUNNING"
+    # reads still work on the stopped container: what a finished agent wrote can be fetched
+    status, data, _ = await get(controller, name, "/workspace/kept.txt")
+    assert (status, data) == (200, b"kept")
