@@ -178,8 +178,17 @@ class TarReader:
 
     def feed(self, chunk: bytes) -> list[Member | bytes]:
         out: list[Member | bytes] = []
-        self._buffer += chunk
         keep = self.owner is not None
+        if not self._buffer and self._remaining and self._meta_kind is None and not self.ended:
+            # the common case of a big member: its data passed on without going through the buffer
+            piece = chunk[: self._remaining]
+            self._remaining -= len(piece)
+            if piece:
+                out.append(piece)
+            if keep:
+                self._output += piece
+            chunk = chunk[len(piece) :]
+        self._buffer += chunk
         while self._buffer and not self.ended:
             if self._remaining:
                 piece = bytes(self._buffer[: self._remaining])
