@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -37,7 +38,10 @@ async def run(controller: Controller, name: str, body: dict[str, Any]) -> tuple[
     return await controller.request("POST", f"/agents/{name}/exec", body)
 
 
-async def test_exit_codes_stdout_and_stderr_apart_stdin_env_workdir_and_user(box: tuple[Controller, str]):
+async def test_exit_codes_stdout_and_stderr_apart_stdin_env_workdir_and_user(
+    box: tuple[Controller, str], caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
     controller, name = box
     status, body = await run(controller, name, {"command": ["sh", "-c", "echo out; echo err >&2; exit 7"]})
     assert status == 200, body
@@ -58,9 +62,13 @@ async def test_exit_codes_stdout_and_stderr_apart_stdin_env_workdir_and_user(box
         },
     )
     assert body["stdout"] == "v4lue-s3cret\n/tmp\n1000\n"  # the image's user (1000), not root
-    status, body = await run(controller, name, {"command": ["no-such-binary-here"]})
+    # a refused exec (no such directory) carries no env value in its error, nor does the log
+    status, body = await run(
+        controller, name, {"command": ["true"], "env": {"SECRET_X": "v4lue-s3cret"}, "workdir": "/nowhere"}
+    )
     assert status in (200, 502), body
-    assert "v4lue" not in json.dumps(body)
+    assert "v4lue-s3cret" not in json.dumps(body)
+    assert "v4lue-s3cret" not in caplog.text
 
 
 async def test_timeout_kills_the_process_and_what_it_started(box: tuple[Controller, str]):
