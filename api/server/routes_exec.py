@@ -175,7 +175,8 @@ async def _feed_stdin(process: ExecProcess, data: bytes | None) -> None:
     await process.close_stdin()
 
 
-async def _exit_code(process: ExecProcess) -> int | None:
+async def exec_code(process: ExecProcess) -> int | None:
+    """The exit code of an ended process (Docker may take a moment to have it)."""
     deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
     while True:
         code = await process.exit_code()
@@ -272,7 +273,7 @@ async def _answered(request: web.Request, agent: Agent, info: Instance, wanted: 
             await process.kill()
         finally:
             feeder.cancel()
-        code = await _exit_code(process)
+        code = await exec_code(process)
     stdout, stdout_encoding = _text_or_base64(bytes(outputs[1].data))
     stderr, stderr_encoding = _text_or_base64(bytes(outputs[2].data))
     return {
@@ -326,7 +327,7 @@ async def _streamed(request: web.Request, agent: Agent, info: Instance, wanted: 
             await process.kill()
         finally:
             feeder.cancel()
-        code = await _exit_code(process)
+        code = await exec_code(process)
     ended = {"exitCode": code, "timedOut": timed_out, "durationMs": int((time.monotonic() - started) * 1000)}
     await response.write(json.dumps({"exit": ended}).encode() + b"\n")
     await response.write_eof()
@@ -419,7 +420,7 @@ async def _interactive(
                 reader.cancel()
                 await asyncio.wait({writer}, timeout=EXIT_CODE_WAIT_SECONDS)
                 writer.cancel()
-            code = await _exit_code(process)
+            code = await exec_code(process)
         await ws.send_json({"type": "exit", "exitCode": code, "timedOut": timed_out})
     except AgentError as exc:
         raise scrubbed(exc, agent.spec.env, wanted.command.env) from None

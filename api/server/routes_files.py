@@ -9,8 +9,11 @@ agent's container too (local Docker); writes and deletes need it running.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +22,7 @@ from aiohttp import web
 from api.server import openapi
 from api.server.activity import note_activity
 from api.server.errors import ApiError
+from api.server.routes_exec import exec_code as exit_code
 from api.server.routes_exec import exec_slots, running_instance
 from api.server.routes_live import running_container
 from api.server.state import LIVE, SETTINGS, STORE
@@ -34,9 +38,11 @@ from controller.model.agent_files import (
     confined,
     file_header,
     kind_of,
+    on_tmpfs,
     padding,
     permission_bits,
     requested_path,
+    stat_line_mode,
 )
 from controller.model.errors import AgentError
 from controller.runtime.interface import ExecCommand, Instance, LiveViews, PathStat, PathUnresolvable
@@ -60,18 +66,28 @@ def _refusal(exc: PathRefused) -> ApiError:
     return ApiError(exc.status, code, str(exc), [{"field": "path", "message": str(exc)}])
 
 
-async def resolve(
-    live: LiveViews, instance: str, path: str, *, follow_last: bool = True
-) -> tuple[str, PathStat | None]:
-    """The real path of ``path`` and its stat (None when the last component does not exist), every
-    symlink on the way followed and checked to stay in the workspace; 404 when a directory on the way
-    is missing, 403 when a symlink leads out."""
+@dataclass(frozen=True)
+class Found:
+    """A resolved path: its real path, its stat (None: the last component does not exist), and how it
+    is reached: through Docker's archive API (the workspace volume) or, on a tmpfs, by commands run as
+    the agent's user (which needs it running)."""
+
+    real: str
+    stat: PathStat | None
+    by_exec: bool = False
+
+
+async def resolve(live: LiveViews, instance: Instance, path: str, *, follow_last: bool = True) -> Found:
+    """``path`` resolved, every symlink on the way followed and checked to stay in the writable mounts;
+    404 when a directory on the way is missing, 403 when a symlink leads out."""
+    if on_tmpfs(path):
+        return await _resolve_by_exec(live, instance, path, follow_last=follow_last)
     steps = components(path)
     current, rest = steps[0], [posixpath.basename(s) for s in steps[1:]]
     hops = 0
     while True:
         try:
-            stat = await live.stat_path(instance, current)
+            stat = await live.stat_path(instance.id, current)
         except PathUnresolvable as exc:
             raise ApiError(
                 400, "BAD_REQUEST", f"{path[:200]}: {exc}", [{"field": "path", "message": str(exc)}]
@@ -79,7 +95,7 @@ async def resolve(
         if stat is None:
             if rest:
                 raise ApiError(404, "NOT_FOUND", f"{path[:200]}: {current[:200]} does not exist")
-            return current, None
+            return Found(current, None)
         if kind_of(stat.mode) == "symlink" and (rest or follow_last):
             hops += 1
             if hops > MAX_SYMLINK_HOPS or not stat.link_target:
@@ -90,12 +106,104 @@ async def resolve(
                 raise _refusal(
                     PathRefused(f"{path[:200]} leads through the symlink {current[:200]}: {exc}", 403)
                 ) from None
+            if on_tmpfs(current):  # the archive API cannot see a tmpfs: go on from inside
+                return await _resolve_by_exec(live, instance, posixpath.join(current, *rest), follow_last=follow_last)
             continue
         if not rest:
-            return current, stat
+            return Found(current, stat)
         if kind_of(stat.mode) != "directory":
             raise ApiError(404, "NOT_FOUND", f"{path[:200]}: {current[:200]} is not a directory")
         current = posixpath.join(current, rest.pop(0))
+
+
+def _needs_running(instance: Instance, path: str) -> None:
+    if instance.state != "running":
+        raise ApiError(
+            409,
+            "NOT_RUNNING",
+            f"{path[:200]} is on a tmpfs, which exists only while the agent runs (container {instance.state})",
+        )
+
+
+async def _resolve_by_exec(live: LiveViews, instance: Instance, path: str, *, follow_last: bool) -> Found:
+    _needs_running(instance, path)
+    target = path if follow_last else posixpath.dirname(path)
+    code, out, _ = await run_command(live, instance.id, ("readlink", "-f", "--", target))
+    if code != 0 or not out.strip():
+        raise ApiError(404, "NOT_FOUND", f"{path[:200]}: a directory on the way does not exist")
+    real = out.decode("utf-8", "surrogateescape").rstrip("\n")
+    if not follow_last:
+        real = posixpath.join(real, posixpath.basename(path))
+    try:
+        real = confined(real)
+    except PathRefused as exc:
+        raise _refusal(PathRefused(f"{path[:200]} leads out through a symlink: {exc}", 403)) from None
+    code, out, _ = await run_command(live, instance.id, ("stat", "-c", "%f %s %Y", "--", real))
+    if code != 0:
+        return Found(real, None, by_exec=True)
+    raw_mode, size, mtime = out.decode().split()
+    return Found(real, PathStat(posixpath.basename(real), int(size), stat_line_mode(raw_mode), mtime), by_exec=True)
+
+
+async def run_command(
+    live: LiveViews, instance: str, argv: tuple[str, ...], stdin: AsyncIterable[bytes] | None = None
+) -> tuple[int | None, bytes, bytes]:
+    """Run ``argv`` as the agent's user (``stdin`` streamed in); its exit code and (up to 64 KiB of) its
+    stdout and stderr."""
+    outputs = {1: bytearray(), 2: bytearray()}
+    async with live.open_exec(instance, ExecCommand(argv, {}, stdin=stdin is not None)) as process:
+
+        async def feed() -> None:
+            assert stdin is not None
+            try:
+                async for chunk in stdin:
+                    await process.write(chunk)
+            except Exception:
+                await process.kill()  # a refused upload: the command gets no more of it
+                raise
+            await process.close_stdin()
+
+        feeder = asyncio.create_task(feed()) if stdin is not None else None
+        try:
+            while (piece := await process.read()) is not None:
+                kept = outputs[piece[0]]
+                kept += piece[1][: max(0, 65536 - len(kept))]
+            if feeder is not None:
+                await feeder
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+        code = await exit_code(process)
+    return code, bytes(outputs[1]), bytes(outputs[2])
+
+
+@contextlib.asynccontextmanager
+async def open_tar(live: LiveViews, instance: Instance, found: Found) -> AsyncIterator[AsyncIterator[bytes]]:
+    """``found`` as a tar stream whose top entry is its base name (as Docker's archive API makes it)."""
+    if not found.by_exec:
+        async with live.open_archive(instance.id, found.real) as chunks:
+            yield chunks
+        return
+    parent, base = posixpath.split(found.real)
+    argv = ("tar", "-c", "-f", "-", "-C", parent or "/", base)
+    async with live.open_exec(instance.id, ExecCommand(argv, {})) as process:
+
+        async def output() -> AsyncIterator[bytes]:
+            while (piece := await process.read()) is not None:
+                if piece[0] == 1:
+                    yield piece[1]
+
+        yield output()
+
+
+async def put_tar(live: LiveViews, instance: Instance, directory: Found, body: AsyncIterable[bytes]) -> None:
+    if not directory.by_exec:
+        await live.put_archive(instance.id, directory.real, body)
+        return
+    code, _, errors = await run_command(live, instance.id, ("tar", "-x", "-f", "-", "-C", directory.real), body)
+    if code != 0:
+        text = errors.decode(errors="replace").strip()[:500]
+        raise ApiError(403, "FORBIDDEN", f"writing into {directory.real[:200]} failed: {text}")
 
 
 async def _existing_instance(request: web.Request, name: str) -> Instance:
@@ -161,21 +269,22 @@ async def get_files(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "BAD_REQUEST", "archive must be tar", [{"field": "archive", "message": "must be tar"}])
     info = await _existing_instance(request, name)
     live = request.app[LIVE]
-    real, stat = await resolve(live, info.id, path)
+    found = await resolve(live, info, path)
+    stat = found.stat
     if stat is None:
         raise ApiError(404, "NOT_FOUND", f"{path[:200]} does not exist")
     kind = kind_of(stat.mode)
     if kind == "other":
         raise _refusal(PathRefused(f"{path[:200]} is a device, fifo or socket; only files and directories are served"))
     if archive == "tar":
-        return await _send_tar(request, live, info.id, real)
+        return await _send_tar(request, live, info, found)
     if kind == "directory":
-        return web.json_response({"path": real, "items": await _listing(live, info.id, real)})
-    return await _send_file(request, live, info.id, real, stat)
+        return web.json_response({"path": found.real, "items": await _listing(live, info, found)})
+    return await _send_file(request, live, info, found, stat)
 
 
-async def _send_tar(request: web.Request, live: LiveViews, instance: str, real: str) -> web.StreamResponse:
-    async with live.open_archive(instance, real) as chunks:
+async def _send_tar(request: web.Request, live: LiveViews, instance: Instance, found: Found) -> web.StreamResponse:
+    async with open_tar(live, instance, found) as chunks:
         response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
         await response.prepare(request)
         async for chunk in chunks:
@@ -184,10 +293,10 @@ async def _send_tar(request: web.Request, live: LiveViews, instance: str, real: 
     return response
 
 
-async def _listing(live: LiveViews, instance: str, real: str) -> list[dict[str, Any]]:
+async def _listing(live: LiveViews, instance: Instance, found: Found) -> list[dict[str, Any]]:
     items = []
     reader = TarReader()
-    async with live.open_archive(instance, real) as chunks:
+    async with open_tar(live, instance, found) as chunks:
         async for chunk in chunks:
             for item in reader.feed(chunk):
                 if isinstance(item, Member) and item.name.strip("/").count("/") == 1:
@@ -198,15 +307,15 @@ async def _listing(live: LiveViews, instance: str, real: str) -> list[dict[str, 
 
 
 async def _send_file(
-    request: web.Request, live: LiveViews, instance: str, real: str, stat: PathStat
+    request: web.Request, live: LiveViews, instance: Instance, found: Found, stat: PathStat
 ) -> web.StreamResponse:
     reader = TarReader()
-    async with live.open_archive(instance, real) as chunks:
+    async with open_tar(live, instance, found) as chunks:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(stat.size),
-                "X-Parallax-Path": real.encode("utf-8", "surrogateescape").decode("latin-1", "replace"),
+                "X-Parallax-Path": found.real.encode("utf-8", "surrogateescape").decode("latin-1", "replace"),
                 "X-Parallax-Mode": f"{permission_bits(stat.mode):04o}",
             }
         )
@@ -262,14 +371,19 @@ class _Upload:
             raise self.refusal
         yield padding(size) + END_OF_ARCHIVE
 
-    async def tar(self, live: LiveViews, instance: str, directory: str) -> AsyncIterator[bytes]:
-        reader, guard = TarReader(owner=await live.file_owner(instance)), UploadGuard()
+    async def tar(self, live: LiveViews, instance: Instance, directory: Found) -> AsyncIterator[bytes]:
+        """The tar body, checked; through the archive API (extracted by dockerd as root) owners are set
+        to the agent's, and directories that exist already are checked not to be planted symlinks. By exec
+        (a tmpfs) ``tar -x`` runs as the agent's user, so it writes nothing the agent could not."""
+        owner = None if directory.by_exec else await live.file_owner(instance.id)
+        reader, guard = TarReader(owner=owner, relay=True), UploadGuard()
         async for chunk in self._counted():
             try:
                 for item in reader.feed(chunk):
                     if isinstance(item, Member):
                         for parent in guard.check(item):
-                            await self._check_parent(live, instance, directory, parent, item)
+                            if not directory.by_exec:
+                                await self._check_parent(live, instance.id, directory.real, parent, item)
             except TarRefused as exc:
                 self.refusal = ApiError(
                     422, "VALIDATION_FAILED", f"tar refused: {exc}", [{"field": "body", "message": str(exc)}]
@@ -316,20 +430,21 @@ async def put_files(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     upload = _Upload(request, limit)
     try:
+        found = await resolve(live, info, path)
+        real = found.real
         if is_tar:
-            real, stat = await resolve(live, info.id, path)
-            if stat is None or kind_of(stat.mode) != "directory":
+            if found.stat is None or kind_of(found.stat.mode) != "directory":
                 raise ApiError(404, "NOT_FOUND", f"{path[:200]} is not an existing directory to extract the tar into")
-            await live.put_archive(info.id, real, upload.tar(live, info.id, real))
+            await put_tar(live, info, found, upload.tar(live, info, found))
         else:
-            real, stat = await resolve(live, info.id, path)
-            if real in FILE_ROOTS or (stat is not None and kind_of(stat.mode) != "file"):
+            if real in FILE_ROOTS or (found.stat is not None and kind_of(found.stat.mode) != "file"):
                 raise ApiError(
                     409, "CONFLICT", f"{path[:200]} exists and is not a file (send a tar to extract into a directory)"
                 )
             directory, base = posixpath.split(real)
-            owner = await live.file_owner(info.id)
-            await live.put_archive(info.id, directory, upload.file(base, int(request.content_length or 0), owner))
+            owner = (0, 0) if found.by_exec else await live.file_owner(info.id)
+            body = upload.file(base, int(request.content_length or 0), owner)
+            await put_tar(live, info, Found(directory, None, found.by_exec), body)
     except (AgentError, OSError, TarRefused, ApiError) as exc:
         if upload.refusal is not None:
             raise upload.refusal from None
@@ -356,8 +471,9 @@ async def delete_files(request: web.Request) -> web.Response:
     _, info = await running_instance(request, name, wake=False)
     await note_activity(request.app, name)
     live = request.app[LIVE]
-    real, stat = await resolve(live, info.id, path, follow_last=False)
-    if stat is None:
+    found = await resolve(live, info, path, follow_last=False)
+    real = found.real
+    if found.stat is None:
         raise ApiError(404, "NOT_FOUND", f"{path[:200]} does not exist")
     slots = exec_slots(request.app)
     slots.take(name)
@@ -367,7 +483,7 @@ async def delete_files(request: web.Request) -> web.Response:
             errors = bytearray()
             while (piece := await process.read()) is not None:
                 errors += piece[1][:4096]
-            code = await process.exit_code()
+            code = await exit_code(process)
     finally:
         slots.give_back(name)
     if code not in (0, None):

@@ -12,13 +12,14 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 
-from controller.model.agent import WORKSPACE_PATH
+from controller.model.agent import AGENT_HOME, WORKSPACE_PATH
 
-FILE_ROOTS = (WORKSPACE_PATH,)
-"""Where the files API reads and writes: the agent's workspace volume. ``/tmp`` and the home are tmpfs
-mounts, which the Docker archive API does not see (it reads the container's root filesystem there)."""
+TMPFS_PATHS = ("/tmp", AGENT_HOME)
+"""The agent's in-memory mounts. Docker's archive API does not see them (it reads the container's root
+filesystem under them), so they are read and written by commands run as the agent's user."""
 
-TMPFS_PATHS = ("/tmp", "/home/agent")
+FILE_ROOTS = (WORKSPACE_PATH, *TMPFS_PATHS)
+"""Where the files API reads and writes: the agent's writable mounts (its workspace volume, /tmp, home)."""
 
 MAX_PATH_BYTES = 4096
 
@@ -65,21 +66,34 @@ def confined(path: str) -> str:
     ``PathRefused`` saying why."""
     if any(within(path, root) for root in FILE_ROOTS):
         return path
-    if any(within(path, tmpfs) for tmpfs in TMPFS_PATHS):
-        raise PathRefused(
-            f"{path[:80]} is on an in-memory tmpfs (/tmp, the home), which the files API cannot reach; "
-            "copy it into /workspace with exec first"
-        )
     raise PathRefused(
-        f"{path[:80]} is outside the agent's workspace (/workspace): the root filesystem is read-only, "
-        "and nothing else of the container is served",
+        f"{path[:80]} is outside the agent's writable mounts (/workspace, /tmp, {AGENT_HOME}): the root "
+        "filesystem is read-only, and nothing else of the container is served",
         403,
     )
 
 
+def on_tmpfs(path: str) -> bool:
+    return any(within(path, tmpfs) for tmpfs in TMPFS_PATHS)
+
+
+def stat_line_mode(raw_hex: str) -> int:
+    """``stat -c %f``'s raw mode (hex) as Go file mode bits, the form ``kind_of`` reads."""
+    mode = int(raw_hex, 16)
+    kind = mode & 0o170000
+    bits = mode & 0o7777
+    if kind == 0o040000:
+        return _GO_DIR | bits
+    if kind == 0o120000:
+        return _GO_SYMLINK | bits
+    if kind == 0o100000:
+        return bits
+    return _GO_DEVICE | bits
+
+
 def components(path: str) -> list[str]:
     """``/workspace/a/b`` -> ``["/workspace", "/workspace/a", "/workspace/a/b"]`` (below the root only)."""
-    root = next(r for r in FILE_ROOTS if within(path, r))
+    root = max((r for r in FILE_ROOTS if within(path, r)), key=len)
     found = [root]
     rest = path[len(root) :].strip("/")
     for part in rest.split("/") if rest else []:
@@ -163,7 +177,9 @@ class TarReader:
     _zero_blocks: int = 0
     ended: bool = False
     owner: tuple[int, int] | None = None
-    """When set, the stream is passed on (``take_output``) with every header's uid and gid set to it."""
+    """When set, every header's uid and gid are set to it in what is passed on."""
+    relay: bool = False
+    """Keep what was read to be passed on (``take_output``)."""
     _output: bytearray = field(default_factory=bytearray)
 
     def take_output(self) -> bytes:
@@ -178,7 +194,7 @@ class TarReader:
 
     def feed(self, chunk: bytes) -> list[Member | bytes]:
         out: list[Member | bytes] = []
-        keep = self.owner is not None
+        keep = self.relay or self.owner is not None
         if not self._buffer and self._remaining and self._meta_kind is None and not self.ended:
             # the common case of a big member: its data passed on without going through the buffer
             piece = chunk[: self._remaining]

@@ -67,6 +67,19 @@ async def test_round_trips_binary_big_unicode_and_empty(box: tuple[Controller, s
         status, back, kind = await get(controller, name, path)
         assert status == 200 and kind == "application/octet-stream"
         assert back == data, path
+    # the tmpfs mounts, /tmp and the home, are served too (from inside, as the agent's user)
+    for path in ("/tmp/bin.dat", "/home/agent/ünï.bin", "/tmp/empty"):
+        data = b"" if path.endswith("empty") else os.urandom(3 * 1024 * 1024)
+        status, body = await put(controller, name, path, data)
+        assert status == 200, body
+        status, back, _ = await get(controller, name, path)
+        assert status == 200 and back == data, path
+    assert (await sh(name, "stat -c %u /tmp/bin.dat")).strip() == "1000"
+    await sh(name, "ln -s /tmp /workspace/to-tmp")
+    status, back, _ = await get(controller, name, "/workspace/to-tmp/empty")
+    assert (status, back) == (200, b"")
+    status, listing, _ = await get(controller, name, "/tmp")
+    assert {"bin.dat", "empty"} <= {i["name"] for i in json.loads(listing)["items"]}
     # written as the agent's user, so it can change what it is given
     assert (await sh(name, "stat -c %u /workspace/bin.dat")).strip() == "1000"
     status, listing, kind = await get(controller, name, "/workspace")
@@ -130,6 +143,7 @@ async def test_every_escape_attempt_is_refused(box: tuple[Controller, str]):
         name,
         "ln -s /etc /workspace/etc-link; ln -s /proc/self/environ /workspace/env-link; ln -s / /workspace/root;"
         "ln -s ../../etc/passwd /workspace/rel-link; ln -s /tmp /workspace/tmp-link; mkdir -p /workspace/d;"
+        "ln -s /etc /tmp/etc-link; ln -s / /home/agent/root-link;"
         "ln -s /etc /workspace/d/sub; ln -s loop1 /workspace/loop2; ln -s loop2 /workspace/loop1",
     )
     reads = {
@@ -145,8 +159,10 @@ async def test_every_escape_attempt_is_refused(box: tuple[Controller, str]):
         "/workspace/rel-link": 403,  # relative symlink climbing out
         "/workspace/d/sub/passwd": 403,  # symlink deeper down
         "/workspace/loop1": 400,  # symlink loop
-        "/tmp/x": 422,  # tmpfs: not served
-        "/workspace/tmp-link/x": 403,  # a symlink to the tmpfs leads out of the workspace
+        "/tmp/etc-link/passwd": 403,  # planted on the tmpfs (resolved from inside)
+        "/home/agent/root-link/etc/passwd": 403,
+        "/workspace/tmp-link/etc-link/passwd": 403,  # from the workspace onto the tmpfs and out
+        "/home/agent/../../etc/passwd": 400,
         "/workspace/x\x00y": 400,  # NUL
     }
     for path, expected in reads.items():
@@ -160,6 +176,8 @@ async def test_every_escape_attempt_is_refused(box: tuple[Controller, str]):
         "/workspace/root/tmp/evil": 403,
         "/workspace/etc-link": 403,  # overwriting the symlink means writing its target
         "/workspace": 409,  # the root itself is no file
+        "/tmp/etc-link/evil": 403,  # through a symlink planted on the tmpfs
+        "/home/agent/root-link/usr/evil": 403,
     }
     for path, expected in writes.items():
         status, body = await put(controller, name, path, b"evil")
@@ -181,8 +199,10 @@ async def test_every_escape_attempt_is_refused(box: tuple[Controller, str]):
         "through planted deep symlink": _tar(_member("d/sub/evil")),
     }
     for what, data in bad_tars.items():
-        status, body = await put(controller, name, "/workspace", data, headers={"Content-Type": "application/x-tar"})
-        assert status == 422, (what, status, body)
+        for into in ("/workspace", "/tmp") if what != "through planted deep symlink" else ("/workspace",):
+            status, body = await put(controller, name, into, data, headers={"Content-Type": "application/x-tar"})
+            expected = 403 if what.startswith("through planted") and into == "/tmp" else 422
+            assert status in (expected, 422), (what, into, status, body)
     status, body = await put(
         controller, name, "/workspace/etc-link", _tar(_member("evil")), headers={"Content-Type": "application/x-tar"}
     )
