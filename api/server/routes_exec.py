@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import contextlib
 import json
 import re
 import time
@@ -23,7 +24,7 @@ from aiohttp import WSMsgType, web
 
 from api.server import openapi
 from api.server.activity import note_activity
-from api.server.errors import ApiError, read_json
+from api.server.errors import ApiError, error_response, read_json
 from api.server.params import flag
 from api.server.routes_live import running_container
 from api.server.state import LIVE, SETTINGS, STORE
@@ -103,6 +104,15 @@ def parse_exec(body: Any, max_timeout: int, *, interactive: bool = False) -> Exe
     return ExecRequest(command, timeout, stdin.encode() if stdin is not None else None)
 
 
+class ExecsBusy(ApiError):
+    """Every exec place of an agent is taken: answered 429 with ``Retry-After``."""
+
+    def response(self) -> web.Response:
+        answer = error_response(self.status, self.code, self.message)
+        answer.headers["Retry-After"] = "1"
+        return answer
+
+
 class ExecSlots:
     """At most ``limit`` execs (and file deletions) at once in each agent; one more is a 429."""
 
@@ -111,13 +121,13 @@ class ExecSlots:
         self.running: dict[str, int] = {}
 
     def take(self, agent: str) -> None:
+        """One place for ``agent``; ``ExecsBusy`` (429 with Retry-After) when they are all taken."""
         if self.running.get(agent, 0) >= self.limit:
-            error = ApiError(
+            raise ExecsBusy(
                 429,
                 "TOO_MANY_EXECS",
                 f"{self.limit} commands already run in agent {agent!r} (PARALLAX_EXEC_CONCURRENCY); try again later",
             )
-            raise error
         self.running[agent] = self.running.get(agent, 0) + 1
 
     def give_back(self, agent: str) -> None:
@@ -168,11 +178,13 @@ def _text_or_base64(data: bytes) -> tuple[str, str]:
 
 
 async def _feed_stdin(process: ExecProcess, data: bytes | None) -> None:
+    """``data`` to the command's stdin, then EOF; a command that ended without reading it is no error."""
     if data is None:
         return
-    if data:
-        await process.write(data)
-    await process.close_stdin()
+    with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+        if data:
+            await process.write(data)
+        await process.close_stdin()
 
 
 async def exec_code(process: ExecProcess) -> int | None:
@@ -246,7 +258,10 @@ async def run_exec(request: web.Request) -> web.StreamResponse:
     wanted = parse_exec(await read_json(request), settings.exec_max_timeout_seconds)
     agent, info = await running_instance(request, name, wake=True)
     slots = exec_slots(request.app)
-    slots.take(name)
+    try:
+        slots.take(name)
+    except ExecsBusy as busy:
+        return busy.response()
     try:
         if stream:
             return await _streamed(request, agent, info, wanted)
@@ -351,7 +366,10 @@ async def exec_websocket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     agent, info = await running_instance(request, name, wake=True)
     slots = exec_slots(request.app)
-    slots.take(name)
+    try:
+        slots.take(name)
+    except ExecsBusy as busy:
+        return busy.response()  # type: ignore[return-value]
     ws = web.WebSocketResponse(heartbeat=30)
     try:
         await ws.prepare(request)

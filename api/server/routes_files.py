@@ -22,8 +22,8 @@ from aiohttp import web
 from api.server import openapi
 from api.server.activity import note_activity
 from api.server.errors import ApiError
+from api.server.routes_exec import ExecsBusy, exec_slots, running_instance
 from api.server.routes_exec import exec_code as exit_code
-from api.server.routes_exec import exec_slots, running_instance
 from api.server.routes_live import running_container
 from api.server.state import LIVE, SETTINGS, STORE
 from controller.model.agent_files import (
@@ -476,7 +476,10 @@ async def delete_files(request: web.Request) -> web.Response:
     if found.stat is None:
         raise ApiError(404, "NOT_FOUND", f"{path[:200]} does not exist")
     slots = exec_slots(request.app)
-    slots.take(name)
+    try:
+        slots.take(name)
+    except ExecsBusy as busy:
+        return busy.response()
     try:
         # as the agent's user: whatever changes meanwhile, nothing the agent could not delete itself
         async with live.open_exec(info.id, ExecCommand(("rm", "-rf", "--", real), {})) as process:

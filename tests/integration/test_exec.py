@@ -103,8 +103,10 @@ async def test_twenty_concurrent_execs_then_429_past_the_bound(box: tuple[Contro
     assert [(s, b["stdout"]) for s, b in results] == [(200, f"{i}\n") for i in range(20)]
     slow = [asyncio.create_task(run(controller, name, {"command": ["sleep", "3"]})) for _ in range(20)]
     await asyncio.sleep(1.5)
-    status, body = await run(controller, name, {"command": ["true"]})
-    assert status == 429 and body["error"]["code"] == "TOO_MANY_EXECS"
+    assert controller.session is not None
+    async with controller.session.post(f"{controller.base_url}/agents/{name}/exec", json={"command": ["true"]}) as resp:
+        assert resp.status == 429 and resp.headers["Retry-After"] == "1"
+        assert (await resp.json())["error"]["code"] == "TOO_MANY_EXECS"
     assert all(s == 200 for s, _ in await asyncio.gather(*slow))
 
 

@@ -45,6 +45,11 @@ async def test_exec_timeout_and_files_on_a_worker_node(start_swarm_controller: A
         assert resp.status == 200, await resp.text()
     async with controller.session.get(files) as resp:
         assert resp.status == 200 and await resp.read() == data
+    on_tmpfs = f"{controller.base_url}/agents/{name}/files?path=/tmp/t.bin"
+    async with controller.session.put(on_tmpfs, data=data[:4096]) as resp:
+        assert resp.status == 200, await resp.text()
+    async with controller.session.get(on_tmpfs) as resp:
+        assert resp.status == 200 and await resp.read() == data[:4096]
     lab.cli(node, "exec", container["Id"], "ln", "-s", "/etc", "/workspace/out")
     status, body = await controller.request("GET", f"/agents/{name}/files?path=/workspace/out/passwd")
     assert status == 403, body
