@@ -36,6 +36,7 @@ from controller.model.agent_files import (
     UploadGuard,
     components,
     confined,
+    directory_header,
     file_header,
     kind_of,
     on_tmpfs,
@@ -378,28 +379,46 @@ class _Upload:
         owner = None if directory.by_exec else await live.file_owner(instance.id)
         reader, guard = TarReader(owner=owner, relay=True), UploadGuard()
         async for chunk in self._counted():
+            implied: list[tuple[int, bytes]] = []
             try:
                 for item in reader.feed(chunk):
                     if isinstance(item, Member):
                         for parent in guard.check(item):
-                            if not directory.by_exec:
-                                await self._check_parent(live, instance.id, directory.real, parent, item)
+                            if owner is not None and not await self._check_parent(
+                                live, instance.id, directory.real, parent, item
+                            ):
+                                implied.append((item.offset, directory_header(parent, owner)))
             except TarRefused as exc:
                 self.refusal = ApiError(
                     422, "VALIDATION_FAILED", f"tar refused: {exc}", [{"field": "body", "message": str(exc)}]
                 )
                 raise
-            yield reader.take_output()
+            yield _spliced(reader.take_output(), implied)
         if not reader.ended:
             self.refusal = ApiError(400, "BAD_REQUEST", "the tar stream ended before its end-of-archive blocks")
             raise self.refusal
 
-    async def _check_parent(self, live: LiveViews, instance: str, directory: str, parent: str, member: Member) -> None:
+    async def _check_parent(self, live: LiveViews, instance: str, directory: str, parent: str, member: Member) -> bool:
+        """Whether the parent directory exists already; ``TarRefused`` when it is something else (a
+        symlink the agent planted)."""
         stat = await live.stat_path(instance, posixpath.join(directory, parent))
         if stat is not None and kind_of(stat.mode) != "directory":
             raise TarRefused(
                 f"member {member.name[:80]!r} would be written through {parent[:80]!r}, which is not a directory"
             )
+        return stat is not None
+
+
+def _spliced(output: bytes, inserts: list[tuple[int, bytes]]) -> bytes:
+    """``output`` with each insert's bytes put in at its offset (offsets in ``output``, in order)."""
+    if not inserts:
+        return output
+    pieces, last = [], 0
+    for offset, data in inserts:
+        pieces += [output[last:offset], data]
+        last = offset
+    pieces.append(output[last:])
+    return b"".join(pieces)
 
 
 @routes.put("/agents/{name}/files")

@@ -139,6 +139,15 @@ def file_header(name: str, size: int, owner: tuple[int, int] = (0, 0), mode: int
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
 
 
+def directory_header(name: str, owner: tuple[int, int]) -> bytes:
+    """The tar header of directory ``name`` owned by ``owner`` (a parent an upload leaves implied, which
+    the engine would otherwise make owned by root)."""
+    info = tarfile.TarInfo(name.rstrip("/") + "/")
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+    info.uid, info.gid = owner
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
 def padding(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
@@ -158,6 +167,8 @@ class Member:
     mode: int
     mtime: int
     link: str = ""
+    offset: int = 0
+    """Where its first header block begins in the reader's output (``take_output``) of the same feed."""
 
 
 @dataclass
@@ -176,6 +187,7 @@ class TarReader:
     _pax: dict[str, str] = field(default_factory=dict)
     _zero_blocks: int = 0
     ended: bool = False
+    _start: int | None = None
     owner: tuple[int, int] | None = None
     """When set, every header's uid and gid are set to it in what is passed on."""
     relay: bool = False
@@ -230,11 +242,16 @@ class TarReader:
                 break
             block = bytes(self._buffer[: tarfile.BLOCKSIZE])
             del self._buffer[: tarfile.BLOCKSIZE]
+            if self._start is None:
+                self._start = len(self._output)
             member = self._header(block)
             if keep:
                 self._output += _owned(block, self.owner) if any(block) else block
             if member is not None:
+                member.offset, self._start = self._start, None
                 out.append(member)
+            elif self._meta_kind is None and not (self._pax or self._long_name or self._long_link):
+                self._start = None  # a zero block, or a global record: no member begins here
         return out
 
     def _header(self, block: bytes) -> Member | None:

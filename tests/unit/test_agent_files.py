@@ -85,3 +85,13 @@ def test_capped_output_keeps_the_cap_and_counts_the_rest():
     out.add(b"abc")
     out.add(b"defg")
     assert bytes(out.data) == b"abcde" and out.dropped == 2 and out.truncated
+
+
+def test_member_offsets_point_at_their_first_header_block_in_the_output():
+    data = _tar(["a"], "b/" + "z" * 150)  # the second member has a GNU long-name record before its header
+    reader = TarReader(relay=True)
+    members = [m for m in reader.feed(data) if not isinstance(m, bytes)]
+    out = reader.take_output()
+    assert out == data
+    assert members[0].offset == 0
+    assert out[members[1].offset : members[1].offset + 13] == b"././@LongLink"
