@@ -61,6 +61,8 @@ class DockerExec:
         self._command = command
         self.marker = command_marker(command)
         self.killed = False
+        self.ended = False
+        """Docker reported the exit code: nothing is left to kill."""
 
     async def read(self) -> tuple[int, bytes] | None:
         """The next piece of output (``1`` stdout, ``2`` stderr; a terminal's is all ``1``), or None at
@@ -95,6 +97,7 @@ class DockerExec:
             return None
         if data.get("Running"):
             return None
+        self.ended = True
         code = data.get("ExitCode")
         return int(code) if code is not None else None
 
@@ -169,7 +172,7 @@ class ExecAndFiles:
             yield process
         finally:
             try:
-                if await process.running():
+                if not process.ended and await process.running():
                     await asyncio.shield(process.kill())
             finally:
                 await process.close()
