@@ -75,4 +75,5 @@ def test_cp_a_file_and_a_directory_both_ways(agent: tuple[Cli, str], tmp_path: P
     assert cli("cp", f"{name}:/workspace/proj", str(tmp_path / "copy")).ok
     assert (tmp_path / "copy" / "src" / "main.py").read_text() == "print('hi')\n"
     result = cli("cp", f"{name}:/etc/passwd", str(tmp_path / "passwd"))
-    assert result.code == 1 and "outside the agent's workspace" in result.err and not (tmp_path / "passwd").exists()
+    assert result.code == 1 and "outside the agent's writable mounts" in result.err
+    assert not (tmp_path / "passwd").exists()
