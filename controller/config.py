@@ -166,6 +166,14 @@ class Settings:
     default_runtime_class: str = "runc"
     gvisor_runtime: str = "runsc"
 
+    # Exec and files (api.server.routes_exec, routes_files): the output an exec answer keeps of each of
+    # stdout and stderr (the rest is counted, ``truncated``); execs running at once in one agent (one
+    # more gets 429); the longest timeoutSeconds an exec may ask for; the largest upload.
+    exec_output_bytes: int = 1024 * 1024
+    exec_concurrency: int = 32
+    exec_max_timeout_seconds: int = 3600
+    files_max_bytes: int = 1024 * 1024 * 1024
+
     # Leader election, when controllers share a store (PostgreSQL): client-go's three durations. A
     # leader that could not renew its lease for renew_deadline stops acting; the others may take it over
     # once lease_duration has passed since its last renewal; every one tries (or renews) each retry_period.
@@ -259,6 +267,12 @@ class Settings:
                 env, "PARALLAX_DEFAULT_RUNTIME_CLASS", base.default_runtime_class, RUNTIME_CLASSES
             ),
             gvisor_runtime=env.get("PARALLAX_GVISOR_RUNTIME") or base.gvisor_runtime,
+            exec_output_bytes=_int(env, "PARALLAX_EXEC_OUTPUT_BYTES", base.exec_output_bytes, 1024, 1 << 30),
+            exec_concurrency=_int(env, "PARALLAX_EXEC_CONCURRENCY", base.exec_concurrency, 1, 1024),
+            exec_max_timeout_seconds=_int(
+                env, "PARALLAX_EXEC_MAX_TIMEOUT", base.exec_max_timeout_seconds, 1, 7 * 24 * 3600
+            ),
+            files_max_bytes=_int(env, "PARALLAX_FILES_MAX_BYTES", base.files_max_bytes, 1, 1 << 40),
             lease_duration_seconds=_float(env, "PARALLAX_LEASE_DURATION", base.lease_duration_seconds, 0.5),
             renew_deadline_seconds=_float(env, "PARALLAX_RENEW_DEADLINE", base.renew_deadline_seconds, 0.3),
             retry_period_seconds=_float(env, "PARALLAX_RETRY_PERIOD", base.retry_period_seconds, 0.1),

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from api.cli import work
 from api.cli.commands import register as register_client_commands
 from api.cli.images import images
 from controller.config import ConfigError, Settings
@@ -147,6 +148,8 @@ def rotate_key() -> None:
 
 register_client_commands(main)
 main.add_command(images)
+main.add_command(work.exec_command)
+main.add_command(work.cp)
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,8 @@ from api.server import (
     openapi,
     routes_agents,
     routes_apply,
+    routes_exec,
+    routes_files,
     routes_health,
     routes_live,
     routes_metrics,
@@ -85,11 +87,14 @@ def make_app(settings: Settings, *, run_controller: bool = True, specs_dir: str 
     )
     app[SETTINGS] = settings
     app[STREAMS] = streams
+    routes_exec.setup_exec(app)
     app.add_routes(routes_health.routes)
     app.add_routes(routes_watch.routes)
     app.add_routes(routes_agents.routes)
     app.add_routes(routes_secrets.routes)
     app.add_routes(routes_live.routes)
+    app.add_routes(routes_exec.routes)
+    app.add_routes(routes_files.routes)
     app.add_routes(routes_metrics.routes)
     app.add_routes(routes_usage.routes)
     app.add_routes(routes_apply.routes)

@@ -14,6 +14,7 @@ from api.server.state import SETTINGS
 from controller.admission.admit import AdmissionError
 from controller.model.errors import RESOLUTION, SOCKET_ERROR, AgentError
 from controller.model.selector import SelectorError
+from controller.runtime.interface import NotRunning
 from controller.store.interface import AlreadyExists, Conflict, NotFound, StoreUnavailable
 
 log = logging.getLogger("parallax.api")
@@ -56,6 +57,8 @@ def translate_error(exc: Exception) -> ApiError:
         if exc.code == SOCKET_ERROR:
             return ApiError(503, SOCKET_ERROR, f"{exc.message}. {RESOLUTION[SOCKET_ERROR]}")
         return ApiError(502, exc.code, exc.message)
+    if isinstance(exc, NotRunning):
+        return ApiError(409, "NOT_RUNNING", f"{exc}: the agent is not running")
     if isinstance(exc, SelectorError):
         return ApiError(400, "BAD_REQUEST", str(exc), [{"field": "labelSelector", "message": str(exc)}])
     raise exc

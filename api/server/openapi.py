@@ -129,12 +129,13 @@ ERROR_MEANINGS = {
     404: "No such agent",
     408: "The request body did not arrive in time",
     409: "Conflict: duplicate name, stale resourceVersion, or the agent is not running",
+    411: "A file upload without a Content-Length",
     413: "Request body too large",
     415: "Unsupported request media type",
     422: "Invalid agent; details list every violation with its field path",
     429: (
-        "TOO_MANY_STREAMS: PARALLAX_MAX_STREAMS streams (followed logs, watches, /events, /ws) are open already; "
-        "try again after Retry-After seconds"
+        "TOO_MANY_STREAMS: PARALLAX_MAX_STREAMS streams (followed logs, watches, /events, /ws, execs, file "
+        "transfers) are open already, or TOO_MANY_EXECS in one agent; try again after Retry-After seconds"
     ),
     502: "Docker refused the operation",
     503: "The store or the Docker daemon is unavailable",

@@ -31,6 +31,12 @@ STREAM_ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/agents"): "watch",
     ("GET", "/agents/{name}/logs"): "follow",
     ("GET", "/metrics/agents"): "watch",
+    # exec and file transfers run as long as their command or their bytes do (api.server.routes_exec)
+    ("POST", "/agents/{name}/exec"): None,
+    ("GET", "/agents/{name}/exec/ws"): None,
+    ("GET", "/agents/{name}/files"): None,
+    ("PUT", "/agents/{name}/files"): None,
+    ("DELETE", "/agents/{name}/files"): None,
 }
 
 

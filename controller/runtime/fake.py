@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +33,16 @@ from controller.model.agent import ANNOTATION_RESTARTED_AT, TYPES, Agent, contai
 from controller.model.clock import FakeClock
 from controller.model.errors import CONTAINER_ERROR, IMAGE_NOT_FOUND, NETWORK_ERROR, SOCKET_ERROR, AgentError
 from controller.runtime.docker.render import image_for, workspace_volume
-from controller.runtime.interface import Desired, Instance, ManagedNetwork, Runtime, RuntimeChange
+from controller.runtime.interface import (
+    Desired,
+    ExecCommand,
+    Instance,
+    ManagedNetwork,
+    NotRunning,
+    PathStat,
+    Runtime,
+    RuntimeChange,
+)
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 """The wall-clock instant of ``FakeClock.now() == 0``."""
@@ -151,6 +160,60 @@ class FakeLiveViews:
         if not instance.running:
             raise AgentError(CONTAINER_ERROR, f"container {instance_id[:12]} is not running")
         instance.stdin.append(data)
+
+    @contextlib.asynccontextmanager
+    async def open_exec(self, instance_id: str, command: ExecCommand) -> AsyncIterator[FakeExec]:
+        """A command that runs nothing: its stdout is its argv, one per line, and it exits 0."""
+        self._runtime._call("exec", instance_id)
+        if not self._runtime._get(instance_id).running:
+            raise NotRunning(f"container {instance_id[:12]} is not running")
+        yield FakeExec("".join(f"{arg}\n" for arg in command.argv).encode())
+
+    async def stat_path(self, instance_id: str, path: str) -> PathStat | None:
+        self._runtime._call("stat_path", instance_id)
+        return None
+
+    @contextlib.asynccontextmanager
+    async def open_archive(self, instance_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        self._runtime._call("open_archive", instance_id)
+        raise AgentError(CONTAINER_ERROR, f"{path} does not exist in the fake runtime")
+        yield  # pragma: no cover
+
+    async def file_owner(self, instance_id: str) -> tuple[int, int]:
+        return 1000, 1000
+
+    async def put_archive(self, instance_id: str, directory: str, body: AsyncIterable[bytes]) -> None:
+        self._runtime._call("put_archive", instance_id)
+        async for _ in body:
+            pass
+
+
+class FakeExec:
+    """The fake's started command: its output, then its end (exit code 0)."""
+
+    def __init__(self, output: bytes) -> None:
+        self._output = [(1, output)] if output else []
+        self.killed = False
+
+    async def read(self) -> tuple[int, bytes] | None:
+        return self._output.pop(0) if self._output else None
+
+    async def write(self, data: bytes) -> None:
+        return None
+
+    async def close_stdin(self) -> None:
+        return None
+
+    async def resize(self, rows: int, cols: int) -> None:
+        return None
+
+    async def exit_code(self) -> int | None:
+        return None if self._output else 0
+
+    async def kill(self) -> bool:
+        self.killed = True
+        self._output.clear()
+        return True
 
 
 class FakeRuntime:

@@ -12,7 +12,7 @@ the reconcile branches use, ``controller.runtime.docker.driver`` the local Docke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -102,6 +102,61 @@ class ManagedNetwork:
     name: str
 
 
+class NotRunning(Exception):
+    """A live view that needs the instance running found it stopped (answered 409 by the API)."""
+
+
+class PathUnresolvable(Exception):
+    """The engine cannot resolve a path of an instance (a symlink loop): the caller's path is at fault."""
+
+
+@dataclass(frozen=True)
+class ExecCommand:
+    """A command to run inside a running instance: ``argv`` as given (no shell), ``env`` added to the
+    instance's own, ``user`` empty for the instance's user, ``tty`` for a terminal, ``stdin`` to attach one."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str = ""
+    user: str = ""
+    tty: bool = False
+    stdin: bool = False
+
+
+class ExecProcess(Protocol):
+    """A started command (``LiveViews.open_exec``)."""
+
+    killed: bool
+
+    async def read(self) -> tuple[int, bytes] | None:
+        """The next piece of output: ``(1, data)`` stdout, ``(2, data)`` stderr; None at its end."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+    async def exit_code(self) -> int | None: ...
+
+    async def kill(self) -> bool:
+        """Kill the command and what it started; True once the engine reports it ended."""
+        ...
+
+
+@dataclass(frozen=True)
+class PathStat:
+    """One path of an instance, as the engine stats it without following its last component: ``mode``
+    in Go's ``os.FileMode`` bits (Docker's), ``link_target`` the resolved target of a symlink."""
+
+    name: str
+    size: int
+    mode: int
+    mtime: str
+    link_target: str = ""
+
+
 class LiveViews(Protocol):
     """Views of a running instance for the API (DESIGN allows these direct calls: they create, start,
     stop and remove nothing). Live views use engine connections of their own, never the reconciler's,
@@ -119,6 +174,27 @@ class LiveViews(Protocol):
         ...
 
     async def write_stdin(self, instance_id: str, data: bytes) -> None: ...
+
+    def open_exec(self, instance_id: str, command: ExecCommand) -> AbstractAsyncContextManager[ExecProcess]:
+        """``async with live.open_exec(...) as process``: the command runs; leaving the block kills it if
+        it still runs and releases its connection."""
+        ...
+
+    async def stat_path(self, instance_id: str, path: str) -> PathStat | None:
+        """The instance's ``path`` (running or stopped instance), None when it does not exist."""
+        ...
+
+    def open_archive(self, instance_id: str, path: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """``path`` as a tar stream; the connection is released when the block is left."""
+        ...
+
+    async def file_owner(self, instance_id: str) -> tuple[int, int]:
+        """The numeric user and group files written for the agent get."""
+        ...
+
+    async def put_archive(self, instance_id: str, directory: str, body: AsyncIterable[bytes]) -> None:
+        """Extract the tar ``body`` (read as it goes) into ``directory``."""
+        ...
 
 
 class Runtime(Protocol):

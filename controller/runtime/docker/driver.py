@@ -30,6 +30,7 @@ from controller.model.errors import (
     AgentError,
 )
 from controller.runtime.docker.cache import Listed
+from controller.runtime.docker.live_work import ExecAndFiles
 from controller.runtime.docker.render import (
     LABEL_AGENT,
     LABEL_EGRESS_GATEWAY,
@@ -534,8 +535,8 @@ class DriverNetworks:
 LIVE_SPARE_CONNECTIONS = 16
 
 
-class LiveDocker:
-    """Read-only and interactive views of a running container (logs, stats, stdin): the API's direct
+class LiveDocker(ExecAndFiles):
+    """Read-only and interactive views of a running container (logs, stats, stdin, exec, files): the API's direct
     Docker calls, which DESIGN allows because they create, start, stop and remove nothing.
 
     With ``own_client`` (the API's instance) they go through a Docker client of their own, whose pool

@@ -6,14 +6,16 @@ node without an endpoint is a clear error naming it, at once."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiodocker
 
 from controller.model.agent import Agent
-from controller.model.errors import CONTAINER_ERROR, AgentError
+from controller.model.errors import AgentError
 from controller.runtime.docker.driver import LiveDocker, _DockerCall
 from controller.runtime.docker.render import workspace_labels, workspace_volume
+from controller.runtime.interface import ExecCommand, ExecProcess, NotRunning, PathStat
 from controller.runtime.swarm.driver import SwarmDriver
 from controller.runtime.swarm.nodes import NodeClients
 from controller.runtime.swarm.tasks import running_container
@@ -67,7 +69,7 @@ class LiveSwarm:
         tasks = await self.driver.tasks([instance_id])
         found = running_container(tasks)
         if found is None:
-            raise AgentError(CONTAINER_ERROR, f"service {instance_id[:12]} has no running task")
+            raise NotRunning(f"service {instance_id[:12]} has no running task")
         node_id, container = found
         nodes = {str(n["ID"]): n for n in await self.driver.nodes()}
         return _OnNode(self.driver, self._nodes.client(nodes.get(node_id) or {"ID": node_id})), container
@@ -79,6 +81,30 @@ class LiveSwarm:
     async def write_stdin(self, instance_id: str, data: bytes) -> None:
         live, container = await self._on_node(instance_id)
         await live.write_stdin(container, data)
+
+    @contextlib.asynccontextmanager
+    async def open_exec(self, instance_id: str, command: ExecCommand) -> AsyncIterator[ExecProcess]:
+        live, container = await self._on_node(instance_id)
+        async with live.open_exec(container, command) as process:
+            yield process
+
+    async def stat_path(self, instance_id: str, path: str) -> PathStat | None:
+        live, container = await self._on_node(instance_id)
+        return await live.stat_path(container, path)
+
+    @contextlib.asynccontextmanager
+    async def open_archive(self, instance_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        live, container = await self._on_node(instance_id)
+        async with live.open_archive(container, path) as chunks:
+            yield chunks
+
+    async def file_owner(self, instance_id: str) -> tuple[int, int]:
+        live, container = await self._on_node(instance_id)
+        return await live.file_owner(container)
+
+    async def put_archive(self, instance_id: str, directory: str, body: AsyncIterable[bytes]) -> None:
+        live, container = await self._on_node(instance_id)
+        await live.put_archive(container, directory, body)
 
     async def container_on_node(self, instance_id: str) -> tuple[aiodocker.Docker, str]:
         """The running task's node client and container ID (for tests and diagnostics)."""
