@@ -180,6 +180,14 @@ async def test_refusals_name_the_field_or_the_phase(box: tuple[Controller, str])
         assert status == 422 and body["error"]["details"][0]["field"] == field, (bad, body)
     status, body = await run(controller, "pxex-nobody", {"command": ["ls"]})
     assert status == 404
+    status, _ = await controller.request("PATCH", f"/agents/{name}", {"paused": True})
+    assert status == 200
+    await controller.wait_agent(name, lambda a: a["status"].get("phase") == "Paused")
+    status, body = await run(controller, name, {"command": ["ls"]})
+    assert status == 409 and body["error"]["code"] == "NOT_RUNNING" and "Paused" in body["error"]["message"], body
+    status, _ = await controller.request("PATCH", f"/agents/{name}", {"paused": False})
+    assert status == 200
+    await controller.wait_agent(name, lambda a: a["status"].get("phase") == "Running")
     status, _ = await controller.request("PATCH", f"/agents/{name}", {"suspend": True})
     assert status == 200
     await controller.wait_agent(name, lambda a: a["status"].get("phase") == "Suspended")
