@@ -59,6 +59,7 @@ from controller.store.rules import (
     Write,
 )
 from controller.store.sealed import open_manifest, open_secret, seal_manifest, seal_secret
+from controller.store.secret_reads import SecretReads
 
 log = logging.getLogger("parallax.store.postgres")
 
@@ -211,7 +212,7 @@ class _TxView:
             self.owners[container_name(staged.name)] = None
 
 
-class PostgresStore:
+class PostgresStore(SecretReads):
     """PostgreSQL through asyncpg: a pool for transactions and reads, and one connection that LISTENs."""
 
     MAX_BATCH = 512
@@ -789,15 +790,6 @@ class PostgresStore:
 
     # -- Secrets ---------------------------------------------------------------------------------------
 
-    async def list_secrets(self) -> builtins.list[Secret]:
-        return [self._secrets[name].copy() for name in sorted(self._secrets)]
-
-    async def get_secret(self, name: str) -> Secret:
-        secret = self._secrets.get(name)
-        if secret is None:
-            raise NotFound(f"secret {name!r} not found")
-        return secret.copy()
-
     async def put_secret(self, secret: Secret, *, create: bool) -> Secret:
         """Create or replace a Secret in its own transaction (the row locked, so two writers of one
         Secret are ordered; two creates: one gets ``AlreadyExists``); announced to every controller."""
@@ -872,14 +864,6 @@ class PostgresStore:
             del self._secrets[name]
             self._secret_digests.pop(name, None)
             _announce(self._secret_subscribers, name)
-
-    def subscribe_secrets(self) -> Subscription[str]:
-        queue: Subscription[str] = Subscription(self._buffer)
-        self._secret_subscribers.add(queue)
-        return queue
-
-    def unsubscribe_secrets(self, queue: Subscription[str]) -> None:
-        self._secret_subscribers.discard(queue)
 
     # -- subscribing ---------------------------------------------------------------------------------
 

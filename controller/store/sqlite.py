@@ -44,6 +44,7 @@ from controller.store.rules import (
     Write,
 )
 from controller.store.sealed import open_manifest, open_secret, seal_manifest, seal_secret
+from controller.store.secret_reads import SecretReads
 
 log = logging.getLogger("parallax.store")
 T = TypeVar("T")
@@ -158,7 +159,7 @@ def _private_directory(directory: str, name: str) -> None:
                 os.chmod(path, 0o600)
 
 
-class SqliteStore:
+class SqliteStore(SecretReads):
     """SQLite in WAL mode, written by group commit.
 
     One controller owns the store (a lock file makes sure), so the committed records live in memory
@@ -566,15 +567,6 @@ class SqliteStore:
         pending = self._secrets_pending.get(name)
         return pending[1] if pending is not None else self._secrets.get(name)
 
-    async def list_secrets(self) -> builtins.list[Secret]:
-        return [self._secrets[name].copy() for name in sorted(self._secrets)]
-
-    async def get_secret(self, name: str) -> Secret:
-        secret = self._secrets.get(name)
-        if secret is None:
-            raise NotFound(f"secret {name!r} not found")
-        return secret.copy()
-
     async def put_secret(self, secret: Secret, *, create: bool) -> Secret:
         """Create (``create``) or replace a Secret, sealed, once durable; announced to ``subscribe_secrets``
         when its data changed. ``AlreadyExists`` / ``NotFound``."""
@@ -618,15 +610,6 @@ class SqliteStore:
             return new.copy() if new is not None else Secret(name, {})
 
         return await self._submit(run, after)
-
-    def subscribe_secrets(self) -> Subscription[str]:
-        """The names of Secrets whose data changed (created, replaced with other data, deleted) from now on."""
-        queue: Subscription[str] = Subscription(self._buffer)
-        self._secret_subscribers.add(queue)
-        return queue
-
-    def unsubscribe_secrets(self, queue: Subscription[str]) -> None:
-        self._secret_subscribers.discard(queue)
 
     def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
         """Record changes and events together, in resourceVersion order (what the watch hub serves)."""
