@@ -179,6 +179,10 @@ class EgressGateway:
                 host=address,
                 port=self.settings.egress_port,
                 reuse_address=True,
+                # several controllers of one store on one Docker host (a leader and its standby, or a
+                # leader that lost the lease and has not noticed) each serve the agents' networks: the
+                # kernel shares the connections, and any of them answers from the store
+                reuse_port=True,
                 limit=HEAD_LIMIT,
             )
             self._listeners[network] = _Listener(address, server)

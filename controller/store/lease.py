@@ -218,7 +218,8 @@ class LeaseElection:
                 budget = self.retry_period if not self._leading else max(0.01, self._valid_until - sent)
                 held: bool | None
                 try:
-                    held = await asyncio.wait_for(self._try(), budget)
+                    async with asyncio.timeout(budget):  # not wait_for: it can swallow a cancellation (3.11)
+                        held = await self._try()
                 except (StoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                     held = None  # unknown: a leader keeps leading until its deadline
                     log.warning("leader election: the lease could not be read or renewed: %s", exc or "timed out")

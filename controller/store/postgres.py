@@ -398,12 +398,15 @@ class PostgresStore(SecretReads):
             try:
                 conn = await self.connect()
                 await conn.add_listener(self.channel, lambda *_: self._poke.set())
-                while not conn.is_closed():
+                while not conn.is_closed() and not self._closing:
                     self._poke.clear()
                     await self._catch_up()
                     await self._sync_secrets()
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the task's
+                    # cancellation when it comes as the wait ends, and close() then waited for ever
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._poke.wait(), POLL_SECONDS)
+                        async with asyncio.timeout(POLL_SECONDS):
+                            await self._poke.wait()
             except (StoreError, CipherError, *_ERRORS) as exc:
                 log.warning("following the store's changes: %s; again in 1 s", _reason(exc))
                 await asyncio.sleep(1)

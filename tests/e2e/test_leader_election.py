@@ -179,7 +179,7 @@ async def test_a_paused_leader_whose_lease_ran_out_does_not_act_after_it_resumes
     created = await wait_running(standby, "pgt-new")
     before = sorted(containers(cluster.instance))  # type: ignore[attr-defined]
 
-    since = str(int(time.time()))
+    since = f"{time.time():.9f}"  # to the nanosecond: a whole second back would see the last create
     events = subprocess.Popen(
         [
             "docker",
