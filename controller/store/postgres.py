@@ -122,6 +122,9 @@ TRIM_EVERY = 64
 """Trim the change table (and expired events) once in this many transactions."""
 POLL_SECONDS = 1.0
 """Follow the table this often even without a notification (a lost one costs at most this long)."""
+PING_ATTEMPTS = 9
+"""Pool connections tried before a write (the pool's 8, and one new)."""
+
 _ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -336,7 +339,7 @@ class PostgresStore(SecretReads):
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection of the pool; one that failed in any way is closed, never handed out again (a
         connection whose server went away mid-statement is left in a state it cannot leave)."""
-        conn = await self.pool.acquire(timeout=10)
+        conn = await self._answering()
         try:
             yield conn
         except BaseException:
@@ -344,6 +347,21 @@ class PostgresStore(SecretReads):
             raise
         finally:
             await self.pool.release(conn)
+
+    async def _answering(self) -> asyncpg.Connection:
+        """A pool connection that answers a ``SELECT 1``. One whose server process ended while it sat in the
+        pool (PostgreSQL restarted, or the backend was terminated) is closed and another taken: asyncpg
+        notices only at the next use ("another operation is in progress"), and that use was the first
+        write after a restart, refused for nothing. Nothing of a write has been sent when this fails."""
+        for _ in range(PING_ATTEMPTS):
+            conn = await self.pool.acquire(timeout=10)
+            try:
+                await conn.execute("SELECT 1")
+                return conn
+            except _ERRORS:
+                conn.terminate()
+                await self.pool.release(conn)
+        return await self.pool.acquire(timeout=10)  # the caller's own use fails, and says why
 
     @property
     def pool(self) -> asyncpg.Pool:
