@@ -238,7 +238,10 @@ class Controller:
         agents = await self.store.list()
         wanted = {agent.spec.network for agent in agents}
         wanted |= {self.runtime.render(agent).network_of(agent) for agent in agents}  # egress twins
-        wanted.add(self.settings.network)
+        # the default network and its egress twin are never collected: an agent being created on them may
+        # not be in the list read above yet, and its created (not started) container is no endpoint of the
+        # network yet, so the twin was removed between that container's create and start
+        wanted |= {self.settings.network, egress_network(self.settings.network)}
         removed = []
         for network in await self.runtime.managed_networks():
             if network.name in wanted or await self.runtime.network_in_use(network.id):
