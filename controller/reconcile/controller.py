@@ -233,18 +233,23 @@ class Controller:
             except (AgentError, StoreError) as exc:
                 log.warning("network garbage collection skipped: %s", exc)
 
-    async def collect_networks(self) -> list[str]:
-        """Remove networks we created that no agent asks for and no instance uses."""
+    async def _wanted_networks(self) -> set[str]:
         agents = await self.store.list()
         wanted = {agent.spec.network for agent in agents}
         wanted |= {self.runtime.render(agent).network_of(agent) for agent in agents}  # egress twins
-        # the default network and its egress twin are never collected: an agent being created on them may
-        # not be in the list read above yet, and its created (not started) container is no endpoint of the
-        # network yet, so the twin was removed between that container's create and start
-        wanted |= {self.settings.network, egress_network(self.settings.network)}
+        # the default network and its egress twin are never collected (agents come and go on them all the time)
+        return wanted | {self.settings.network, egress_network(self.settings.network)}
+
+    async def collect_networks(self) -> list[str]:
+        """Remove networks we created that no agent asks for and no container uses. The store is read
+        again after a network is found unused, just before it is removed: an agent stored meanwhile is
+        seen then, or its container (created before it starts) was seen on the network."""
+        wanted = await self._wanted_networks()
         removed = []
         for network in await self.runtime.managed_networks():
             if network.name in wanted or await self.runtime.network_in_use(network.id):
+                continue
+            if network.name in await self._wanted_networks():
                 continue
             self.fence()
             await self.runtime.remove_network(network.id)

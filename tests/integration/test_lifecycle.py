@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiodocker
@@ -243,3 +244,34 @@ async def test_post_wait_answers_once_running(controller: Controller):
     assert status == 201
     assert body["status"]["phase"] == "Running"
     assert json.dumps(body)
+
+
+async def test_a_network_with_a_container_created_on_it_is_not_collected(start_controller, docker: aiodocker.Docker):
+    """Garbage collection takes a managed network no agent asks for only once no container is configured
+    for it: a created container (not started yet) is no endpoint of its network, and starting it after
+    the network was removed fails."""
+    controller = await start_controller(egress_default="AllowAll")
+    network = f"held-{controller.settings.instance[-8:]}"
+    await controller.request("POST", "/agents", {"name": "holder", "type": "claude", "network": network})
+    await controller.wait_agent("holder", running)
+    stranger = f"{network}-created"
+    code, out = await docker_cli("create", "--name", stranger, "--network", network, "parallax/agent-testing:latest")
+    assert code == 0, out
+    try:
+        status, _ = await controller.request("DELETE", "/agents/holder")
+        assert status == 202
+        await controller.wait_gone("holder")
+        await asyncio.sleep(3 * controller.settings.resync_seconds)  # resyncs, each collecting networks
+        found = await (await docker.networks.get(network)).show()
+        assert found["Containers"] == {}, found["Containers"]  # no endpoint: only the created container holds it
+    finally:
+        await docker_cli("rm", "-f", stranger)
+
+    async def network_gone() -> bool:
+        try:
+            await docker.networks.get(network)
+        except aiodocker.DockerError as exc:
+            return exc.status == 404
+        return False
+
+    await wait_for(network_gone, timeout=30, what="the network to be collected once the container is gone")

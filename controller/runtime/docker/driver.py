@@ -460,9 +460,14 @@ class DockerDriver:
 
     @_timed
     async def network_in_use(self, network_id: str) -> bool:
+        """An endpoint is on it, or a container (of any state) is configured for it: a container created
+        and not started yet is no endpoint of its network, and starting it once the network is gone fails."""
         with _DockerCall("inspecting network", NETWORK_ERROR, absent_ok=True):
-            data = await self.docker.networks.get(network_id)
-            return bool((await data.show()).get("Containers"))
+            data = await (await self.docker.networks.get(network_id)).show()
+            if data.get("Containers"):
+                return True
+            configured = await self.docker.containers.list(all=True, filters={"network": [str(data["Name"])]})
+            return bool(configured)
         return False
 
     @_timed
