@@ -16,7 +16,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,23 +284,35 @@ async def run_exec(request: web.Request) -> web.StreamResponse:
         slots.give_back(name)
 
 
+async def _run_to_end(
+    process: ExecProcess, wanted: ExecRequest, output: Callable[[int, bytes], Awaitable[None]]
+) -> tuple[bool, int | None]:
+    """Feed stdin, hand each piece of output (stream 1 or 2, bytes) to ``output`` until the command ends
+    or its timeout kills it: whether it timed out, and its exit code."""
+    feeder = asyncio.create_task(_feed_stdin(process, wanted.stdin))
+    timed_out = False
+    try:
+        async with asyncio.timeout(wanted.timeout):
+            while (piece := await process.read()) is not None:
+                await output(*piece)
+    except TimeoutError:
+        timed_out = True
+        await process.kill()
+    finally:
+        feeder.cancel()
+    return timed_out, await exec_code(process)
+
+
 async def _answered(request: web.Request, agent: Agent, info: Instance, wanted: ExecRequest) -> dict[str, Any]:
     cap = request.app[SETTINGS].exec_output_bytes
     outputs = {1: CappedOutput(cap), 2: CappedOutput(cap)}
     started = time.monotonic()
-    timed_out = False
+
+    async def keep(stream: int, data: bytes) -> None:
+        outputs[stream].add(data)
+
     async with request.app[LIVE].open_exec(info.id, wanted.command) as process:
-        feeder = asyncio.create_task(_feed_stdin(process, wanted.stdin))
-        try:
-            async with asyncio.timeout(wanted.timeout):
-                while (piece := await process.read()) is not None:
-                    outputs[piece[0]].add(piece[1])
-        except TimeoutError:
-            timed_out = True
-            await process.kill()
-        finally:
-            feeder.cancel()
-        code = await exec_code(process)
+        timed_out, code = await _run_to_end(process, wanted, keep)
     stdout, stdout_encoding = _text_or_base64(bytes(outputs[1].data))
     stderr, stderr_encoding = _text_or_base64(bytes(outputs[2].data))
     return {
@@ -337,24 +349,17 @@ _STREAM_NAMES = {1: "stdout", 2: "stderr"}
 
 async def _streamed(request: web.Request, agent: Agent, info: Instance, wanted: ExecRequest) -> web.StreamResponse:
     started = time.monotonic()
-    timed_out = False
     texts = {1: FrameText(), 2: FrameText()}
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+
+    async def send(stream: int, data: bytes) -> None:
+        frame = {"stream": _STREAM_NAMES[stream], **texts[stream].fields(data)}
+        if frame.get("data") != "":
+            await response.write(json.dumps(frame).encode() + b"\n")
+
     async with request.app[LIVE].open_exec(info.id, wanted.command) as process:
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        feeder = asyncio.create_task(_feed_stdin(process, wanted.stdin))
-        try:
-            async with asyncio.timeout(wanted.timeout):
-                while (piece := await process.read()) is not None:
-                    frame = {"stream": _STREAM_NAMES[piece[0]], **texts[piece[0]].fields(piece[1])}
-                    if frame.get("data") != "":
-                        await response.write(json.dumps(frame).encode() + b"\n")
-        except TimeoutError:
-            timed_out = True
-            await process.kill()
-        finally:
-            feeder.cancel()
-        code = await exec_code(process)
+        timed_out, code = await _run_to_end(process, wanted, send)
     ended = {"exitCode": code, "timedOut": timed_out, "durationMs": int((time.monotonic() - started) * 1000)}
     await response.write(json.dumps({"exit": ended}).encode() + b"\n")
     await response.write_eof()
