@@ -192,6 +192,17 @@ async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 30.0, w
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
 
 
+async def wait_network_gone(docker: aiodocker.Docker, name: str, what: str, timeout: float = 30) -> None:
+    async def gone() -> bool:
+        try:
+            await docker.networks.get(name)
+        except aiodocker.DockerError as exc:
+            return exc.status == 404
+        return False
+
+    await wait_for(gone, timeout=timeout, what=what)
+
+
 async def inspect(docker: aiodocker.Docker, name: str) -> dict[str, Any] | None:
     try:
         return await docker.containers.container(name).show()

@@ -8,7 +8,7 @@ import json
 import aiodocker
 import pytest
 
-from tests.harness import Controller, docker_cli, inspect, running, wait_for
+from tests.harness import Controller, docker_cli, inspect, running, wait_for, wait_network_gone
 
 pytestmark = pytest.mark.docker
 
@@ -267,11 +267,4 @@ async def test_a_network_with_a_container_created_on_it_is_not_collected(start_c
     finally:
         await docker_cli("rm", "-f", stranger)
 
-    async def network_gone() -> bool:
-        try:
-            await docker.networks.get(network)
-        except aiodocker.DockerError as exc:
-            return exc.status == 404
-        return False
-
-    await wait_for(network_gone, timeout=30, what="the network to be collected once the container is gone")
+    await wait_network_gone(docker, network, "the network to be collected once the container is gone")

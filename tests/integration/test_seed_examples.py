@@ -7,7 +7,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from tests.harness import Controller, docker_exec, inspect, running, wait_for
+from tests.harness import Controller, docker_exec, inspect, running, wait_for, wait_network_gone
 
 pytestmark = pytest.mark.docker
 
@@ -75,14 +75,7 @@ async def test_custom_network_is_created_and_joined(start_controller, docker: ai
     assert status == 202
     await controller.wait_gone("isolated-agent")
 
-    async def network_gone() -> bool:
-        try:
-            await docker.networks.get(joined)
-        except aiodocker.DockerError as exc:
-            return exc.status == 404
-        return False
-
-    await wait_for(network_gone, timeout=30, what="the unused managed network to be collected")
+    await wait_network_gone(docker, joined, "the unused managed network to be collected")
 
 
 async def test_agents_on_one_network_reach_each_other_by_name(controller: Controller):
