@@ -33,7 +33,7 @@ from bench.common import (
 
 async def parallax_run(session: aiohttp.ClientSession, server: Server, names: list[str]) -> float:
     async def create(name: str) -> str:
-        async with session.post(server.url + "/agents?wait=true&timeout=300", json=agent_body(name)) as resp:
+        async with session.post(server.url + "/agents?wait=true&timeout=600", json=agent_body(name)) as resp:
             body = await resp.json()
             assert resp.status == 201, body
             return str(body["status"].get("phase"))
@@ -47,7 +47,7 @@ async def parallax_run(session: aiohttp.ClientSession, server: Server, names: li
 
 async def parallax_delete(session: aiohttp.ClientSession, server: Server, names: list[str]) -> None:
     async def delete(name: str) -> None:
-        async with session.delete(server.url + f"/agents/{name}?wait=true&timeout=120") as resp:
+        async with session.delete(server.url + f"/agents/{name}?wait=true&timeout=600") as resp:
             await resp.read()
 
     await asyncio.gather(*(delete(name) for name in names))
@@ -117,7 +117,9 @@ async def main() -> None:
         await server.start()
         spy = profile(server.pid, 3600, f"{args.profile}/convergence.txt") if args.profile else None
         network = await raw_network(docker, tag)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        # no client timeout: at 1000 agents the last answer comes after aiohttp's default 5 minutes
+        no_timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=no_timeout) as session:
             # Warm-up, and the container config to copy for the raw side.
             await parallax_run(session, server, [f"pb{tag}-warm"])
             inspected = await docker.containers.container(f"parallax-agent-pb{tag}-warm").show()
