@@ -29,6 +29,7 @@ import aiodocker
 import aiohttp
 
 from bench.common import IMAGE_PREFIX, RAW_LABEL, Server, machine_note, median, new_tag
+from controller.model.timestamps import parse_runtime_time
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX, SUBNET, DIR = (os.environ.get("PARALLAX_SWARM_LAB") or "pxsw 192.168.241 /tmp/pxsw-swarm").split()
@@ -68,29 +69,77 @@ async def running_tasks(manager: aiodocker.Docker, label: str) -> dict[str, str]
     }
 
 
-async def parallax_round(session: aiohttp.ClientSession, server: Server, names: list[str], workers: int) -> float:
+async def settle(label: str) -> None:
+    """Until no node has a container labelled ``label`` left: the next round starts on a quiet swarm, not
+    while this one's tasks are still being torn down on the nodes (which favoured neither side, but made
+    single rounds spread from 8 to 12 s)."""
+    clients = [aiodocker.Docker(url=f"unix://{sock(n)}") for n in (1, 2, 3)]
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            left = [await client.containers.list(all=True, filters={"label": [label]}) for client in clients]
+            if not any(left):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def timeline(manager: aiodocker.Docker, names: set[str], began: float) -> tuple[float, float]:
+    """Seconds from ``began`` (wall clock) until the last of the named services was created, and until the
+    last of their tasks was running, by the manager's own timestamps: what the side waited for Swarm."""
+    services = [s for s in await manager.services.list() if s["Spec"]["Name"] in names]
+    ids = {s["ID"] for s in services}
+    tasks = [t for t in await manager.tasks.list() if t["ServiceID"] in ids and t["Status"]["State"] == "running"]
+
+    def last(stamps: list[str]) -> float:
+        parsed = [parse_runtime_time(stamp) for stamp in stamps]
+        return max(p.timestamp() for p in parsed if p is not None) - began
+
+    return last([s["CreatedAt"] for s in services]), last([t["Status"]["Timestamp"] for t in tasks])
+
+
+class Round:
+    """One side's round: until all Running, and when Swarm had made and run the last of them."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self.created = 0.0
+        self.ran = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.elapsed:.2f} (created {self.created:.2f}, ran {self.ran:.2f})"
+
+
+async def parallax_round(
+    session: aiohttp.ClientSession, server: Server, manager: aiodocker.Docker, names: list[str], workers: int
+) -> Round:
     limit = asyncio.Semaphore(workers * 4)
+    result = Round()
 
     async def post(name: str) -> None:
         async with limit, session.post(server.url + "/agents", json={"name": name, "type": "claude"}) as resp:
             assert resp.status == 201, await resp.text()
 
-    started = time.perf_counter()
+    began, started = time.time(), time.perf_counter()
     await asyncio.gather(*(post(name) for name in names))
     while True:
         async with session.get(server.url + "/agents?phase=Running") as resp:
             found = {a["metadata"]["name"] for a in (await resp.json())["items"]}
         if set(names) <= found:
-            elapsed = time.perf_counter() - started
+            result.elapsed = time.perf_counter() - started
             break
         await asyncio.sleep(0.05)
+    result.created, result.ran = await timeline(manager, {f"parallax-agent-{name}" for name in names}, began)
     for name in names:
         async with session.delete(server.url + f"/agents/{name}") as resp:
             await resp.read()
     while True:
         async with session.get(server.url + "/agents") as resp:
             if not set(names) & {a["metadata"]["name"] for a in (await resp.json())["items"]}:
-                return elapsed
+                await settle(f"parallax.instance={server.instance}")
+                return result
         await asyncio.sleep(0.2)
 
 
@@ -107,8 +156,9 @@ def raw_spec(inspected: dict[str, Any], tag: str, name: str) -> dict[str, Any]:
     return spec
 
 
-async def raw_round(manager: aiodocker.Docker, spec: dict[str, Any], names: list[str], tag: str, workers: int) -> float:
+async def raw_round(manager: aiodocker.Docker, spec: dict[str, Any], names: list[str], tag: str, workers: int) -> Round:
     limit = asyncio.Semaphore(workers)
+    result = Round()
 
     async def create(name: str) -> None:
         body = raw_spec(spec, tag, name)
@@ -122,16 +172,18 @@ async def raw_round(manager: aiodocker.Docker, spec: dict[str, Any], names: list
                 endpoint_spec=body["EndpointSpec"],
             )
 
-    started = time.perf_counter()
+    began, started = time.time(), time.perf_counter()
     await asyncio.gather(*(create(name) for name in names))
     while True:
         if len(await running_tasks(manager, f"{RAW_LABEL}={tag}")) == len(names):
             break
         await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - started
+    result.elapsed = time.perf_counter() - started
+    result.created, result.ran = await timeline(manager, set(names), began)
     for service in await manager.services.list(filters={"label": [f"{RAW_LABEL}={tag}"]}):
         await manager.services.delete(service["ID"])
-    return elapsed
+    await settle(f"{RAW_LABEL}={tag}")
+    return result
 
 
 async def node_failure(
@@ -227,14 +279,19 @@ async def main() -> None:
                 raws = [f"pbraw{tag}-{r}-{i}" for i in range(args.agents)]
                 if r % 2 == 0:
                     theirs.append(await raw_round(manager, spec, raws, tag, args.workers))
-                    ours.append(await parallax_round(session, server, agents, args.workers))
+                    ours.append(await parallax_round(session, server, manager, agents, args.workers))
                 else:
-                    ours.append(await parallax_round(session, server, agents, args.workers))
+                    ours.append(await parallax_round(session, server, manager, agents, args.workers))
                     theirs.append(await raw_round(manager, spec, raws, tag, args.workers))
             print(f"{'N':>4} {'parallax s':>11} {'raw s':>8} {'ratio':>6}  (medians of {args.rounds} rounds)")
-            rounds = f"parallax {', '.join(f'{x:.2f}' for x in ours)}; raw {', '.join(f'{x:.2f}' for x in theirs)}"
-            ratio = median(ours) / median(theirs)
-            print(f"{args.agents:>4} {median(ours):>11.2f} {median(theirs):>8.2f} {ratio:>6.2f}   rounds: {rounds}")
+            ratio = median(r.elapsed for r in ours) / median(r.elapsed for r in theirs)
+            print(
+                f"{args.agents:>4} {median(r.elapsed for r in ours):>11.2f} {median(r.elapsed for r in theirs):>8.2f} "
+                f"{ratio:>6.2f}   {machine_note()}"
+            )
+            print("rounds (s to all Running; when Swarm had created the last service, and run the last task):")
+            print(f"  parallax: {'; '.join(map(str, ours))}")
+            print(f"  raw:      {'; '.join(map(str, theirs))}")
             mine, swarm, victim = await node_failure(session, server, manager, spec, tag)
             print(
                 f"node failure ({victim}'s dockerd SIGKILLed): the API says Running elsewhere after {mine:.2f} s; "

@@ -264,3 +264,28 @@ async def test_bind_mounts_outside_the_shared_roots_are_refused(start_swarm_cont
     assert status == 422, body
     assert body["error"]["details"][0]["field"] == "volumes[0]"
     assert "PARALLAX_SWARM_SHARED_ROOTS" in body["error"]["details"][0]["message"]
+
+
+@pytest.mark.parametrize("endpoints", ["node endpoints", "the manager only"])
+async def test_an_agent_that_says_it_needs_credentials_is_shown_needing_them(
+    start_swarm_controller: Any, endpoints: str
+) -> None:
+    """The image's ``parallax: needs credentials:`` line is read from the task container's log on its node
+    (or through the manager's service logs when the node has no endpoint): Running, not Ready."""
+    line = "parallax: needs credentials: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"
+    overrides = {} if endpoints == "node endpoints" else {"swarm_nodes": ()}
+    controller = await start_swarm_controller(**overrides)
+    body = {"name": "sw-cred", "type": "claude", "command": ["sh", "-c", f"echo '{line}'; exec sleep 3600"]}
+    status, answer = await controller.request("POST", "/agents", body)
+    assert status == 201, answer
+
+    def needs(agent: dict[str, Any]) -> bool:
+        return any(
+            c["type"] == "CredentialsReady" and c["status"] == "False" for c in agent["status"].get("conditions", [])
+        )
+
+    agent = await controller.wait_agent("sw-cred", needs, timeout=30)
+    assert agent["status"]["phase"] == "Running"
+    ready = next(c for c in agent["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NeedsCredentials")
+    assert "ANTHROPIC_API_KEY" in ready["message"]

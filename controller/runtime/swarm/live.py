@@ -40,6 +40,12 @@ class _ServiceLogs(LiveDocker):
         return f"services/{container_id}/logs"
 
 
+async def container_output(driver: SwarmDriver, client: aiodocker.Docker, container_id: str, lines: int) -> list[str]:
+    """A task container's last ``lines`` lines, from its node's daemon (``client``)."""
+    live = _OnNode(driver, client)
+    return [line async for line in live.logs(container_id, tail=str(lines), since=None, timestamps=False, follow=False)]
+
+
 class LiveSwarm:
     def __init__(self, driver: SwarmDriver) -> None:
         self.driver = driver
@@ -59,6 +65,7 @@ class LiveSwarm:
         return self._logs.open_logs(instance_id, tail=tail, since=since, timestamps=timestamps, follow=follow)
 
     async def recent_output(self, instance_id: str, lines: int) -> list[str]:
+        """The service's last ``lines`` lines, through the manager (which asks the task's node)."""
         async with self._logs.open_logs(
             instance_id, tail=str(lines), since=None, timestamps=False, follow=False
         ) as found:

@@ -11,6 +11,7 @@ Swarm's event stream says nothing of tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -27,7 +28,7 @@ from controller.runtime.docker.driver import DockerObserver, DriverNetworks, Noo
 from controller.runtime.docker.render import LABEL_AGENT
 from controller.runtime.interface import Desired, Instance, Runtime, RuntimeChange
 from controller.runtime.swarm.driver import SwarmDriver
-from controller.runtime.swarm.live import LiveSwarm
+from controller.runtime.swarm.live import LiveSwarm, container_output
 from controller.runtime.swarm.nodes import NodeFacts, hostname
 from controller.runtime.swarm.render import desired_service
 from controller.runtime.swarm.tasks import instance_of, newest_task, replicas, running_container, task_error
@@ -69,6 +70,13 @@ class SwarmRuntime(DriverNetworks):
         # knows nothing of a paused container (its task stays "running"), so the instance says "paused"
         # from here. A controller restart forgets it; the reconciler then pauses again (a no-op).
         self._paused: dict[str, str] = {}
+        # The running task's node and container, by service ID, as the last look at its tasks saw them: a
+        # new agent's credentials check reads that container's log tail from its node, a few milliseconds,
+        # where the manager's service logs take a round of the swarm's log broker.
+        self._containers: dict[str, tuple[dict[str, Any], str]] = {}
+        # Set by every change this runtime makes: the change poll, sleeping its interval, looks again
+        # within STARTING_POLL_SECONDS instead (a service just made is being scheduled).
+        self._kick = asyncio.Event()
 
     @property
     def live(self) -> LiveSwarm:
@@ -149,10 +157,14 @@ class SwarmRuntime(DriverNetworks):
     def _of(self, service: dict[str, Any], tasks: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> Instance:
         """``instance_of``, in state ``paused`` when its running task's container is the one paused here."""
         found = instance_of(service, tasks, nodes)
+        running = running_container(tasks)
+        if running is not None and running[0] in nodes:
+            self._containers[found.id] = (nodes[running[0]], running[1])
+        else:
+            self._containers.pop(found.id, None)
         paused = self._paused.get(found.id)
         if paused is None:
             return found
-        running = running_container(tasks)
         if found.state != "running" or running is None or running[1] != paused:
             del self._paused[found.id]  # the paused task ended or was replaced
             return found
@@ -188,6 +200,7 @@ class SwarmRuntime(DriverNetworks):
         now = asyncio.get_running_loop().time()
         for key in keys:
             self._touched[key] = now
+        self._kick.set()
 
     async def instance(self, instance_id: str) -> Instance | None:
         if self._made_now(instance_id):
@@ -339,6 +352,7 @@ class SwarmRuntime(DriverNetworks):
         scaled away: removing a service while its task reaper deletes them crashed the Engine 20.10
         manager twice in the lab (a nil task in ``SetServiceTasksRemove``, moby/swarmkit#3216)."""
         self._touch(instance_id)
+        self._containers.pop(instance_id, None)
         service = await self.driver.service(instance_id)
         if service is not None and replicas(service) == 0:
             await self.driver.wait_reaped(instance_id, REAP_SECONDS)
@@ -352,6 +366,13 @@ class SwarmRuntime(DriverNetworks):
         """The service's networks are in its spec (and so in its config hash): nothing to connect."""
 
     async def recent_output(self, instance_id: str, lines: int) -> list[str]:
+        """The running task container's log tail from its node, through this runtime's own node clients;
+        through the manager when its node has no endpoint or does not answer."""
+        where = self._containers.get(instance_id)
+        if where is not None and self.facts.clients.endpoint(where[0]) is not None:
+            node, container = where
+            with contextlib.suppress(AgentError):
+                return await container_output(self.driver, self.facts.clients.client(node), container, lines)
         return await self._live.recent_output(instance_id, lines)
 
     async def changes(self) -> AsyncIterator[RuntimeChange]:
@@ -365,9 +386,13 @@ class SwarmRuntime(DriverNetworks):
         loop = asyncio.get_running_loop()
         while True:
             began = loop.time()
+            self._kick.clear()
             services = await self.driver.services()
-            tasks = await self.driver.tasks([s["ID"] for s in services]) if services else []
-            nodes = await self._nodes(fresh=True)
+            tasks, nodes, networks_now = await asyncio.gather(  # one round trip's wait for the three
+                self.driver.tasks([s["ID"] for s in services]) if services else _none(),
+                self._nodes(fresh=True),
+                self.managed_networks(),
+            )
             self._report_nodes(nodes)
             now: dict[str, tuple[Any, ...]] = {}
             polled: dict[str, list[Instance]] = {}
@@ -379,19 +404,32 @@ class SwarmRuntime(DriverNetworks):
                 seen_now = (found.id, found.state, found.config_hash, found.node, found.error, found.finished_at)
                 now[found.agent] = (*now.get(found.agent, ()), seen_now)
             self._polled, self._polled_at = polled, began
+            for gone in set(self._containers) - {str(s["ID"]) for s in services}:
+                del self._containers[gone]
             self.facts.forget_tasks({str(t["ID"]) for t in tasks})
             await self._probe_nodes(tasks, nodes)
             for agent in set(seen) | set(now):
                 if agent and not first and seen.get(agent) != now.get(agent):
                     yield RuntimeChange("instance", agent=agent)
             seen, first = now, False
-            current = {n.name for n in await self.managed_networks()}
+            current = {n.name for n in networks_now}
             for gone in (networks or set()) - current:
                 self.driver.forget_network(gone)
                 yield RuntimeChange("network-removed", network=gone)
             networks = current
             busy = any(i.state == "starting" for found in polled.values() for i in found)
-            await asyncio.sleep(self._poll_interval(busy))
+            await self._pause(self._poll_interval(busy))
+
+    async def _pause(self, interval: float) -> None:
+        """Sleep ``interval``, or until STARTING_POLL_SECONDS after this runtime changed something (since
+        the poll began)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + interval
+        try:
+            await asyncio.wait_for(self._kick.wait(), interval)
+        except TimeoutError:
+            return
+        await asyncio.sleep(max(0.0, min(deadline - loop.time(), STARTING_POLL_SECONDS)))
 
     def _poll_interval(self, busy: bool) -> float:
         """``PARALLAX_SWARM_POLL_SECONDS``; while a task is being scheduled and started (a new agent, a
@@ -423,6 +461,10 @@ def _task_container(
         return None, None, ""
     container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or ""
     return task, nodes.get(str(task.get("NodeID", ""))), str(container)
+
+
+async def _none() -> list[dict[str, Any]]:
+    return []
 
 
 def loop_time() -> float:
