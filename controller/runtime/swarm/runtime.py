@@ -244,6 +244,7 @@ class SwarmRuntime(DriverNetworks):
             if err.code == NETWORK_ERROR:
                 self.driver.forget_network(agent.spec.network)
             raise
+        self._kick.set()  # again: the poll may have looked between the touch and the manager's answer
         made = Instance(
             id=service_id,
             name=container_name(agent.name),
@@ -265,6 +266,7 @@ class SwarmRuntime(DriverNetworks):
             else:
                 spec[key] = value
         await self.driver.update_service(service["ID"], int(service["Version"]["Index"]), spec)
+        self._kick.set()
 
     async def start(self, instance_id: str) -> None:
         """A task wanted: one replica, and a new task if the newest has ended (a restart)."""
@@ -297,6 +299,7 @@ class SwarmRuntime(DriverNetworks):
         spec["TaskTemplate"]["ForceUpdate"] = service["Spec"]["TaskTemplate"].get("ForceUpdate", 0)
         self._touch(instance_id)
         await self.driver.update_service(instance_id, int(service["Version"]["Index"]), spec)
+        self._kick.set()
         if replicas(service):
             await self._new_task(instance_id, task)
 
