@@ -96,7 +96,7 @@ async def create_agent(request: web.Request) -> web.Response:
         others=await store.list() if mentions_volumes(body) else (),
         runtime_classes=await runtime_classes_for(request, body),
     )
-    changes = store.subscribe() if wait is not None else None
+    changes = store.subscribe(agent.name) if wait is not None else None
     try:
         created = await store.create(agent)
         if changes is not None and wait is not None:
@@ -271,7 +271,7 @@ async def delete_agent(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     rv = integer(request.query, "resourceVersion")
     wait = _wait_timeout(request)
-    changes = store.subscribe() if wait is not None else None
+    changes = store.subscribe(name) if wait is not None else None
     try:
         agent = await store.mark_deleted(name, expected_rv=None if rv is None else str(rv))
         if changes is not None and wait is not None:

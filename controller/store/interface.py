@@ -146,9 +146,10 @@ class Store(Protocol):
         higher one (so subscribe first, then read this, then list: nothing is missed)."""
         ...
 
-    def subscribe(self) -> Subscription[Change]:
+    def subscribe(self, name: str | None = None) -> Subscription[Change]:
         """Record changes from now on, in resourceVersion order, each once durable (the controller's
-        trigger, ``?wait=true``, metrics). Bounded: ``CutOff`` once the subscriber falls too far behind."""
+        trigger, ``?wait=true``, metrics); with ``name``, the changes of that record only. Bounded:
+        ``CutOff`` once the subscriber falls too far behind."""
         ...
 
     def unsubscribe(self, queue: Subscription[Change]) -> None:

@@ -51,6 +51,7 @@ from controller.store.rules import (
     EVENTS_PER_AGENT,
     AgentEvent,
     Change,
+    ChangeSubscribers,
     NotFound,
     Staged,
     StoreError,
@@ -239,7 +240,7 @@ class PostgresStore(SecretReads):
         self._pool: asyncpg.Pool | None = None
         self.schema = "public"
         self.channel = "parallax_changes"
-        self._subscribers: set[Subscription[Change]] = set()
+        self._subscribers = ChangeSubscribers(self._buffer, log)
         self._feed_subscribers: set[Subscription[Change | AgentEvent]] = set()
         self._cache: dict[str, Agent] = {}
         self._owners: dict[str, str] = {}
@@ -487,7 +488,7 @@ class PostgresStore(SecretReads):
         else:
             self._cache[name] = item.agent.copy()
             self._owners[container_name(name)] = name
-        _announce(self._subscribers, item)
+        self._subscribers.announce(item)
         _announce(self._feed_subscribers, item)
 
     async def _lost(self, why: str) -> None:
@@ -495,11 +496,9 @@ class PostgresStore(SecretReads):
         re-list, as after a watch's 410)."""
         log.warning("%s: reloading every record; every subscriber must re-list", why)
         await self._reload()
-        for queue in self._subscribers:
-            queue.cut(f"missed changes ({why})")
+        self._subscribers.cut_all(f"missed changes ({why})")
         for feed in self._feed_subscribers:
             feed.cut(f"missed changes ({why})")
-        self._subscribers.clear()
         self._feed_subscribers.clear()
 
     # -- writing -----------------------------------------------------------------------------------
@@ -888,13 +887,11 @@ class PostgresStore(SecretReads):
 
     # -- subscribing ---------------------------------------------------------------------------------
 
-    def subscribe(self) -> Subscription[Change]:
-        queue: Subscription[Change] = Subscription(self._buffer)
-        self._subscribers.add(queue)
-        return queue
+    def subscribe(self, name: str | None = None) -> Subscription[Change]:
+        return self._subscribers.subscribe(name)
 
     def unsubscribe(self, queue: Subscription[Change]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.unsubscribe(queue)
 
     def subscribe_feed(self) -> Subscription[Change | AgentEvent]:
         queue: Subscription[Change | AgentEvent] = Subscription(self._buffer)

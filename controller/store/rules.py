@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -200,6 +201,52 @@ class Subscription(Generic[T]):
 
     def empty(self) -> bool:
         return not self._items
+
+
+class ChangeSubscribers:
+    """The subscribers of record changes: of every record, or of one record's name (a ``?wait=true``
+    request waits for one agent). A change is offered to the first kind and to those of its own name only,
+    so a thousand requests waiting for a thousand agents cost one offer per change, not a thousand."""
+
+    def __init__(self, buffer: int, log: logging.Logger) -> None:
+        self.buffer = buffer
+        self._log = log
+        self._every: set[Subscription[Change]] = set()
+        self._named: dict[str, set[Subscription[Change]]] = {}
+        self._name_of: dict[Subscription[Change], str] = {}
+
+    def subscribe(self, name: str | None = None) -> Subscription[Change]:
+        queue: Subscription[Change] = Subscription(self.buffer)
+        if name is None:
+            self._every.add(queue)
+        else:
+            self._named.setdefault(name, set()).add(queue)
+            self._name_of[queue] = name
+        return queue
+
+    def unsubscribe(self, queue: Subscription[Change]) -> None:
+        self._every.discard(queue)
+        name = self._name_of.pop(queue, None)
+        queues = self._named.get(name) if name is not None else None
+        if name is not None and queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._named[name]
+
+    def announce(self, change: Change) -> None:
+        """Offer ``change``; a subscriber that is cut off (too far behind) is dropped, and nobody else
+        waits for it."""
+        for queues in (self._every, self._named.get(change.agent.name)):
+            for queue in [queue for queue in queues or () if not queue.offer(change)]:
+                self.unsubscribe(queue)
+                self._log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
+
+    def cut_all(self, reason: str) -> None:
+        for queue in [*self._every, *(q for queues in self._named.values() for q in queues)]:
+            queue.cut(reason)
+        self._every.clear()
+        self._named.clear()
+        self._name_of.clear()
 
 
 # -- the write rules -----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from controller.store.rules import (
     EVENTS_PER_AGENT,
     AgentEvent,
     Change,
+    ChangeSubscribers,
     NotFound,
     Staged,
     StoreUnavailable,
@@ -192,7 +193,7 @@ class SqliteStore(SecretReads):
         self._conn: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
-        self._subscribers: set[Subscription[Change]] = set()
+        self._subscribers = ChangeSubscribers(self._buffer, log)
         self._feed_subscribers: set[Subscription[Change | AgentEvent]] = set()
         self.write_error: str | None = None
         self._cache: dict[str, Agent] = {}  # committed records
@@ -620,20 +621,18 @@ class SqliteStore(SecretReads):
     def unsubscribe_feed(self, queue: Subscription[Change | AgentEvent]) -> None:
         self._feed_subscribers.discard(queue)
 
-    def subscribe(self) -> Subscription[Change]:
-        queue: Subscription[Change] = Subscription(self._buffer)
-        self._subscribers.add(queue)
-        return queue
+    def subscribe(self, name: str | None = None) -> Subscription[Change]:
+        return self._subscribers.subscribe(name)
 
     def unsubscribe(self, queue: Subscription[Change]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.unsubscribe(queue)
 
     def _notify(self, change: Change) -> None:
         if change.type == "DELETED":
             self._cache.pop(change.agent.name, None)
         else:
             self._cache[change.agent.name] = change.agent.copy()
-        _announce(self._subscribers, change)
+        self._subscribers.announce(change)
         _announce(self._feed_subscribers, change)
 
 

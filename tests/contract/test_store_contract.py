@@ -147,17 +147,20 @@ async def test_a_client_holding_the_committed_version_is_not_stale_because_of_a_
         await store.mark_deleted("a", expected_rv=rv)
 
 
+def label(key: str):
+    """An update adding label ``key``."""
+
+    def build(current: Agent) -> Agent:
+        labels = {**current.metadata.labels, key: "v"}
+        return Agent(replace(current.metadata, labels=labels), current.spec, current.status)
+
+    return build
+
+
 async def test_update_builds_on_the_latest_queued_version(store: Store, tmp_path: Path):
     """Concurrent read-modify-writes (PATCH, PUT) each see the writes queued before them: none is lost."""
     s = settings(tmp_path)
     await store.create(agent({"name": "a", "type": "claude"}, s))
-
-    def label(key: str):
-        def build(current: Agent) -> Agent:
-            labels = {**current.metadata.labels, key: "v"}
-            return Agent(replace(current.metadata, labels=labels), current.spec, current.status)
-
-        return build
 
     await asyncio.gather(*(store.update("a", label(f"k{i}")) for i in range(30)))
     assert set((await store.get("a")).metadata.labels) == {f"k{i}" for i in range(30)}
@@ -349,6 +352,27 @@ async def test_a_subscriber_that_never_reads_is_cut_off_and_the_others_go_on(mak
     await store.create(agent({"name": "after", "type": "claude"}, s))
     assert again.get_nowait().agent.name == "after"
     assert len(await store.list()) == 41
+
+
+async def test_a_subscriber_of_one_name_gets_that_record_s_changes_only(store: Store, tmp_path: Path):
+    """What ``?wait=true`` waits on: the changes of its own agent, in order, none of the others'."""
+    s = settings(tmp_path)
+
+    mine, every = store.subscribe("mine"), store.subscribe()
+    await store.create(agent({"name": "other", "type": "claude"}, s))
+    await store.create(agent({"name": "mine", "type": "claude"}, s))
+    await store.update("other", label("x"))
+    await store.update("mine", label("y"))
+    await store.mark_deleted("mine")
+    got = []
+    while not mine.empty():
+        change = mine.get_nowait()
+        got.append((change.type, change.agent.name))
+    assert [t for t, _ in got][:2] == ["ADDED", "MODIFIED"] and {n for _, n in got} == {"mine"}
+    assert every.qsize() == len(got) + 2  # the other record's two changes went to the subscriber of all
+    store.unsubscribe(mine)
+    await store.update("other", label("z"))
+    assert mine.empty()
 
 
 async def test_subscribing_then_reading_the_version_then_listing_misses_nothing(store: Store, tmp_path: Path):
