@@ -58,6 +58,7 @@ from controller.store.rules import (
     StoreUnavailable,
     Subscription,
     Write,
+    announce,
 )
 from controller.store.sealed import open_manifest, open_secret, seal_manifest, seal_secret
 from controller.store.secret_reads import SecretReads
@@ -478,7 +479,7 @@ class PostgresStore(SecretReads):
         """A committed change at version ``rv`` (the next one): into the cache and to the subscribers."""
         self._known_rv = rv
         if isinstance(item, AgentEvent):
-            _announce(self._feed_subscribers, item)
+            announce(self._feed_subscribers, item, log)
             return
         name = item.agent.name
         if item.type == "DELETED":
@@ -489,7 +490,7 @@ class PostgresStore(SecretReads):
             self._cache[name] = item.agent.copy()
             self._owners[container_name(name)] = name
         self._subscribers.announce(item)
-        _announce(self._feed_subscribers, item)
+        announce(self._feed_subscribers, item, log)
 
     async def _lost(self, why: str) -> None:
         """Fell behind further than the change table reaches: reload, and cut every subscriber off (they
@@ -846,7 +847,7 @@ class PostgresStore(SecretReads):
             raise NotFound(f"secret {name!r} not found")
         if self._secrets.pop(name, None) is not None:
             self._secret_digests.pop(name, None)
-            _announce(self._secret_subscribers, name)
+            announce(self._secret_subscribers, name, log)
 
     def _secret_changed(self, secret: Secret, digest: str, *, changed: bool) -> None:
         if self._secret_digests.get(secret.name) == digest:
@@ -854,7 +855,7 @@ class PostgresStore(SecretReads):
         self._secrets[secret.name] = secret.copy()
         self._secret_digests[secret.name] = digest
         if changed:
-            _announce(self._secret_subscribers, secret.name)
+            announce(self._secret_subscribers, secret.name, log)
 
     async def _sync_secrets(self) -> None:
         """Follow other controllers' Secret writes: compare each stored body's digest with the one known,
@@ -883,7 +884,7 @@ class PostgresStore(SecretReads):
         for name in [name for name in self._secrets if name not in stored]:
             del self._secrets[name]
             self._secret_digests.pop(name, None)
-            _announce(self._secret_subscribers, name)
+            announce(self._secret_subscribers, name, log)
 
     # -- subscribing ---------------------------------------------------------------------------------
 
@@ -924,12 +925,6 @@ def _reason(exc: BaseException) -> str:
     """The database's or the network's error, one line, for a message (asyncpg's never carry the URL)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]
-
-
-def _announce(subscribers: set[Any], item: Any) -> None:
-    for queue in [queue for queue in subscribers if not queue.offer(item)]:
-        subscribers.discard(queue)
-        log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:

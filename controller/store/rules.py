@@ -203,6 +203,16 @@ class Subscription(Generic[T]):
         return not self._items
 
 
+def announce(subscribers: set[Subscription[T]], item: T, log: logging.Logger) -> list[Subscription[T]]:
+    """Offer ``item`` to every subscriber; one that is cut off (too far behind) is dropped from the set,
+    logged and returned, and nobody else waits for it."""
+    dropped = [queue for queue in subscribers if not queue.offer(item)]
+    for queue in dropped:
+        subscribers.discard(queue)
+        log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
+    return dropped
+
+
 class ChangeSubscribers:
     """The subscribers of record changes: of every record, or of one record's name (a ``?wait=true``
     request waits for one agent). A change is offered to the first kind and to those of its own name only,
@@ -234,12 +244,12 @@ class ChangeSubscribers:
                 del self._named[name]
 
     def announce(self, change: Change) -> None:
-        """Offer ``change``; a subscriber that is cut off (too far behind) is dropped, and nobody else
-        waits for it."""
-        for queues in (self._every, self._named.get(change.agent.name)):
-            for queue in [queue for queue in queues or () if not queue.offer(change)]:
+        """Offer ``change`` to the subscribers of every record and to those of its name (``announce``)."""
+        announce(self._every, change, self._log)
+        named = self._named.get(change.agent.name)
+        if named is not None:
+            for queue in announce(named, change, self._log):
                 self.unsubscribe(queue)
-                self._log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
 
     def cut_all(self, reason: str) -> None:
         for queue in [*self._every, *(q for queues in self._named.values() for q in queues)]:

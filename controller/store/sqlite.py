@@ -43,6 +43,7 @@ from controller.store.rules import (
     StoreUnavailable,
     Subscription,
     Write,
+    announce,
 )
 from controller.store.sealed import open_manifest, open_secret, seal_manifest, seal_secret
 from controller.store.secret_reads import SecretReads
@@ -541,7 +542,7 @@ class SqliteStore(SecretReads):
         def after(result: tuple[int, str]) -> AgentEvent:
             count, first = result
             event = AgentEvent(name, uid, type_, reason, message, count, first, stamp, rv, json.loads(labels))
-            _announce(self._feed_subscribers, event)
+            announce(self._feed_subscribers, event, log)
             return event
 
         return await self._submit(run, after, rv)
@@ -607,7 +608,7 @@ class SqliteStore(SecretReads):
             else:
                 self._secrets[name] = new.copy()
             if changed:
-                _announce(self._secret_subscribers, name)
+                announce(self._secret_subscribers, name, log)
             return new.copy() if new is not None else Secret(name, {})
 
         return await self._submit(run, after)
@@ -633,7 +634,7 @@ class SqliteStore(SecretReads):
         else:
             self._cache[change.agent.name] = change.agent.copy()
         self._subscribers.announce(change)
-        _announce(self._feed_subscribers, change)
+        announce(self._feed_subscribers, change, log)
 
 
 def _reseal(
@@ -694,11 +695,3 @@ class _MemoryView:
 
     def owner(self, container: str) -> str | None:
         return self._store._owners.get(container)
-
-
-def _announce(subscribers: set[Subscription[T]], item: T) -> None:
-    """Offer ``item`` to every subscriber; one that is cut off (too far behind) is dropped, and nobody
-    else waits for it."""
-    for queue in [queue for queue in subscribers if not queue.offer(item)]:
-        subscribers.discard(queue)
-        log.warning("a store subscriber %s and was cut off; it must re-list", queue.cut_off)
