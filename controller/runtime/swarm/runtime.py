@@ -258,15 +258,19 @@ class SwarmRuntime(DriverNetworks):
         return made
 
     async def _update(self, service: dict[str, Any], change: dict[str, Any]) -> None:
-        self._touch(service["ID"])
         spec = service["Spec"]
         for key, value in change.items():
             if key == "ForceUpdate":
                 spec["TaskTemplate"]["ForceUpdate"] = value
             else:
                 spec[key] = value
+        await self._send_update(service, spec)
+
+    async def _send_update(self, service: dict[str, Any], spec: dict[str, Any]) -> None:
+        """``service update`` of ``service`` (as inspected) to ``spec``; the change poll looks again soon."""
+        self._touch(service["ID"])
         await self.driver.update_service(service["ID"], int(service["Version"]["Index"]), spec)
-        self._kick.set()
+        self._kick.set()  # again: the poll may have looked between the touch and the manager's answer
 
     async def start(self, instance_id: str) -> None:
         """A task wanted: one replica, and a new task if the newest has ended (a restart)."""
@@ -297,9 +301,7 @@ class SwarmRuntime(DriverNetworks):
         spec = copy.deepcopy(desired.body)
         spec["Mode"] = service["Spec"]["Mode"]
         spec["TaskTemplate"]["ForceUpdate"] = service["Spec"]["TaskTemplate"].get("ForceUpdate", 0)
-        self._touch(instance_id)
-        await self.driver.update_service(instance_id, int(service["Version"]["Index"]), spec)
-        self._kick.set()
+        await self._send_update(service, spec)
         if replicas(service):
             await self._new_task(instance_id, task)
 
@@ -355,7 +357,6 @@ class SwarmRuntime(DriverNetworks):
         scaled away: removing a service while its task reaper deletes them crashed the Engine 20.10
         manager twice in the lab (a nil task in ``SetServiceTasksRemove``, moby/swarmkit#3216)."""
         self._touch(instance_id)
-        self._containers.pop(instance_id, None)
         service = await self.driver.service(instance_id)
         if service is not None and replicas(service) == 0:
             await self.driver.wait_reaped(instance_id, REAP_SECONDS)
@@ -372,9 +373,9 @@ class SwarmRuntime(DriverNetworks):
         """The running task container's log tail from its node, through this runtime's own node clients;
         through the manager when its node has no endpoint or does not answer."""
         where = self._containers.get(instance_id)
-        if where is not None and self.facts.clients.endpoint(where[0]) is not None:
+        if where is not None:
             node, container = where
-            with contextlib.suppress(AgentError):
+            with contextlib.suppress(AgentError):  # no endpoint for the node, or it did not answer
                 return await container_output(self.driver, self.facts.clients.client(node), container, lines)
         return await self._live.recent_output(instance_id, lines)
 
