@@ -11,6 +11,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.conftest import StartController
@@ -215,6 +216,26 @@ async def test_every_escape_attempt_is_refused(box: tuple[Controller, str]):
     async with controller.session.delete(url(controller, name, "/workspace/etc-link")) as resp:
         assert resp.status == 200
     assert "passwd" in await sh(name, "ls /etc")
+
+
+async def test_a_refused_tar_into_a_tmpfs_is_answered_at_once_every_time(box: tuple[Controller, str]):
+    """A tar into /tmp is extracted by an exec'd ``tar -x``; a refused member ends that exec at once.
+    Docker answers an exec's start before its process exists, so a kill sent that early found nothing
+    and the upload hung for good (once in about ten tries)."""
+    controller, name = box
+    refused = _tar(_member("/etc/evil"))
+    for attempt in range(25):
+        status, body = await put(
+            controller,
+            name,
+            "/tmp",
+            refused,
+            headers={"Content-Type": "application/x-tar"},
+            timeout=aiohttp.ClientTimeout(total=15),
+        )
+        assert status == 422, (attempt, body)
+    leftovers = await sh(name, "ps -o args | grep '^tar' || true")
+    assert leftovers.strip() == "", leftovers
 
 
 async def test_size_limit_and_stopped_agents(box: tuple[Controller, str]):

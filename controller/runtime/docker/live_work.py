@@ -89,28 +89,47 @@ class DockerExec:
         with contextlib.suppress(aiodocker.DockerError, *_UNREACHABLE):
             await self._exec.resize(h=rows, w=cols)
 
+    async def _inspect(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = await self._exec.inspect()
+        except (aiodocker.DockerError, *_UNREACHABLE):
+            return None
+        if not data.get("Running") and data.get("ExitCode") is not None:
+            self.ended = True
+        return data
+
     async def exit_code(self) -> int | None:
         """The exit code once the process ended; None while it runs (or when Docker cannot say)."""
-        try:
-            data = await self._exec.inspect()
-        except (aiodocker.DockerError, *_UNREACHABLE):
+        data = await self._inspect()
+        if data is None or not self.ended:
             return None
-        if data.get("Running"):
-            return None
-        self.ended = True
-        code = data.get("ExitCode")
-        return int(code) if code is not None else None
+        return int(data["ExitCode"])
 
     async def running(self) -> bool:
-        try:
-            return bool((await self._exec.inspect()).get("Running"))
-        except (aiodocker.DockerError, *_UNREACHABLE):
-            return False
+        """Whether the process may still run: started and not ended, or not yet started. Docker answers
+        the start of an exec (the hijacked connection) before its process exists (inspect says
+        ``Running: true`` with ``Pid: 0`` until it does); only an exit code means it is over."""
+        data = await self._inspect()
+        return data is not None and not self.ended
 
     async def kill(self) -> bool:
         """SIGKILL the command and every process it started (found by the marker in their environment);
-        True once Docker reports the exec ended."""
+        True once Docker reports the exec ended. A process not started yet (no ``Pid``) is waited for:
+        the marker is in no process's environment before then. The kill is sent again while it runs."""
         self.killed = True
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        sent_at: float | None = None
+        while time.monotonic() < deadline:
+            data = await self._inspect()
+            if self.ended:
+                return True
+            if data is not None and data.get("Pid") and (sent_at is None or time.monotonic() - sent_at > 0.5):
+                sent_at = time.monotonic()
+                await self._send_kill()
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _send_kill(self) -> None:
         try:
             killer = await self._docker.containers.container(self._container_id).exec(
                 ["/bin/sh", "-c", _KILL_SCRIPT],
@@ -122,12 +141,6 @@ class DockerExec:
             await killer.start(detach=True)
         except (aiodocker.DockerError, *_UNREACHABLE) as exc:
             log.warning("could not kill exec %s in %s: %s", self._exec.id[:12], self._container_id[:12], exc)
-        deadline = time.monotonic() + KILL_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            if not await self.running():
-                return True
-            await asyncio.sleep(0.05)
-        return False
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
