@@ -129,7 +129,8 @@ class Controller:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base_url = f"http://127.0.0.1:{port}"
-        self.session = aiohttp.ClientSession()
+        # A response that stops coming fails its test in two minutes, not after aiohttp's default five.
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120))
 
     async def stop(self) -> None:
         if self.session is not None:

@@ -16,5 +16,7 @@ for i in 1 2 3; do f=$S/n$i/docker.pid; [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/
 for i in 1 2 3; do ip netns del "$P-n$i" 2>/dev/null; done
 ip netns del "$P-hub" 2>/dev/null
 grep " $S/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+# The daemons' logs outlive the lab (a node that died on its own is explained there).
+for i in 1 2 3; do [ -f "$S/n$i/dockerd.log" ] && cp "$S/n$i/dockerd.log" "/var/log/parallax-swarm-lab-$P-n$i.log" 2>/dev/null; done
 rm -rf "$S"
 exit 0

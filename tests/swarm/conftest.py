@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ def swarm_lab(docker_daemon: None) -> Iterator[None]:
 async def start_swarm_controller(swarm_lab: None, tmp_path: Path) -> AsyncIterator[Any]:
     """Starts controllers on the lab swarm (same settings by default, so a restart reuses the store and
     the instance label); removes what they made afterwards."""
+    revived = lab.revive()
+    if revived:  # shown in the run's output, whatever the test's outcome
+        print(revived, file=sys.__stderr__, flush=True)
     started: list[Controller] = []
     base = make_settings(tmp_path, **lab.settings_overrides())
 

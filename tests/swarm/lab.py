@@ -51,6 +51,28 @@ def up() -> subprocess.CompletedProcess[str]:
     )
 
 
+def dead_nodes() -> list[int]:
+    return [n for n in NODES if cli(n, "info", "--format", "{{.ID}}", timeout=20).returncode != 0]
+
+
+def log_tail(node: int, lines: int = 40) -> str:
+    path = Path(f"{DIR}/n{node}/dockerd.log")
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def revive() -> str:
+    """Start again the nodes whose dockerd is gone (a test that kills one restarts it itself; this is for
+    a daemon that died on its own). What each dead node's log said last, for the test output."""
+    dead = dead_nodes()
+    if not dead:
+        return ""
+    said = "\n".join(f"swarm lab: node {n}'s dockerd was not answering; its log ended:\n{log_tail(n)}" for n in dead)
+    result = up()
+    if result.returncode != 0:
+        raise RuntimeError(f"{said}\nand the lab did not start again:\n{result.stdout}\n{result.stderr}")
+    return said
+
+
 def down() -> None:
     subprocess.run(["bash", str(REPO / "scripts/swarm-lab/down.sh"), PREFIX, DIR], capture_output=True, timeout=120)
 
