@@ -35,10 +35,7 @@ def node_of(host: str) -> int:
 
 
 def is_up() -> bool:
-    return all(
-        subprocess.run(["docker", "-H", f"unix://{socket(n)}", "info"], capture_output=True).returncode == 0
-        for n in NODES
-    )
+    return not dead_nodes()
 
 
 def up() -> subprocess.CompletedProcess[str]:
@@ -52,6 +49,7 @@ def up() -> subprocess.CompletedProcess[str]:
 
 
 def dead_nodes() -> list[int]:
+    """The nodes whose dockerd does not answer."""
     return [n for n in NODES if cli(n, "info", "--format", "{{.ID}}", timeout=20).returncode != 0]
 
 
